@@ -1,0 +1,216 @@
+package receivebooking
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("receive_booking", parseCaddyfile)
+	// A webhook receiver answers the request itself, like respond does;
+	// ordering it there means users need no global "order" option.
+	httpcaddyfile.RegisterDirectiveOrder("receive_booking", httpcaddyfile.Before, "respond")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	receive_booking [<matcher>] {
+//		secret          <secret...>
+//		target          <url>
+//		target_key      <key>
+//		timeout         <duration>
+//		body_timeout    <duration>
+//		max_body        <size>
+//		require         organization_id
+//		cors            <origin>|off
+//		mode            sync|async|auto
+//		queue           sqlite [<path>] | postgres <dsn>
+//		workers         <n>
+//		max_attempts    <n>
+//		worker_timeout  <duration>
+//		coalesce_window <duration>
+//		metrics         off
+//	}
+//
+// secret may repeat or take several values: all of them are accepted, which
+// is how a key is rotated. Every value accepts placeholders such as
+// {env.WEBHOOK_SECRET} or {file./run/secrets/webhook}.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		name := d.Val()
+		if seen[name] && name != "secret" {
+			return d.Errf("%s: subdirective given twice", name)
+		}
+		seen[name] = true
+		parse, ok := subdirectives[name]
+		if !ok {
+			return d.Errf("unknown subdirective %q", name)
+		}
+		if err := parse(h, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
+	"secret": func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		h.Secrets = append(h.Secrets, args...)
+		return nil
+	},
+	"target":     stringArg(func(h *Handler) *string { return &h.Target }, nil),
+	"target_key": stringArg(func(h *Handler) *string { return &h.TargetKey }, nil),
+	"timeout":    stringArg(func(h *Handler) *string { return &h.Timeout }, checkDuration),
+	"body_timeout": stringArg(func(h *Handler) *string { return &h.BodyTimeout }, checkDuration),
+	"max_body":   stringArg(func(h *Handler) *string { return &h.MaxBody }, checkSize),
+	"cors":       stringArg(func(h *Handler) *string { return &h.CORS }, nil),
+	"mode":       stringArg(func(h *Handler) *string { return &h.Mode }, checkMode),
+	"coalesce_window": stringArg(func(h *Handler) *string { return &h.CoalesceWindow }, checkDuration),
+	"require": func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, a := range args {
+			if a != fieldOrganizationID {
+				return d.Errf("require: unsupported field %q (only %q)", a, fieldOrganizationID)
+			}
+		}
+		h.Require = args
+		return nil
+	},
+	"metrics": func(h *Handler, d *caddyfile.Dispenser) error {
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		if v != "off" {
+			return d.Errf("metrics: only \"off\" is allowed")
+		}
+		h.DisableMetrics = true
+		return nil
+	},
+	"queue": func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		q := h.queueConfig()
+		switch {
+		case len(args) == 1 && args[0] == queueSQLite, len(args) == 2 && args[0] == queueSQLite:
+			q.Driver = queueSQLite
+			if len(args) == 2 {
+				q.Path = args[1]
+			}
+		case len(args) == 2 && args[0] == queuePostgres:
+			q.Driver, q.DSN = queuePostgres, args[1]
+		default:
+			return d.Errf("queue: expected \"sqlite [<path>]\" or \"postgres <dsn>\"")
+		}
+		return nil
+	},
+	"workers":        intArg(func(q *QueueConfig) *int { return &q.Workers }),
+	"max_attempts":   intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
+	"worker_timeout": func(h *Handler, d *caddyfile.Dispenser) error {
+		name := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		h.queueConfig().WorkerTimeout = v
+		return checkDuration(d, name, v)
+	},
+}
+
+// queueConfig returns the queue settings, creating them on first use so
+// that "workers" may come before "queue".
+func (h *Handler) queueConfig() *QueueConfig {
+	if h.Queue == nil {
+		h.Queue = new(QueueConfig)
+	}
+	return h.Queue
+}
+
+// stringArg parses a subdirective that takes exactly one value, checking
+// literal values early (placeholders are checked at provisioning).
+func stringArg(field func(*Handler) *string, check func(d *caddyfile.Dispenser, name, v string) error) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		name := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		*field(h) = v
+		if check != nil {
+			return check(d, name, v)
+		}
+		return nil
+	}
+}
+
+func intArg(field func(*QueueConfig) *int) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		name := d.Val()
+		var v string
+		if !d.AllArgs(&v) {
+			return d.ArgErr()
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return d.Errf("%s: expected a positive whole number, got %q", name, v)
+		}
+		*field(h.queueConfig()) = n
+		return nil
+	}
+}
+
+func isPlaceholder(v string) bool { return strings.Contains(v, "{") }
+
+func checkDuration(d *caddyfile.Dispenser, name, v string) error {
+	if isPlaceholder(v) {
+		return nil
+	}
+	if dur, err := caddy.ParseDuration(v); err != nil || dur < 0 {
+		return d.Errf("%s: not a valid duration: %q", name, v)
+	}
+	return nil
+}
+
+func checkSize(d *caddyfile.Dispenser, _, v string) error {
+	if isPlaceholder(v) {
+		return nil
+	}
+	if _, err := humanize.ParseBytes(v); err != nil {
+		return d.Errf("max_body: not a valid size: %q", v)
+	}
+	return nil
+}
+
+func checkMode(d *caddyfile.Dispenser, _, v string) error {
+	switch v {
+	case modeSync, modeAsync, modeAuto:
+		return nil
+	}
+	return d.Errf("mode: expected sync, async or auto, got %q", v)
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,308 @@
+package receivebooking
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"mime"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+const (
+	modeSync  = "sync"
+	modeAsync = "async"
+	modeAuto  = "auto"
+
+	corsOff          = "off"
+	corsAllowHeaders = "authorization, x-client-info, apikey, content-type, x-api-key"
+	corsAllowMethods = "POST, OPTIONS"
+
+	// queueRetryAfter is what a sender is told to wait when the queue
+	// cannot record its webhook.
+	queueRetryAfter = "5"
+)
+
+// Outcomes, as logged and counted.
+const (
+	outcomeSynced    = "synced"
+	outcomeQueued    = "queued"
+	outcomeCoalesced = "coalesced"
+	outcomeRejected  = "rejected"
+	outcomeFailed    = "failed"
+)
+
+// answer is one response of the contract, and what the log line says of it.
+type answer struct {
+	status     int
+	body       response
+	outcome    string
+	reason     string
+	retryAfter string
+	wh         *webhook
+	res        *syncResult
+}
+
+// response is the JSON body of every answer; fields are omitted when unset.
+type response struct {
+	Error          string          `json:"error,omitempty"`
+	Success        bool            `json:"success,omitempty"`
+	Accepted       bool            `json:"accepted,omitempty"`
+	Queued         bool            `json:"queued,omitempty"`
+	Coalesced      *bool           `json:"coalesced,omitempty"`
+	JobID          int64           `json:"job_id,omitempty"`
+	BookingID      json.RawMessage `json:"booking_id,omitempty"`
+	EventType      string          `json:"event_type,omitempty"`
+	SyncResult     json.RawMessage `json:"sync_result,omitempty"`
+	SyncError      string          `json:"sync_error,omitempty"`
+	UpstreamStatus int             `json:"upstream_status,omitempty"`
+	Details        any             `json:"details,omitempty"`
+}
+
+func reject(status int, msg, reason string) *answer {
+	return &answer{status: status, body: response{Error: msg}, outcome: outcomeRejected, reason: reason}
+}
+
+// ServeHTTP answers a webhook. The handler is terminal: it never calls next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	start := time.Now()
+	if h.corsOrigin != corsOff {
+		setCORS(w.Header(), h.corsOrigin)
+	}
+	a := h.handle(w, r)
+	if a == nil {
+		return nil // preflight answered, or the client went away
+	}
+	h.write(w, a)
+	h.log(r, a, time.Since(start))
+	h.metrics.observeAnswer(a)
+	return nil
+}
+
+func setCORS(hdr http.Header, origin string) {
+	hdr.Set("Access-Control-Allow-Origin", origin)
+	hdr.Set("Access-Control-Allow-Headers", corsAllowHeaders)
+	hdr.Set("Access-Control-Allow-Methods", corsAllowMethods)
+}
+
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
+	switch {
+	case r.Method == http.MethodOptions && h.corsOrigin != corsOff:
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	case r.Method != http.MethodPost:
+		w.Header().Set("Allow", corsAllowMethods)
+		return reject(http.StatusMethodNotAllowed, "Method not allowed", "method")
+	}
+	if !h.secrets.authenticate(r.Header) {
+		return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
+	}
+	if !jsonContentType(r.Header.Get("Content-Type")) {
+		return reject(http.StatusUnsupportedMediaType, "Content-Type must be application/json", "content_type")
+	}
+	buf, a := h.readBody(w, r)
+	if a != nil {
+		return a
+	}
+	wh, err := parseWebhook(buf.Bytes(), h.requireOrg)
+	putBuffer(buf)
+	if err != nil {
+		var ie *inputError
+		errors.As(err, &ie)
+		return reject(http.StatusBadRequest, ie.msg, ie.reason)
+	}
+	return h.dispatch(r, wh)
+}
+
+// jsonContentType accepts a missing Content-Type (the Edge Function did
+// not insist on one) and any JSON media type.
+func jsonContentType(v string) bool {
+	if v == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(v)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
+
+var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() <= 64<<10 {
+		b.Reset()
+		bufferPool.Put(b)
+	}
+}
+
+// readBody reads the whole body or answers why it cannot: too large
+// (declared or sent), or too slow. A body is never truncated and parsed.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, *answer) {
+	if r.ContentLength > h.maxBody {
+		return nil, reject(http.StatusRequestEntityTooLarge, "Request body too large", "too_large")
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(h.bodyTimeout))
+	defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+	buf := bufferPool.Get().(*bytes.Buffer)
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.maxBody))
+	if err == nil {
+		return buf, nil
+	}
+	putBuffer(buf)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, reject(http.StatusRequestEntityTooLarge, "Request body too large", "too_large")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, reject(http.StatusRequestTimeout, "Request body timeout", "body_timeout")
+	default:
+		return nil, reject(http.StatusBadRequest, "Invalid JSON body", "invalid_json")
+	}
+}
+
+// dispatch syncs or queues a valid webhook, by mode.
+func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
+	if h.mode == modeAsync {
+		return h.enqueue(r.Context(), wh, "")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+	defer cancel()
+	res, shared, err := h.coalescer.do(ctx, wh.key(), wh.syncRequest(), requestID(r), h.timeout, h.upstream.sync)
+	if err != nil && r.Context().Err() != nil {
+		h.logger.Debug("client went away; sync cancelled", zap.String("booking_id", wh.bookingKey))
+		return nil
+	}
+	if err != nil {
+		res = &syncResult{timedOut: true, err: errors.New("timed out")}
+	}
+	if h.mode == modeAuto && !res.ok() && !res.permanent() {
+		return h.enqueue(r.Context(), wh, res.describe())
+	}
+	return syncAnswer(wh, res, shared)
+}
+
+func (w *webhook) syncRequest() syncRequest {
+	return syncRequest{BookingID: w.bookingID, OrganizationID: w.organizationID, EventType: w.eventType}
+}
+
+func syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
+	a := &answer{wh: wh, res: res}
+	switch {
+	case res.ok():
+		a.status, a.outcome = http.StatusOK, outcomeSynced
+		if shared {
+			a.outcome = outcomeCoalesced
+		}
+		a.body = response{Success: true, BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncResult: res.body}
+	case res.timedOut:
+		a.status, a.outcome, a.reason = http.StatusGatewayTimeout, outcomeFailed, "timeout"
+		a.body = response{Error: "Sync timed out"}
+	default:
+		a.status, a.outcome, a.reason = http.StatusBadGateway, outcomeFailed, "upstream"
+		a.body = response{Error: "Sync failed", UpstreamStatus: res.status, Details: res.details()}
+	}
+	return a
+}
+
+// enqueue records the webhook durably and answers 202, or 503 when it
+// cannot be recorded: then the sender keeps it and retries.
+func (h *Handler) enqueue(ctx context.Context, wh *webhook, syncErr string) *answer {
+	// The record must not be abandoned half-way because the sender hung
+	// up: it is either committed or not, and the answer follows from that.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
+	defer cancel()
+	jobID, coalesced, err := h.queue.enqueue(ctx, wh, h.coalesceWindow)
+	if err != nil {
+		h.logger.Error("recording webhook", zap.String("booking_id", wh.bookingKey), zap.Error(err))
+		a := reject(http.StatusServiceUnavailable, "Queue unavailable", "queue_unavailable")
+		a.wh, a.retryAfter, a.outcome = wh, queueRetryAfter, outcomeFailed
+		return a
+	}
+	a := &answer{status: http.StatusAccepted, wh: wh, outcome: outcomeQueued}
+	if coalesced {
+		a.outcome = outcomeCoalesced
+	}
+	a.body = response{
+		Success: true, Accepted: true, Queued: true, Coalesced: &coalesced, JobID: jobID,
+		BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncError: syncErr,
+	}
+	return a
+}
+
+func (h *Handler) write(w http.ResponseWriter, a *answer) {
+	body, err := json.Marshal(a.body)
+	if err != nil {
+		body = []byte(`{"error":"Internal error"}`)
+		a.status = http.StatusInternalServerError
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	if a.retryAfter != "" {
+		hdr.Set("Retry-After", a.retryAfter)
+	}
+	w.WriteHeader(a.status)
+	_, _ = w.Write(body)
+}
+
+// requestID is Caddy's ID of the request ({http.request.uuid}), sent
+// upstream and logged so that one sync can be followed from log to log.
+func requestID(r *http.Request) string {
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return ""
+	}
+	id, _ := repl.GetString("http.request.uuid")
+	return id
+}
+
+// log writes the one line per webhook. It never logs a credential header,
+// and the fields it logs were validated (no control characters) first.
+func (h *Handler) log(r *http.Request, a *answer, d time.Duration) {
+	level := zapcore.InfoLevel
+	switch a.outcome {
+	case outcomeRejected:
+		level = zapcore.WarnLevel
+	case outcomeFailed:
+		level = zapcore.ErrorLevel
+	}
+	ce := h.logger.Check(level, "webhook")
+	if ce == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("outcome", a.outcome),
+		zap.Int("status", a.status),
+		zap.Duration("duration", d),
+		zap.String("remote_addr", r.RemoteAddr),
+		zap.String("request_id", requestID(r)),
+	}
+	if a.reason != "" {
+		fields = append(fields, zap.String("reason", a.reason))
+	}
+	if a.wh != nil {
+		fields = append(fields,
+			zap.String("booking_id", a.wh.bookingKey),
+			zap.String("organization_id", a.wh.organizationID),
+			zap.String("event_type", normalizeEventType(a.wh.eventType)))
+	}
+	if a.res != nil {
+		fields = append(fields, zap.Int("upstream_status", a.res.status), zap.Duration("upstream_duration", a.res.duration))
+		if !a.res.ok() {
+			fields = append(fields, zap.String("error", a.res.describe()))
+		}
+	}
+	if a.body.JobID != 0 {
+		fields = append(fields, zap.Int64("job_id", a.body.JobID))
+	}
+	ce.Write(fields...)
+}

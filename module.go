@@ -1,0 +1,307 @@
+// Package receivebooking is a Caddy v2 HTTP handler that receives booking
+// webhooks from EventFlow, authenticates and validates them, and turns each
+// one into a single-booking sync call to the Supabase import-bookings
+// function: synchronously, or through a durable queue that never loses an
+// accepted webhook.
+package receivebooking
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
+)
+
+// version is sent upstream in the User-Agent header.
+const version = "0.1.0"
+
+const (
+	defaultTimeout     = 12 * time.Second
+	defaultMaxBody     = 1 << 20
+	defaultBodyTimeout = 10 * time.Second
+	defaultCORSOrigin  = "*"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler receives booking webhooks and syncs the booking they name by
+// calling import-bookings with {"booking_id": …, "syncMode": "single"}.
+//
+// Every string field accepts Caddy placeholders. The global ones ({env.*},
+// {file.*}) are resolved once at provisioning, so the config that Caddy
+// stores and serves on its admin API holds only the placeholder, never the
+// secret itself.
+type Handler struct {
+	// Secrets are the API keys a sender may present, in the x-api-key
+	// header or as "Authorization: Bearer <secret>". Several may be active
+	// at once so that a key can be rotated without downtime. Required
+	// unless signing secrets are configured.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// Target is the absolute http(s) URL of the import-bookings function.
+	// Required.
+	Target string `json:"target,omitempty"`
+
+	// TargetKey is the key sent upstream, both as "Authorization: Bearer
+	// <key>" (legacy JWT service-role keys) and as "apikey: <key>" (the new
+	// sb_secret_… keys). Optional.
+	TargetKey string `json:"target_key,omitempty"`
+
+	// Timeout bounds the whole upstream sync made while the sender waits,
+	// connection and response body included. EventFlow gives up after
+	// about 16 s, so the default leaves it room to get an answer.
+	// Default: 12s.
+	Timeout string `json:"timeout,omitempty"`
+
+	// MaxBody is the largest request body accepted, as a size such as
+	// "1MiB" or a number of bytes. Larger bodies are answered 413 and never
+	// parsed. Default: 1MiB.
+	MaxBody string `json:"max_body,omitempty"`
+
+	// BodyTimeout bounds how long a sender may take to send its body; a
+	// slower one is answered 408. Default: 10s.
+	BodyTimeout string `json:"body_timeout,omitempty"`
+
+	// Require lists optional payload fields that must be present. Only
+	// "organization_id" is supported (newer EventFlow payloads carry it).
+	Require []string `json:"require,omitempty"`
+
+	// CORS is the Access-Control-Allow-Origin value sent with every answer
+	// and with the 204 preflight answer, as the Edge Function did, or "off"
+	// to send no CORS headers and pass OPTIONS on like any other method.
+	// Default: "*".
+	CORS string `json:"cors,omitempty"`
+
+	// Mode chooses how a webhook is answered: "sync" calls import-bookings
+	// while the sender waits; "async" records the webhook durably and
+	// answers 202; "auto" tries the sync and falls back to the queue when
+	// import-bookings is slow or unavailable. Default: "sync" without a
+	// queue, "auto" with one.
+	Mode string `json:"mode,omitempty"`
+
+	// Queue configures the durable queue. Without it, webhooks are only
+	// ever synced while the sender waits.
+	Queue *QueueConfig `json:"queue,omitempty"`
+
+	// CoalesceWindow is how long a new queued sync waits before it may
+	// run, so that a burst of webhooks for one booking merges into one
+	// sync. "0" turns the wait off (webhooks still merge into a sync that
+	// has not started). Default: 1s in async mode, 0 otherwise.
+	CoalesceWindow string `json:"coalesce_window,omitempty"`
+
+	// DisableMetrics turns off the Prometheus metrics of this handler.
+	DisableMetrics bool `json:"disable_metrics,omitempty"`
+
+	secrets        *secretSet
+	target         *url.URL
+	targetKey      string
+	timeout        time.Duration
+	maxBody        int64
+	bodyTimeout    time.Duration
+	requireOrg     bool
+	corsOrigin     string
+	mode           string
+	coalesceWindow time.Duration
+
+	upstream  *upstream
+	coalescer *coalescer
+	queue     *queueHandle
+	metrics   *metrics
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.receive_booking",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves placeholders, fills defaults and prepares the upstream
+// client. It does no network I/O.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	if err := h.provisionAuth(repl); err != nil {
+		return err
+	}
+	if err := h.provisionTarget(repl); err != nil {
+		return err
+	}
+	if err := h.provisionLimits(repl); err != nil {
+		return err
+	}
+	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
+	h.upstream = newUpstream(h.target, h.targetKey, h.metrics)
+	h.coalescer = newCoalescer()
+	return h.provisionQueue(ctx, repl)
+}
+
+func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
+	secrets, err := resolveAll(repl, "secret", h.Secrets)
+	if err != nil {
+		return err
+	}
+	if len(secrets) == 0 {
+		return errors.New("secret: at least one non-empty secret is required")
+	}
+	h.secrets = newSecretSet(secrets)
+	return nil
+}
+
+func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
+	raw, err := resolve(repl, "target", h.Target)
+	if err != nil {
+		return err
+	}
+	if raw == "" {
+		return errors.New("target: the import-bookings URL is required")
+	}
+	u, err := parseTarget(raw)
+	if err != nil {
+		return err
+	}
+	h.target = u
+	h.targetKey, err = resolve(repl, "target_key", h.TargetKey)
+	return err
+}
+
+// parseTarget accepts only absolute http(s) URLs. Its errors never echo the
+// URL, which may carry a key in its query string.
+func parseTarget(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, errors.New("target: not a valid URL")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, errors.New("target: must be an absolute http or https URL")
+	}
+	if u.Host == "" {
+		return nil, errors.New("target: must name a host")
+	}
+	return u, nil
+}
+
+func (h *Handler) provisionLimits(repl *caddy.Replacer) error {
+	var err error
+	if h.timeout, err = resolveDuration(repl, "timeout", h.Timeout, defaultTimeout); err != nil {
+		return err
+	}
+	if h.bodyTimeout, err = resolveDuration(repl, "body_timeout", h.BodyTimeout, defaultBodyTimeout); err != nil {
+		return err
+	}
+	if h.maxBody, err = resolveSize(repl, "max_body", h.MaxBody, defaultMaxBody); err != nil {
+		return err
+	}
+	for _, f := range h.Require {
+		if f != fieldOrganizationID {
+			return fmt.Errorf("require: unsupported field %q (only %q)", f, fieldOrganizationID)
+		}
+		h.requireOrg = true
+	}
+	cors, err := resolve(repl, "cors", h.CORS)
+	if err != nil {
+		return err
+	}
+	h.corsOrigin = cors
+	if cors == "" {
+		h.corsOrigin = defaultCORSOrigin
+	}
+	return nil
+}
+
+// resolve replaces the global placeholders in a config value. An unknown
+// placeholder is an error; the error names the field, never the value.
+func resolve(repl *caddy.Replacer, field, val string) (string, error) {
+	out, err := repl.ReplaceOrErr(val, false, true)
+	if err != nil {
+		return "", fmt.Errorf("%s: unknown placeholder", field)
+	}
+	return out, nil
+}
+
+// resolveAll resolves every value and drops the ones that are empty after
+// resolution, so that "{env.OLD_SECRET}" can be left in place once the old
+// secret is retired. An explicitly empty literal is still an error.
+func resolveAll(repl *caddy.Replacer, field string, vals []string) ([]string, error) {
+	out := make([]string, 0, len(vals))
+	for _, v := range vals {
+		r, err := resolve(repl, field, v)
+		if err != nil {
+			return nil, err
+		}
+		if r != "" {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func resolveDuration(repl *caddy.Replacer, field, val string, def time.Duration) (time.Duration, error) {
+	s, err := resolve(repl, field, val)
+	if err != nil || s == "" {
+		return def, err
+	}
+	d, err := caddy.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%s: not a valid duration", field)
+	}
+	return d, nil
+}
+
+func resolveSize(repl *caddy.Replacer, field, val string, def int64) (int64, error) {
+	s, err := resolve(repl, field, val)
+	if err != nil || s == "" {
+		return def, err
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 || n > 1<<30 {
+		return 0, fmt.Errorf("%s: not a valid size between 1 byte and 1GiB", field)
+	}
+	return int64(n), nil
+}
+
+// Validate checks the provisioned configuration. It only reads.
+func (h *Handler) Validate() error {
+	if h.timeout <= 0 {
+		return errors.New("timeout: must be positive")
+	}
+	if h.bodyTimeout <= 0 {
+		return errors.New("body_timeout: must be positive")
+	}
+	switch h.mode {
+	case modeSync:
+	case modeAsync, modeAuto:
+		if h.queue == nil {
+			return fmt.Errorf("mode %s: needs a queue", h.mode)
+		}
+	default:
+		return fmt.Errorf("mode: unknown mode %q", h.mode)
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the shared queue. The queue and
+// its workers keep running while another config (a reload) still uses them.
+func (h *Handler) Cleanup() error {
+	if h.queue != nil {
+		return h.queue.release()
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

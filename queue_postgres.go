@@ -1,0 +1,155 @@
+package receivebooking
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivermigrate"
+)
+
+// migrationLockID is the advisory lock that serialises migrations when
+// several instances start at once (River's migrator takes none).
+const migrationLockID = 0x72625f6d6967 // "rb_mig"
+
+// pgDialect runs the queue on PostgreSQL, shared by every instance that
+// points at the same database. Booking rows are locked with FOR UPDATE.
+type pgDialect struct {
+	pool *pgxpool.Pool
+}
+
+func openPostgres(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+	cfg, err := pgxpool.ParseConfig(rq.location)
+	if err != nil {
+		// pgx's parse errors can quote the DSN: say only what is wrong.
+		return nil, errors.New("queue postgres: the DSN is not a valid connection string")
+	}
+	cfg.MaxConns = int32(rq.workers + 8)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("queue postgres: %s", scrubDSN(err.Error(), rq))
+	}
+	d := &pgDialect{pool: pool}
+	b, err := newPostgresBackend(ctx, d, rq, q)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("queue postgres: %s", scrubDSN(err.Error(), rq))
+	}
+	return b, nil
+}
+
+func newPostgresBackend(ctx context.Context, d *pgDialect, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+	driver := riverpgxv5.New(d.pool)
+	if err := migratePostgres(ctx, d, driver); err != nil {
+		return nil, err
+	}
+	b := &riverBackend[*riverpgxv5.Driver, pgx.Tx]{db: d, q: q, maxAttempts: rq.maxAttempts}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &syncWorker[*riverpgxv5.Driver, pgx.Tx]{b: b, timeout: rq.workerTimeout})
+	var err error
+	b.client, err = river.NewClient(driver, newRiverConfig[pgx.Tx](rq, workers, q.logger))
+	if err != nil {
+		return nil, fmt.Errorf("creating queue client: %w", err)
+	}
+	if err := b.client.Start(context.WithoutCancel(ctx)); err != nil {
+		return nil, fmt.Errorf("starting queue workers: %w", err)
+	}
+	return b, nil
+}
+
+// migratePostgres brings River's tables and ours up to date in one
+// transaction, under an advisory lock so that instances starting together
+// take turns.
+func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Driver) error {
+	migrator, err := rivermigrate.New(driver, nil)
+	if err != nil {
+		return fmt.Errorf("preparing migrations: %w", err)
+	}
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockID); err != nil {
+		return fmt.Errorf("locking migrations: %w", err)
+	}
+	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	if _, err := tx.Exec(ctx, createBookingTable); err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
+func (d *pgDialect) begin(ctx context.Context) (pgx.Tx, error) { return d.pool.Begin(ctx) }
+
+func (d *pgDialect) commit(ctx context.Context, tx pgx.Tx) error { return tx.Commit(ctx) }
+
+func (d *pgDialect) rollback(ctx context.Context, tx pgx.Tx) { _ = tx.Rollback(ctx) }
+
+func (d *pgDialect) exec(ctx context.Context, tx pgx.Tx, query string, args ...any) error {
+	_, err := tx.Exec(ctx, query, args...)
+	return err
+}
+
+func (d *pgDialect) queryRow(ctx context.Context, tx pgx.Tx, query string, args ...any) scanner {
+	return tx.QueryRow(ctx, query, args...)
+}
+
+func (d *pgDialect) queryRows(ctx context.Context, query string, args ...any) (rowsIter, error) {
+	rows, err := d.pool.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgRows{rows}, nil
+}
+
+func (d *pgDialect) lockSuffix() string { return " FOR UPDATE" }
+
+func (d *pgDialect) close() { d.pool.Close() }
+
+// pgRows adapts pgx.Rows to rowsIter.
+type pgRows struct{ pgx.Rows }
+
+func (r pgRows) Close() { r.Rows.Close() }
+
+// scrubDSN removes the DSN, its password and its user from a message, so
+// that no error or log line can carry them.
+func scrubDSN(msg string, rq *resolvedQueue) string {
+	if rq == nil || rq.driver != queuePostgres || rq.location == "" {
+		return msg
+	}
+	msg = strings.ReplaceAll(msg, rq.location, "[dsn]")
+	for _, secret := range dsnSecrets(rq.location) {
+		if len(secret) >= 3 {
+			msg = strings.ReplaceAll(msg, secret, "[redacted]")
+		}
+	}
+	return msg
+}
+
+// dsnSecrets finds the password in a URL or key=value DSN.
+func dsnSecrets(dsn string) []string {
+	var out []string
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			out = append(out, p, url.QueryEscape(p), url.PathEscape(p))
+		}
+	}
+	for _, f := range strings.Fields(dsn) {
+		if v, ok := strings.CutPrefix(f, "password="); ok {
+			out = append(out, strings.Trim(v, "'"))
+		}
+	}
+	if cfg, err := pgx.ParseConfig(dsn); err == nil && cfg.Password != "" {
+		out = append(out, cfg.Password)
+	}
+	return out
+}

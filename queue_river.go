@@ -1,0 +1,453 @@
+package receivebooking
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/rivertype"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
+)
+
+// riverQueueName keeps our jobs apart from any other River user of the
+// same database (the Supabase project's own database, say).
+const riverQueueName = "receive_booking"
+
+// syncArgs is one queued booking sync. Webhooks for the same booking that
+// arrive before it starts merge into it.
+type syncArgs struct {
+	TargetID       string          `json:"target_id"`
+	BookingID      json.RawMessage `json:"booking_id"`
+	BookingKey     string          `json:"booking_key"`
+	OrganizationID string          `json:"organization_id,omitempty"`
+	EventType      string          `json:"event_type,omitempty"`
+	// AcceptedAt is when the first webhook this job carries was accepted.
+	AcceptedAt time.Time `json:"accepted_at"`
+	// NotBefore is the end of the coalescing window.
+	NotBefore time.Time `json:"not_before,omitzero"`
+}
+
+// Kind is the River job kind.
+func (syncArgs) Kind() string { return "receive_booking_sync" }
+
+// InsertOpts puts every sync on our own River queue.
+func (syncArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: riverQueueName} }
+
+// backend is the durable queue as the handler, the workers and the admin
+// API use it. riverBackend implements it for SQLite and PostgreSQL alike.
+type backend interface {
+	insertBatch(ctx context.Context, batch []*enqueueReq) error
+	stats(ctx context.Context) (*queueStats, error)
+	listJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error)
+	getJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+	replayJob(ctx context.Context, id int64) (*replayResult, error)
+	deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+	close(ctx context.Context) error
+}
+
+// replayResult says what a replay of a failed job came to.
+type replayResult struct {
+	JobID     int64 `json:"job_id"`
+	Coalesced bool  `json:"coalesced"`
+}
+
+// dialect is what differs between the two databases: transactions, rows,
+// placeholders and locking.
+type dialect[TTx any] interface {
+	begin(ctx context.Context) (TTx, error)
+	commit(ctx context.Context, tx TTx) error
+	rollback(ctx context.Context, tx TTx)
+	exec(ctx context.Context, tx TTx, query string, args ...any) error
+	queryRow(ctx context.Context, tx TTx, query string, args ...any) scanner
+	queryRows(ctx context.Context, query string, args ...any) (rowsIter, error)
+	// lockSuffix locks a selected row until the transaction ends; SQLite
+	// needs none, its immediate transactions hold the write lock.
+	lockSuffix() string
+	close()
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+type rowsIter interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close()
+}
+
+// riverBackend is the queue on River, with one row per booking beside
+// River's jobs to decide coalescing.
+//
+// River's unique jobs cannot express the rule we need: the states a unique
+// job must cover include "running", so a webhook that meets a running sync
+// would merge into it and its change could be missed. Instead the booking
+// row names the job that is waiting (not started) for the booking, which
+// new webhooks merge into, and the job that is running, which no second
+// job for the booking may run beside. Both are read and written in the
+// same transaction as River's own rows.
+type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
+	client      *river.Client[TTx]
+	db          dialect[TTx]
+	q           *sharedQueue
+	maxAttempts int
+}
+
+const createBookingTable = `CREATE TABLE IF NOT EXISTS receive_booking_booking (
+	target_id      TEXT   NOT NULL,
+	org            TEXT   NOT NULL,
+	booking        TEXT   NOT NULL,
+	event_type     TEXT   NOT NULL DEFAULT '',
+	waiting_job_id BIGINT,
+	running_job_id BIGINT,
+	PRIMARY KEY (target_id, org, booking)
+)`
+
+// upsertBooking records a webhook for a booking and returns the booking's
+// waiting job, locking the row until the transaction ends.
+const upsertBooking = `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
+	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
+RETURNING waiting_job_id`
+
+const countJobInStates = `SELECT count(*) FROM river_job WHERE id = $1 AND state IN (%s)`
+
+// mergeableStates are the states of a job a webhook may merge into: it
+// has not started, or it failed and will run again. A job leaves the
+// booking's waiting slot before its sync starts, so "running" here is a
+// job that has just failed and declared it will retry.
+const mergeableStates = `'available','scheduled','retryable','pending','running'`
+
+func newRiverConfig[TTx any](rq *resolvedQueue, workers *river.Workers, logger *zap.Logger) *river.Config {
+	return &river.Config{
+		Logger:  slog.New(zapslog.NewHandler(logger.Core(), zapslog.WithName("river"))),
+		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: rq.workers}},
+		Workers: workers,
+		// SQLite has no LISTEN/NOTIFY: poll often, it is one indexed query.
+		FetchCooldown:     50 * time.Millisecond,
+		FetchPollInterval: 200 * time.Millisecond,
+		JobTimeout:        rq.workerTimeout,
+		// A sync that was running when a process died is run again once
+		// it has been running longer than any sync may.
+		RescueStuckJobsAfter: rq.workerTimeout + 15*time.Second,
+		MaxAttempts:          rq.maxAttempts,
+		RetryPolicy:          retryPolicy{},
+		// Keep finished jobs for a week: the operator's history.
+		CompletedJobRetentionPeriod: 24 * time.Hour,
+		CancelledJobRetentionPeriod: 7 * 24 * time.Hour,
+		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
+	}
+}
+
+func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*enqueueReq) error {
+	tx, err := b.db.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.db.rollback(ctx, tx)
+	for _, r := range batch {
+		if err := b.insertOne(ctx, tx, r); err != nil {
+			return err
+		}
+	}
+	return b.db.commit(ctx, tx)
+}
+
+func (b *riverBackend[TDriver, TTx]) insertOne(ctx context.Context, tx TTx, r *enqueueReq) error {
+	wh := r.wh
+	var waiting sql.NullInt64
+	if err := b.db.queryRow(ctx, tx, upsertBooking, r.targetID, wh.organizationID, wh.bookingKey, wh.eventType).Scan(&waiting); err != nil {
+		return fmt.Errorf("recording booking: %w", err)
+	}
+	if waiting.Valid {
+		ok, err := b.jobInStates(ctx, tx, waiting.Int64, mergeableStates)
+		if err != nil {
+			return err
+		}
+		if ok {
+			r.jobID, r.coalesced = waiting.Int64, true
+			return nil
+		}
+	}
+	args := syncArgs{
+		TargetID: r.targetID, BookingID: wh.bookingID, BookingKey: wh.bookingKey,
+		OrganizationID: wh.organizationID, EventType: wh.eventType,
+		AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
+	}
+	res, err := b.client.InsertTx(ctx, tx, args, &river.InsertOpts{MaxAttempts: b.maxAttempts})
+	if err != nil {
+		return fmt.Errorf("inserting job: %w", err)
+	}
+	r.jobID = res.Job.ID
+	return b.setWaiting(ctx, tx, r.targetID, wh.organizationID, wh.bookingKey, res.Job.ID)
+}
+
+func (b *riverBackend[TDriver, TTx]) setWaiting(ctx context.Context, tx TTx, target, org, booking string, id int64) error {
+	return b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET waiting_job_id = $1
+		WHERE target_id = $2 AND org = $3 AND booking = $4`, id, target, org, booking)
+}
+
+func (b *riverBackend[TDriver, TTx]) jobInStates(ctx context.Context, tx TTx, id int64, states string) (bool, error) {
+	var n int
+	if err := b.db.queryRow(ctx, tx, fmt.Sprintf(countJobInStates, states), id).Scan(&n); err != nil {
+		return false, fmt.Errorf("reading job state: %w", err)
+	}
+	return n > 0, nil
+}
+
+// bookingRow is a booking's coalescing state.
+type bookingRow struct {
+	eventType string
+	waiting   sql.NullInt64
+	running   sql.NullInt64
+}
+
+func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a *syncArgs) (*bookingRow, error) {
+	// The row may be gone (a job replayed by an operator after its row
+	// was cleaned up): recreate it.
+	if err := b.db.exec(ctx, tx, `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
+		VALUES ($1, $2, $3, $4) ON CONFLICT (target_id, org, booking) DO NOTHING`,
+		a.TargetID, a.OrganizationID, a.BookingKey, a.EventType); err != nil {
+		return nil, fmt.Errorf("recording booking: %w", err)
+	}
+	row := &bookingRow{}
+	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id FROM receive_booking_booking
+		WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.lockSuffix(),
+		a.TargetID, a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running)
+	if err != nil {
+		return nil, fmt.Errorf("locking booking: %w", err)
+	}
+	return row, nil
+}
+
+// claim makes job the booking's running sync, unless another sync of the
+// booking is running (then it must wait). It takes the job out of the
+// waiting slot, so that webhooks from now on cause a new sync after it.
+// It returns the latest event type seen for the booking.
+func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[syncArgs]) (eventType string, ok bool, err error) {
+	tx, err := b.db.begin(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	defer b.db.rollback(ctx, tx)
+	row, err := b.lockBooking(ctx, tx, &job.Args)
+	if err != nil {
+		return "", false, err
+	}
+	if row.running.Valid && row.running.Int64 != job.ID {
+		busy, err := b.jobInStates(ctx, tx, row.running.Int64, `'running'`)
+		if err != nil || busy {
+			return "", false, err
+		}
+	}
+	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1,
+		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
+		WHERE target_id = $2 AND org = $3 AND booking = $4`,
+		job.ID, job.Args.TargetID, job.Args.OrganizationID, job.Args.BookingKey)
+	if err != nil {
+		return "", false, fmt.Errorf("claiming booking: %w", err)
+	}
+	return row.eventType, true, b.db.commit(ctx, tx)
+}
+
+// finish ends a job's run in one transaction with its booking row: on
+// success the job completes; on a retriable failure it goes back to the
+// waiting slot (webhooks merge into its retry), unless a newer job already
+// waits for the booking, which then carries the sync and this one
+// completes as superseded. It returns the error River should record.
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *syncResult, jobErr error) error {
+	tx, err := b.db.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.db.rollback(ctx, tx)
+	row, err := b.lockBooking(ctx, tx, &job.Args)
+	if err != nil {
+		return err
+	}
+	a := &job.Args
+	complete := jobErr == nil
+	retriable := jobErr != nil && !isCancel(jobErr)
+	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
+	if superseded {
+		if superseded, err = b.jobInStates(ctx, tx, row.waiting.Int64, mergeableStates); err != nil {
+			return err
+		}
+	}
+	waitingExpr := "waiting_job_id"
+	if retriable && !superseded {
+		waitingExpr = fmt.Sprintf("%d", job.ID)
+	}
+	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET waiting_job_id = `+waitingExpr+`,
+		running_job_id = CASE WHEN running_job_id = $1 THEN NULL ELSE running_job_id END
+		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.TargetID, a.OrganizationID, a.BookingKey)
+	if err != nil {
+		return fmt.Errorf("releasing booking: %w", err)
+	}
+	if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3
+		AND waiting_job_id IS NULL AND running_job_id IS NULL`, a.TargetID, a.OrganizationID, a.BookingKey); err != nil {
+		return fmt.Errorf("cleaning booking: %w", err)
+	}
+	if complete || superseded {
+		if _, err := river.JobCompleteTx[TDriver](ctx, tx, job); err != nil {
+			return fmt.Errorf("completing job: %w", err)
+		}
+	}
+	if err := b.db.commit(ctx, tx); err != nil {
+		return err
+	}
+	if superseded {
+		b.q.logger.Info("failed sync superseded by a newer job", zap.Int64("job_id", job.ID),
+			zap.Int64("by_job_id", row.waiting.Int64), zap.String("error", jobErr.Error()))
+		return nil
+	}
+	return jobErr
+}
+
+func isCancel(err error) bool {
+	var c *rivertype.JobCancelError
+	return errors.As(err, &c)
+}
+
+func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*queueStats, error) {
+	counts, err := b.countByState(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("counting jobs: %w", err)
+	}
+	s := &queueStats{Counts: counts}
+	// The rows are closed by now: on SQLite the one connection is free.
+	oldest, err := b.client.JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
+		States(rivertype.JobStateAvailable, rivertype.JobStateRetryable, rivertype.JobStateScheduled, rivertype.JobStateRunning).
+		OrderBy(river.JobListOrderByID, river.SortOrderAsc).First(1))
+	if err != nil {
+		return nil, fmt.Errorf("finding oldest job: %w", err)
+	}
+	if len(oldest.Jobs) > 0 {
+		s.OldestPendingSeconds = time.Since(oldest.Jobs[0].CreatedAt).Seconds()
+	}
+	return s, nil
+}
+
+func (b *riverBackend[TDriver, TTx]) countByState(ctx context.Context) (map[string]int64, error) {
+	rows, err := b.db.queryRows(ctx, `SELECT state, count(*) FROM river_job WHERE queue = $1 GROUP BY state`, riverQueueName)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	counts := make(map[string]int64, len(statsStates))
+	for _, st := range statsStates {
+		counts[st] = 0
+	}
+	for rows.Next() {
+		var state string
+		var n int64
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, err
+		}
+		counts[state] = n
+	}
+	return counts, rows.Err()
+}
+
+func (b *riverBackend[TDriver, TTx]) listJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error) {
+	p := river.NewJobListParams().Queues(riverQueueName).States(states...).
+		OrderBy(river.JobListOrderByID, river.SortOrderAsc).First(limit)
+	if after > 0 {
+		p = p.Where("id > @after", river.NamedArgs{"after": after})
+	}
+	if bookingKey != "" {
+		p = p.Where(jsonArgExpr(b.q.config.driver, "booking_key")+" = @booking", river.NamedArgs{"booking": bookingKey})
+	}
+	res, err := b.client.JobList(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return res.Jobs, nil
+}
+
+// jsonArgExpr reads a field of a job's args in SQL.
+func jsonArgExpr(driver, field string) string {
+	if driver == queueSQLite {
+		return "args ->> '$." + field + "'"
+	}
+	return "args ->> '" + field + "'"
+}
+
+func (b *riverBackend[TDriver, TTx]) getJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
+	return b.client.JobGet(ctx, id)
+}
+
+func (b *riverBackend[TDriver, TTx]) deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
+	return b.client.JobDelete(ctx, id)
+}
+
+// replayJob runs a finished job again, by the coalescing rule: when the
+// booking already has a waiting sync, the replay merges into it (and the
+// old job is deleted, its work being done by that sync); otherwise the job
+// itself becomes available again, keeping its history.
+func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*replayResult, error) {
+	job, err := b.client.JobGet(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var args syncArgs
+	if err := json.Unmarshal(job.EncodedArgs, &args); err != nil {
+		return nil, fmt.Errorf("reading job args: %w", err)
+	}
+	tx, err := b.db.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer b.db.rollback(ctx, tx)
+	row, err := b.lockBooking(ctx, tx, &args)
+	if err != nil {
+		return nil, err
+	}
+	res := &replayResult{JobID: id}
+	if row.waiting.Valid && row.waiting.Int64 != id {
+		merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, mergeableStates)
+		if err != nil {
+			return nil, err
+		}
+		if merge {
+			if _, err := b.client.JobDeleteTx(ctx, tx, id); err != nil {
+				return nil, err
+			}
+			res.JobID, res.Coalesced = row.waiting.Int64, true
+			return res, b.db.commit(ctx, tx)
+		}
+	}
+	if _, err := b.client.JobRetryTx(ctx, tx, id); err != nil {
+		return nil, err
+	}
+	if err := b.setWaiting(ctx, tx, args.TargetID, args.OrganizationID, args.BookingKey, id); err != nil {
+		return nil, err
+	}
+	return res, b.db.commit(ctx, tx)
+}
+
+func (b *riverBackend[TDriver, TTx]) close(ctx context.Context) error {
+	err := b.client.Stop(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// In-flight syncs took too long: cancel them. They are rescued and
+		// run again at the next start.
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err = b.client.StopAndCancel(cctx)
+	}
+	b.db.close()
+	return err
+}
+
+// rebindSQLite turns PostgreSQL's $1 placeholders into SQLite's ?1.
+func rebindSQLite(q string) string {
+	return strings.ReplaceAll(q, "$", "?")
+}

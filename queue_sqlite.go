@@ -1,0 +1,123 @@
+package receivebooking
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+)
+
+// sqliteDialect runs the queue on an embedded SQLite file through one
+// connection: SQLite has one writer at a time anyway, and River's SQLite
+// driver is built for a single connection. Every transaction starts
+// IMMEDIATE, taking the write lock at once, so the booking rows need no
+// row locks.
+type sqliteDialect struct {
+	db   *sql.DB
+	lock *os.File
+}
+
+func openSQLite(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+	path := rq.location
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating queue directory: %w", err)
+	}
+	lock, err := lockFile(path + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	// synchronous(FULL): a webhook is answered 202 only once its record
+	// survives a power cut, not just a crash. Batching keeps it cheap.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("opening queue file: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	d := &sqliteDialect{db: db, lock: lock}
+	b, err := newSQLiteBackend(ctx, d, rq, q)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func newSQLiteBackend(ctx context.Context, d *sqliteDialect, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+	driver := riversqlite.New(d.db)
+	migrator, err := rivermigrate.New(driver, nil)
+	if err != nil {
+		return nil, fmt.Errorf("preparing migrations: %w", err)
+	}
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return nil, fmt.Errorf("migrating queue: %w", err)
+	}
+	if _, err := d.db.ExecContext(ctx, createBookingTable); err != nil {
+		return nil, fmt.Errorf("migrating queue: %w", err)
+	}
+	// This process holds the file's lock, so a job still marked running
+	// was cut short by a crash: make it available again now, rather than
+	// when River's rescuer would notice it.
+	if _, err := d.db.ExecContext(ctx, `UPDATE river_job SET state = 'available' WHERE state = 'running' AND queue = ?`, riverQueueName); err != nil {
+		return nil, fmt.Errorf("recovering interrupted jobs: %w", err)
+	}
+	b := &riverBackend[*riversqlite.Driver, *sql.Tx]{db: d, q: q, maxAttempts: rq.maxAttempts}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &syncWorker[*riversqlite.Driver, *sql.Tx]{b: b, timeout: rq.workerTimeout})
+	b.client, err = river.NewClient(driver, newRiverConfig[*sql.Tx](rq, workers, q.logger))
+	if err != nil {
+		return nil, fmt.Errorf("creating queue client: %w", err)
+	}
+	// The client outlives the context of any one config: it is stopped
+	// explicitly when the last config using it goes.
+	if err := b.client.Start(context.WithoutCancel(ctx)); err != nil {
+		return nil, fmt.Errorf("starting queue workers: %w", err)
+	}
+	return b, nil
+}
+
+func (d *sqliteDialect) begin(ctx context.Context) (*sql.Tx, error) {
+	return d.db.BeginTx(ctx, nil)
+}
+
+func (d *sqliteDialect) commit(_ context.Context, tx *sql.Tx) error { return tx.Commit() }
+
+func (d *sqliteDialect) rollback(_ context.Context, tx *sql.Tx) { _ = tx.Rollback() }
+
+func (d *sqliteDialect) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
+	_, err := tx.ExecContext(ctx, rebindSQLite(query), args...)
+	return err
+}
+
+func (d *sqliteDialect) queryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) scanner {
+	return tx.QueryRowContext(ctx, rebindSQLite(query), args...)
+}
+
+func (d *sqliteDialect) queryRows(ctx context.Context, query string, args ...any) (rowsIter, error) {
+	rows, err := d.db.QueryContext(ctx, rebindSQLite(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}
+
+func (d *sqliteDialect) lockSuffix() string { return "" }
+
+func (d *sqliteDialect) close() {
+	_ = d.db.Close()
+	unlockFile(d.lock)
+}
+
+// sqlRows adapts *sql.Rows to rowsIter.
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { _ = r.Rows.Close() }

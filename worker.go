@@ -1,0 +1,169 @@
+package receivebooking
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/rivertype"
+	"go.uber.org/zap"
+)
+
+const (
+	retryBase = 5 * time.Second
+	retryCap  = 15 * time.Minute
+	// busySnooze is how long a sync waits when another sync of the same
+	// booking is running (on this or another instance).
+	busySnooze = time.Second
+	// maxErrorDetails bounds the upstream answer kept in a job's error.
+	maxErrorDetails = 512
+)
+
+// syncWorker runs queued syncs.
+type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
+	river.WorkerDefaults[syncArgs]
+	b       *riverBackend[TDriver, TTx]
+	timeout time.Duration
+}
+
+// Timeout bounds one sync; River cancels the context after it.
+func (w *syncWorker[TDriver, TTx]) Timeout(*river.Job[syncArgs]) time.Duration { return w.timeout }
+
+// Work syncs one booking. It first waits out the coalescing window (the
+// job stays in the booking's waiting slot, so webhooks keep merging into
+// it), then claims the booking, calls import-bookings and records the
+// outcome in one transaction with the booking row.
+func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[syncArgs]) error {
+	if err := sleepUntil(ctx, job.Args.NotBefore); err != nil {
+		return river.JobSnooze(0)
+	}
+	eventType, ok, err := w.b.claim(ctx, job)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return river.JobSnooze(busySnooze)
+	}
+	q := w.b.q
+	up := q.upstreamFor(job.Args.TargetID)
+	if up == nil {
+		return w.b.finish(ctx, job, nil, errors.New("no receive_booking handler is configured for this job's target"))
+	}
+	req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationID, EventType: eventType}
+	res := up.sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
+	jobErr := jobError(res, up)
+	// Record the outcome even if the job's own deadline just passed.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := w.b.finish(fctx, job, res, jobErr); err != nil {
+		return err
+	}
+	w.logOutcome(job, res, jobErr)
+	if jobErr == nil {
+		q.lastSync.Store(time.Now().UnixNano())
+		q.metrics.Load().observeSyncLag(job.Args.AcceptedAt)
+	}
+	return jobErr
+}
+
+func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syncResult, jobErr error) {
+	fields := []zap.Field{
+		zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt),
+		zap.String("booking_id", job.Args.BookingKey), zap.String("organization_id", job.Args.OrganizationID),
+		zap.Int("upstream_status", res.status), zap.Duration("upstream_duration", res.duration),
+	}
+	if jobErr == nil {
+		w.b.q.logger.Info("booking synced", fields...)
+		return
+	}
+	w.b.q.logger.Warn("queued sync failed", append(fields, zap.Error(jobErr))...)
+}
+
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// jobError turns a sync result into what River records: nil on success, a
+// cancelling error for a permanent rejection (other 4xx: no retry will
+// fix it), a plain error (retried) otherwise. The upstream's Retry-After
+// rides along in the message for the retry policy.
+func jobError(res *syncResult, up *upstream) error {
+	if res.ok() {
+		return nil
+	}
+	msg := res.describe()
+	if res.err == nil {
+		if d := up.scrub(detailsText(res)); d != "" {
+			msg += ": " + d
+		}
+	}
+	if res.permanent() {
+		return river.JobCancel(errors.New(msg))
+	}
+	if res.retryAfter > 0 {
+		msg += fmt.Sprintf(" (retry after %ds)", int(res.retryAfter.Seconds()))
+	}
+	return errors.New(msg)
+}
+
+func detailsText(res *syncResult) string {
+	s := res.text
+	if res.body != nil {
+		s = string(res.body)
+	}
+	return truncateText([]byte(s), maxErrorDetails)
+}
+
+// scrub removes the upstream key from text an upstream sent back.
+func (u *upstream) scrub(s string) string {
+	if u.targetKey != "" {
+		s = strings.ReplaceAll(s, u.targetKey, "[redacted]")
+	}
+	return s
+}
+
+// retryPolicy is exponential backoff with jitter: the first retry after
+// 2.5–5 s, doubling each time, capped at 15 minutes, and never sooner than
+// the upstream's Retry-After asked (also capped).
+type retryPolicy struct{}
+
+var retryAfterRe = regexp.MustCompile(`\(retry after (\d+)s\)$`)
+
+// NextRetry implements river.ClientRetryPolicy.
+func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
+	d := backoff(job.Attempt)
+	if n := len(job.Errors); n > 0 {
+		if m := retryAfterRe.FindStringSubmatch(job.Errors[n-1].Error); m != nil {
+			secs, _ := strconv.Atoi(m[1])
+			d = max(d, min(time.Duration(secs)*time.Second, retryCap))
+		}
+	}
+	return time.Now().Add(d)
+}
+
+// backoff is the wait after the given attempt: half fixed, half random.
+func backoff(attempt int) time.Duration {
+	d := retryCap
+	if attempt >= 1 && attempt < 20 {
+		d = min(retryBase<<(attempt-1), retryCap)
+	}
+	return d/2 + rand.N(d/2+1)
+}
