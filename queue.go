@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,8 +149,24 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*resolvedQueue, e
 // keep running across a reload, and stop when the last config using it goes.
 var queuePool = caddy.NewUsagePool()
 
+// liveQueues are the queues running in this process, by pool key, for the
+// admin API.
+var liveQueues sync.Map
+
+// runningQueues returns the live queues, ordered by key.
+func runningQueues() []*sharedQueue {
+	var qs []*sharedQueue
+	liveQueues.Range(func(_, v any) bool {
+		qs = append(qs, v.(*sharedQueue))
+		return true
+	})
+	slices.SortFunc(qs, func(a, b *sharedQueue) int { return strings.Compare(a.key, b.key) })
+	return qs
+}
+
 // sharedQueue is one durable queue and its workers.
 type sharedQueue struct {
+	key     string
 	backend backend
 	logger  *zap.Logger
 	config  *resolvedQueue
@@ -169,6 +187,7 @@ type sharedQueue struct {
 // bound) and closes the database. Called by the pool when no config uses
 // the queue any more.
 func (q *sharedQueue) Destruct() error {
+	liveQueues.Delete(q.key)
 	close(q.stop)
 	q.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
@@ -188,7 +207,7 @@ type queueHandle struct {
 func acquireQueue(ctx caddy.Context, rq *resolvedQueue, up *upstream, m *metrics, logger *zap.Logger) (*queueHandle, error) {
 	key := rq.poolKey()
 	val, _, err := queuePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openQueue(rq, logger.Named("queue"))
+		return openQueue(key, rq, logger.Named("queue"))
 	})
 	if err != nil {
 		return nil, err
@@ -247,8 +266,9 @@ func (q *sharedQueue) upstreamFor(id string) *upstream {
 	return ups[len(ups)-1]
 }
 
-func openQueue(rq *resolvedQueue, logger *zap.Logger) (*sharedQueue, error) {
+func openQueue(key string, rq *resolvedQueue, logger *zap.Logger) (*sharedQueue, error) {
 	q := &sharedQueue{
+		key:     key,
 		logger:  logger,
 		config:  rq,
 		targets: make(map[string][]*upstream),
@@ -275,6 +295,7 @@ func openQueue(rq *resolvedQueue, logger *zap.Logger) (*sharedQueue, error) {
 		q.wg.Go(q.batchLoop)
 	}
 	q.wg.Go(q.statsLoop)
+	liveQueues.Store(key, q)
 	logger.Info("queue started", zap.String("driver", rq.driver), zap.Int("workers", rq.workers))
 	return q, nil
 }
