@@ -1,0 +1,276 @@
+package receivebooking
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests run the real Caddy, in-process, through caddytest. They share
+// its admin port, so none of them runs in parallel.
+
+const (
+	e2eSecret    = "e2e-s3cr3t-value"
+	e2eTargetKey = "sb_secret_e2e-target-key"
+	e2eSite      = "http://localhost:9080"
+)
+
+// recordingUpstream is a stand-in import-bookings that records what it got.
+type recordingUpstream struct {
+	*httptest.Server
+	mu       sync.Mutex
+	requests []recordedRequest
+	status   atomic.Int32
+	body     atomic.Value // string
+	delay    atomic.Int64 // nanoseconds
+}
+
+type recordedRequest struct {
+	header http.Header
+	body   string
+}
+
+func newRecordingUpstream(t testing.TB) *recordingUpstream {
+	u := &recordingUpstream{}
+	u.status.Store(200)
+	u.body.Store(`{"success":true,"outcome":"updated"}`)
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		u.mu.Lock()
+		u.requests = append(u.requests, recordedRequest{header: r.Header.Clone(), body: string(b)})
+		u.mu.Unlock()
+		if d := time.Duration(u.delay.Load()); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(int(u.status.Load()))
+		_, _ = io.WriteString(w, u.body.Load().(string))
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *recordingUpstream) calls() []recordedRequest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]recordedRequest(nil), u.requests...)
+}
+
+func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1s
+	skip_install_trust
+	%s
+}
+http://localhost:9080 {
+	%s
+}
+`, globals, directive), "caddyfile")
+	return tester
+}
+
+func postWebhook(t *testing.T, tester *caddytest.Tester, headers map[string]string, body string) (int, map[string]any, http.Header) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, e2eSite+"/", strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := tester.Client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(raw, &out), "body: %s", raw)
+	assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+	return resp.StatusCode, out, resp.Header
+}
+
+func TestE2EContract(t *testing.T) {
+	up := newRecordingUpstream(t)
+	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
+		secret %s other-secret
+		target %s/functions/v1/import-bookings
+		target_key %s
+		timeout 1s
+	}`, e2eSecret, up.URL, e2eTargetKey))
+	auth := map[string]string{"X-Api-Key": e2eSecret}
+
+	t.Run("preflight", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodOptions, e2eSite+"/", nil)
+		resp := tester.AssertResponseCode(req, http.StatusNoContent)
+		assert.Equal(t, "*", resp.Header.Get("Access-Control-Allow-Origin"))
+		assert.Equal(t, corsAllowHeaders, resp.Header.Get("Access-Control-Allow-Headers"))
+		assert.Equal(t, "POST, OPTIONS", resp.Header.Get("Access-Control-Allow-Methods"))
+	})
+	t.Run("method", func(t *testing.T) {
+		for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodDelete, http.MethodPatch} {
+			req, _ := http.NewRequest(m, e2eSite+"/", nil)
+			resp, _ := tester.AssertResponse(req, http.StatusMethodNotAllowed, `{"error":"Method not allowed"}`)
+			assert.Equal(t, "POST, OPTIONS", resp.Header.Get("Allow"))
+		}
+	})
+	rejected := []struct {
+		name    string
+		headers map[string]string
+		body    string
+		status  int
+		err     string
+	}{
+		{"no credential", nil, `{"booking_id":"b1"}`, 401, "Unauthorized"},
+		{"wrong key", map[string]string{"X-Api-Key": "nope"}, `{"booking_id":"b1"}`, 401, "Unauthorized"},
+		{"secret prefix", map[string]string{"X-Api-Key": e2eSecret[:5]}, `{"booking_id":"b1"}`, 401, "Unauthorized"},
+		{"bearer empty", map[string]string{"Authorization": "Bearer "}, `{"booking_id":"b1"}`, 401, "Unauthorized"},
+		{"basic scheme", map[string]string{"Authorization": "Basic " + e2eSecret}, `{"booking_id":"b1"}`, 401, "Unauthorized"},
+		{"not json", auth, `booking_id=1`, 400, "Invalid JSON body"},
+		{"array", auth, `[{"booking_id":"b1"}]`, 400, "Invalid JSON body"},
+		{"missing id", auth, `{"event_type":"created"}`, 400, "Missing required field: booking_id"},
+		{"null id", auth, `{"booking_id":null}`, 400, "Missing required field: booking_id"},
+		{"float id", auth, `{"booking_id":1.5}`, 400, "Invalid field: booking_id"},
+		{"newline id", auth, `{"booking_id":"a\nb"}`, 400, "Invalid field: booking_id"},
+		{"object event", auth, `{"booking_id":"b1","event_type":{}}`, 400, "Invalid field: event_type"},
+		{"too large", auth, `{"booking_id":"b1","pad":"` + strings.Repeat("x", 1<<20) + `"}`, 413, "Request body too large"},
+	}
+	for _, tc := range rejected {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body, _ := postWebhook(t, tester, tc.headers, tc.body)
+			assert.Equal(t, tc.status, status)
+			assert.Equal(t, map[string]any{"error": tc.err}, body)
+		})
+	}
+	assert.Empty(t, up.calls(), "rejected webhooks must never reach import-bookings")
+
+	t.Run("synced", func(t *testing.T) {
+		status, body, _ := postWebhook(t, tester, map[string]string{"Authorization": "bearer other-secret"},
+			`{"booking_id":42,"organization_id":"org-1","event_type":"booking.updated","extra":{"x":1}}`)
+		assert.Equal(t, 200, status)
+		assert.Equal(t, map[string]any{
+			"success": true, "booking_id": float64(42), "event_type": "booking.updated",
+			"sync_result": map[string]any{"success": true, "outcome": "updated"},
+		}, body)
+		calls := up.calls()
+		require.Len(t, calls, 1)
+		c := calls[0]
+		assert.JSONEq(t, `{"booking_id":42,"syncMode":"single","organization_id":"org-1","event_type":"booking.updated"}`, c.body)
+		assert.Equal(t, "Bearer "+e2eTargetKey, c.header.Get("Authorization"))
+		assert.Equal(t, e2eTargetKey, c.header.Get("Apikey"))
+		assert.Equal(t, "application/json", c.header.Get("Content-Type"))
+		assert.True(t, strings.HasPrefix(c.header.Get("User-Agent"), "caddy-receive-booking/"))
+		assert.NotEmpty(t, c.header.Get(headerRequestID), "Caddy's request ID travels upstream")
+		assert.Empty(t, c.header.Get("X-Api-Key"), "the caller's credentials are never forwarded")
+	})
+	t.Run("upstream says failure", func(t *testing.T) {
+		up.body.Store(`{"success":false,"error":"EventFlow API down"}`)
+		defer up.body.Store(`{"success":true,"outcome":"updated"}`)
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b2"}`)
+		assert.Equal(t, 502, status)
+		assert.Equal(t, "Sync failed", body["error"])
+		assert.Equal(t, float64(200), body["upstream_status"])
+		assert.Equal(t, map[string]any{"success": false, "error": "EventFlow API down"}, body["details"])
+	})
+	t.Run("upstream 503", func(t *testing.T) {
+		up.status.Store(503)
+		up.body.Store(`{"code":"BOOT_ERROR","message":"Function failed to start"}`)
+		defer func() { up.status.Store(200); up.body.Store(`{"success":true,"outcome":"updated"}`) }()
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b3"}`)
+		assert.Equal(t, 502, status)
+		assert.Equal(t, float64(503), body["upstream_status"])
+	})
+	t.Run("timeout", func(t *testing.T) {
+		up.delay.Store(int64(3 * time.Second))
+		defer up.delay.Store(0)
+		start := time.Now()
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"slow"}`)
+		assert.Equal(t, 504, status)
+		assert.Equal(t, map[string]any{"error": "Sync timed out"}, body)
+		assert.Less(t, time.Since(start), 2500*time.Millisecond)
+	})
+}
+
+func TestE2EUnreachableAndCORSOff(t *testing.T) {
+	// A closed port: nothing listens there.
+	l := httptest.NewServer(http.NotFoundHandler())
+	target := l.URL + "/import?apikey=QUERYSECRET"
+	l.Close()
+	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		cors off
+	}`, e2eSecret, target))
+	status, body, hdr := postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret}, `{"booking_id":"b1"}`)
+	assert.Equal(t, 502, status)
+	assert.Equal(t, "Sync failed", body["error"])
+	assert.NotContains(t, fmt.Sprint(body["details"]), "QUERYSECRET")
+	assert.NotContains(t, body, "upstream_status")
+	assert.Empty(t, hdr.Get("Access-Control-Allow-Origin"))
+	req, _ := http.NewRequest(http.MethodOptions, e2eSite+"/", nil)
+	tester.AssertResponseCode(req, http.StatusMethodNotAllowed)
+}
+
+// TestE2ENoSecretInLogs runs with debug logging and an access log, sends
+// accepted, rejected and failed webhooks, and reads every log line. Caddy
+// copies the request for its access log before any handler runs, so the
+// access log needs the filter the README documents to drop X-Api-Key
+// (Authorization is redacted by Caddy itself).
+func TestE2ENoSecretInLogs(t *testing.T) {
+	up := newRecordingUpstream(t)
+	dir := t.TempDir()
+	serverLog := filepath.Join(dir, "server.log")
+	accessLog := filepath.Join(dir, "access.log")
+	tester := initE2E(t, fmt.Sprintf("debug\n\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}", serverLog),
+		fmt.Sprintf(`log {
+		output file %s
+		format filter {
+			request>headers>X-Api-Key delete
+		}
+	}
+	receive_booking {
+		secret %s
+		target %s
+		target_key %s
+	}`, accessLog, e2eSecret, up.URL, e2eTargetKey))
+	auth := map[string]string{"X-Api-Key": e2eSecret}
+	postWebhook(t, tester, auth, `{"booking_id":"ok-1","event_type":"booking_created"}`)
+	postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret + "x"}, `{"booking_id":"b1"}`)
+	postWebhook(t, tester, map[string]string{"Authorization": "Bearer " + e2eSecret}, `{"booking_id":"b2"}`)
+	up.status.Store(500)
+	postWebhook(t, tester, auth, `{"booking_id":"fail-1"}`)
+
+	var logs string
+	require.Eventually(t, func() bool {
+		a, _ := os.ReadFile(accessLog)
+		s, _ := os.ReadFile(serverLog)
+		logs = string(a) + string(s)
+		return strings.Count(string(a), "\n") >= 4 && strings.Contains(logs, "fail-1")
+	}, 5*time.Second, 50*time.Millisecond)
+	assert.NotContains(t, logs, e2eSecret)
+	assert.NotContains(t, logs, e2eTargetKey)
+	assert.Contains(t, logs, `"outcome":"synced"`)
+	assert.Contains(t, logs, `"event_type":"created"`, "event types are normalised in the log")
+	assert.Contains(t, logs, `"outcome":"rejected"`)
+	assert.Contains(t, logs, `"outcome":"failed"`)
+}
