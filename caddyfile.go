@@ -28,6 +28,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	receive_booking [<matcher>] {
 //		secret          <secret...>
+//		signing_secret  <whsec_...>
+//		tolerance       <duration>
+//		auth            key|signature|both
 //		target          <url>
 //		target_key      <key>
 //		timeout         <duration>
@@ -44,8 +47,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		metrics         off
 //	}
 //
-// secret may repeat or take several values: all of them are accepted, which
-// is how a key is rotated. Every value accepts placeholders such as
+// secret and signing_secret may repeat or take several values: all of them
+// are accepted, which is how a key is rotated. Every value accepts placeholders such as
 // {env.WEBHOOK_SECRET} or {file./run/secrets/webhook}.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -55,7 +58,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "secret" {
+		if seen[name] && name != "secret" && name != "signing_secret" {
 			return d.Errf("%s: subdirective given twice", name)
 		}
 		seen[name] = true
@@ -79,13 +82,23 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		h.Secrets = append(h.Secrets, args...)
 		return nil
 	},
-	"target":     stringArg(func(h *Handler) *string { return &h.Target }, nil),
-	"target_key": stringArg(func(h *Handler) *string { return &h.TargetKey }, nil),
-	"timeout":    stringArg(func(h *Handler) *string { return &h.Timeout }, checkDuration),
-	"body_timeout": stringArg(func(h *Handler) *string { return &h.BodyTimeout }, checkDuration),
-	"max_body":   stringArg(func(h *Handler) *string { return &h.MaxBody }, checkSize),
-	"cors":       stringArg(func(h *Handler) *string { return &h.CORS }, nil),
-	"mode":       stringArg(func(h *Handler) *string { return &h.Mode }, checkMode),
+	"signing_secret": func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		h.SigningSecrets = append(h.SigningSecrets, args...)
+		return nil
+	},
+	"tolerance":       stringArg(func(h *Handler) *string { return &h.Tolerance }, checkDuration),
+	"auth":            stringArg(func(h *Handler) *string { return &h.Auth }, checkAuth),
+	"target":          stringArg(func(h *Handler) *string { return &h.Target }, nil),
+	"target_key":      stringArg(func(h *Handler) *string { return &h.TargetKey }, nil),
+	"timeout":         stringArg(func(h *Handler) *string { return &h.Timeout }, checkDuration),
+	"body_timeout":    stringArg(func(h *Handler) *string { return &h.BodyTimeout }, checkDuration),
+	"max_body":        stringArg(func(h *Handler) *string { return &h.MaxBody }, checkSize),
+	"cors":            stringArg(func(h *Handler) *string { return &h.CORS }, nil),
+	"mode":            stringArg(func(h *Handler) *string { return &h.Mode }, checkMode),
 	"coalesce_window": stringArg(func(h *Handler) *string { return &h.CoalesceWindow }, checkDuration),
 	"require": func(h *Handler, d *caddyfile.Dispenser) error {
 		args := d.RemainingArgs()
@@ -127,8 +140,8 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		}
 		return nil
 	},
-	"workers":        intArg(func(q *QueueConfig) *int { return &q.Workers }),
-	"max_attempts":   intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
+	"workers":      intArg(func(q *QueueConfig) *int { return &q.Workers }),
+	"max_attempts": intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
 	"worker_timeout": func(h *Handler, d *caddyfile.Dispenser) error {
 		name := d.Val()
 		var v string
@@ -202,6 +215,14 @@ func checkSize(d *caddyfile.Dispenser, _, v string) error {
 		return d.Errf("max_body: not a valid size: %q", v)
 	}
 	return nil
+}
+
+func checkAuth(d *caddyfile.Dispenser, _, v string) error {
+	switch v {
+	case authKey, authSignature, authBoth:
+		return nil
+	}
+	return d.Errf("auth: expected key, signature or both, got %q", v)
 }
 
 func checkMode(d *caddyfile.Dispenser, _, v string) error {

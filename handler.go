@@ -86,6 +86,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	h.write(w, a)
 	h.log(r, a, time.Since(start))
 	h.metrics.observeAnswer(a)
+	if a.status == http.StatusOK {
+		h.metrics.observeSyncLag(start)
+	}
 	return nil
 }
 
@@ -104,24 +107,41 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		w.Header().Set("Allow", corsAllowMethods)
 		return reject(http.StatusMethodNotAllowed, "Method not allowed", "method")
 	}
-	if !h.secrets.authenticate(r.Header) {
+	if h.authKey && !h.secrets.authenticate(r.Header) {
 		return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
 	}
+	stripCredentials(r.Header)
 	if !jsonContentType(r.Header.Get("Content-Type")) {
 		return reject(http.StatusUnsupportedMediaType, "Content-Type must be application/json", "content_type")
 	}
-	buf, a := h.readBody(w, r)
-	if a != nil {
-		return a
+	buf, rej := h.readBody(w, r)
+	if rej != nil {
+		return rej
+	}
+	var webhookID string
+	if h.authSig {
+		var reason string
+		if reason, webhookID = h.checkSignature(r.Context(), r, buf.Bytes()); reason != "" {
+			putBuffer(buf)
+			return reject(http.StatusUnauthorized, "Unauthorized", reason)
+		}
 	}
 	wh, err := parseWebhook(buf.Bytes(), h.requireOrg)
 	putBuffer(buf)
+	var a *answer
 	if err != nil {
 		var ie *inputError
 		errors.As(err, &ie)
-		return reject(http.StatusBadRequest, ie.msg, ie.reason)
+		a = reject(http.StatusBadRequest, ie.msg, ie.reason)
+	} else {
+		a = h.dispatch(r, wh)
 	}
-	return h.dispatch(r, wh)
+	if webhookID != "" && (a == nil || a.status >= 300) {
+		// Not accepted: the sender's retry carries the same id and must
+		// not be taken for a replay.
+		h.replay.forget(context.WithoutCancel(r.Context()), webhookID)
+	}
+	return a
 }
 
 // jsonContentType accepts a missing Content-Type (the Edge Function did

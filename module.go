@@ -96,10 +96,31 @@ type Handler struct {
 	// has not started). Default: 1s in async mode, 0 otherwise.
 	CoalesceWindow string `json:"coalesce_window,omitempty"`
 
+	// SigningSecrets are Standard Webhooks signing secrets ("whsec_…").
+	// When set, webhooks must carry webhook-id, webhook-timestamp and
+	// webhook-signature headers signed with one of them. Several may be
+	// active at once, for rotation.
+	SigningSecrets []string `json:"signing_secrets,omitempty"`
+
+	// Tolerance is how far a signed webhook's timestamp may be from now,
+	// in the past or the future; ids are remembered for twice as long to
+	// reject replays. Default: 5m.
+	Tolerance string `json:"tolerance,omitempty"`
+
+	// Auth is what a webhook must present: "key" (the API key), "signature"
+	// (a Standard Webhooks signature) or "both". Default: key when only
+	// secrets are set, signature when only signing secrets are set, both
+	// when both are.
+	Auth string `json:"auth,omitempty"`
+
 	// DisableMetrics turns off the Prometheus metrics of this handler.
 	DisableMetrics bool `json:"disable_metrics,omitempty"`
 
 	secrets        *secretSet
+	authKey        bool
+	authSig        bool
+	verifier       *signatureVerifier
+	replay         replayStore
 	target         *url.URL
 	targetKey      string
 	timeout        time.Duration
@@ -133,6 +154,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionAuth(repl); err != nil {
 		return err
 	}
+	if err := h.provisionSigning(repl); err != nil {
+		return err
+	}
 	if err := h.provisionTarget(repl); err != nil {
 		return err
 	}
@@ -142,7 +166,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
 	h.upstream = newUpstream(h.target, h.targetKey, h.metrics)
 	h.coalescer = newCoalescer()
-	return h.provisionQueue(ctx, repl)
+	if err := h.provisionQueue(ctx, repl); err != nil {
+		return err
+	}
+	h.provisionReplay()
+	return nil
 }
 
 func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
@@ -150,10 +178,9 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 	if err != nil {
 		return err
 	}
-	if len(secrets) == 0 {
-		return errors.New("secret: at least one non-empty secret is required")
+	if len(secrets) > 0 {
+		h.secrets = newSecretSet(secrets)
 	}
-	h.secrets = newSecretSet(secrets)
 	return nil
 }
 

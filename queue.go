@@ -407,6 +407,9 @@ func (q *sharedQueue) sampleStats() {
 		return
 	}
 	q.metrics.Load().setQueueStats(s)
+	if err := q.backend.prune(ctx, time.Now()); err != nil {
+		q.logger.Warn("pruning webhook ids", zap.Error(errors.New(scrubDSN(err.Error(), q.config))))
+	}
 }
 
 func (q *sharedQueue) stats(ctx context.Context) (*queueStats, error) {

@@ -82,8 +82,10 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	if _, err := tx.Exec(ctx, createBookingTable); err != nil {
-		return fmt.Errorf("migrating queue: %w", err)
+	for _, ddl := range []string{createBookingTable, createWebhookIDTable} {
+		if _, err := tx.Exec(ctx, ddl); err != nil {
+			return fmt.Errorf("migrating queue: %w", err)
+		}
 	}
 	return tx.Commit(ctx)
 }

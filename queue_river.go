@@ -50,6 +50,12 @@ type backend interface {
 	getJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
 	replayJob(ctx context.Context, id int64) (*replayResult, error)
 	deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+	// replaySeen records a webhook-id (hashed) until expires, and reports
+	// whether it was already recorded and unexpired.
+	replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error)
+	replayForget(ctx context.Context, key string) error
+	// prune drops expired webhook-ids.
+	prune(ctx context.Context, now time.Time) error
 	close(ctx context.Context) error
 }
 
@@ -117,6 +123,20 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
 	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
 RETURNING waiting_job_id`
+
+// createWebhookIDTable holds the webhook-ids seen within the signature
+// tolerance window, shared by every instance on the database.
+const createWebhookIDTable = `CREATE TABLE IF NOT EXISTS receive_booking_webhook_id (
+	id_hash    TEXT   NOT NULL PRIMARY KEY,
+	expires_at BIGINT NOT NULL
+)`
+
+// recordWebhookID inserts an id, or takes over an expired row; it returns
+// a row only when the id was not live already.
+const recordWebhookID = `INSERT INTO receive_booking_webhook_id (id_hash, expires_at) VALUES ($1, $2)
+ON CONFLICT (id_hash) DO UPDATE SET expires_at = excluded.expires_at
+	WHERE receive_booking_webhook_id.expires_at <= $3
+RETURNING 1`
 
 const countJobInStates = `SELECT count(*) FROM river_job WHERE id = $1 AND state IN (%s)`
 
@@ -445,6 +465,34 @@ func (b *riverBackend[TDriver, TTx]) close(ctx context.Context) error {
 	}
 	b.db.close()
 	return err
+}
+
+func (b *riverBackend[TDriver, TTx]) replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error) {
+	rows, err := b.db.queryRows(ctx, recordWebhookID, key, expires.UnixNano(), now.UnixNano())
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	inserted := rows.Next()
+	return !inserted, rows.Err()
+}
+
+func (b *riverBackend[TDriver, TTx]) replayForget(ctx context.Context, key string) error {
+	return b.execPool(ctx, `DELETE FROM receive_booking_webhook_id WHERE id_hash = $1`, key)
+}
+
+func (b *riverBackend[TDriver, TTx]) prune(ctx context.Context, now time.Time) error {
+	return b.execPool(ctx, `DELETE FROM receive_booking_webhook_id WHERE expires_at <= $1`, now.UnixNano())
+}
+
+// execPool runs a statement outside any transaction.
+func (b *riverBackend[TDriver, TTx]) execPool(ctx context.Context, query string, args ...any) error {
+	rows, err := b.db.queryRows(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
 }
 
 // rebindSQLite turns PostgreSQL's $1 placeholders into SQLite's ?1.

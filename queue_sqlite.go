@@ -61,8 +61,10 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, rq *resolvedQueue, 
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return nil, fmt.Errorf("migrating queue: %w", err)
 	}
-	if _, err := d.db.ExecContext(ctx, createBookingTable); err != nil {
-		return nil, fmt.Errorf("migrating queue: %w", err)
+	for _, ddl := range []string{createBookingTable, createWebhookIDTable} {
+		if _, err := d.db.ExecContext(ctx, ddl); err != nil {
+			return nil, fmt.Errorf("migrating queue: %w", err)
+		}
 	}
 	// This process holds the file's lock, so a job still marked running
 	// was cut short by a crash: make it available again now, rather than

@@ -1,0 +1,168 @@
+package receivebooking
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+const (
+	authKey       = "key"
+	authSignature = "signature"
+	authBoth      = "both"
+
+	headerWebhookID        = "Webhook-Id"
+	headerWebhookTimestamp = "Webhook-Timestamp"
+	headerWebhookSignature = "Webhook-Signature"
+)
+
+// provisionSigning resolves the signing secrets and chooses what a webhook
+// must present: the API key, a Standard Webhooks signature, or both.
+func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
+	raw, err := resolveAll(repl, "signing_secret", h.SigningSecrets)
+	if err != nil {
+		return err
+	}
+	keys := make([]signingKey, 0, len(raw))
+	for i, s := range raw {
+		k, err := parseSigningSecret(s)
+		if err != nil {
+			// err names what is wrong, never the value.
+			return fmt.Errorf("signing_secret #%d: %w", i+1, err)
+		}
+		keys = append(keys, k)
+	}
+	tolerance, err := resolveDuration(repl, "tolerance", h.Tolerance, defaultTolerance)
+	if err != nil {
+		return err
+	}
+	if tolerance <= 0 {
+		return errors.New("tolerance: must be positive")
+	}
+	mode, err := resolve(repl, "auth", h.Auth)
+	if err != nil {
+		return err
+	}
+	if mode == "" {
+		mode = defaultAuthMode(h.secrets != nil, len(keys) > 0)
+	}
+	switch mode {
+	case authKey, authSignature, authBoth:
+	default:
+		return fmt.Errorf("auth: expected key, signature or both, got %q", mode)
+	}
+	h.authKey = mode == authKey || mode == authBoth
+	h.authSig = mode == authSignature || mode == authBoth
+	if h.authKey && h.secrets == nil {
+		return errors.New("secret: at least one non-empty secret is required")
+	}
+	if h.authSig && len(keys) == 0 {
+		return errors.New("signing_secret: at least one signing secret is required")
+	}
+	if h.authSig {
+		h.verifier = &signatureVerifier{keys: keys, tolerance: tolerance}
+	}
+	return nil
+}
+
+func defaultAuthMode(haveKeys, haveSigning bool) string {
+	switch {
+	case haveKeys && haveSigning:
+		return authBoth
+	case haveSigning:
+		return authSignature
+	default:
+		return authKey
+	}
+}
+
+// checkSignature verifies a webhook's Standard Webhooks signature over the
+// raw body, then that its id was not delivered before. It returns the
+// rejection reason, or "" and the webhook id on success.
+func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string) {
+	id = r.Header.Get(headerWebhookID)
+	err := h.verifier.verify(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
+	switch {
+	case errors.Is(err, errMissingSignature):
+		return "missing_signature", ""
+	case errors.Is(err, errStaleTimestamp):
+		return "stale_timestamp", ""
+	case err != nil:
+		return "bad_signature", ""
+	}
+	seen, err := h.replay.seen(ctx, id, time.Now())
+	if err != nil {
+		// Fail closed would turn a database hiccup into lost webhooks:
+		// the signature and timestamp already bound the exposure.
+		h.logger.Warn("checking webhook-id for replay", zap.Error(err))
+		return "", id
+	}
+	if seen {
+		return "replay", ""
+	}
+	return "", id
+}
+
+// replayStore remembers the webhook-ids delivered within the tolerance
+// window.
+type replayStore interface {
+	seen(ctx context.Context, id string, now time.Time) (bool, error)
+	forget(ctx context.Context, id string)
+}
+
+// memoryReplay is the in-process store, shared by every config with the
+// same tolerance so that a reload does not forget the ids seen so far.
+type memoryReplay struct{ c *replayCache }
+
+var memoryReplays sync.Map // tolerance -> *replayCache
+
+func newMemoryReplay(tolerance time.Duration) memoryReplay {
+	c, _ := memoryReplays.LoadOrStore(tolerance, newReplayCache(tolerance, defaultReplayEntries))
+	return memoryReplay{c.(*replayCache)}
+}
+
+func (m memoryReplay) seen(_ context.Context, id string, now time.Time) (bool, error) {
+	return m.c.seen(id, now), nil
+}
+
+func (m memoryReplay) forget(_ context.Context, id string) { m.c.forget(id) }
+
+// queueReplay keeps the ids in the PostgreSQL queue's database, so that a
+// replay sent to another instance is caught too.
+type queueReplay struct {
+	q   *sharedQueue
+	ttl time.Duration
+}
+
+func (s queueReplay) seen(ctx context.Context, id string, now time.Time) (bool, error) {
+	return s.q.backend.replaySeen(ctx, replayKey(id), now, now.Add(s.ttl))
+}
+
+func (s queueReplay) forget(ctx context.Context, id string) {
+	_ = s.q.backend.replayForget(ctx, replayKey(id))
+}
+
+func replayKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])
+}
+
+// provisionReplay picks where webhook-ids are remembered.
+func (h *Handler) provisionReplay() {
+	if !h.authSig {
+		return
+	}
+	if h.queue != nil && h.queue.q.config.driver == queuePostgres {
+		h.replay = queueReplay{q: h.queue.q, ttl: 2 * h.verifier.tolerance}
+		return
+	}
+	h.replay = newMemoryReplay(h.verifier.tolerance)
+}
