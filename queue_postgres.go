@@ -63,31 +63,33 @@ func newPostgresBackend(ctx context.Context, d *pgDialect, rq *resolvedQueue, q 
 	return b, nil
 }
 
-// migratePostgres brings River's tables and ours up to date in one
-// transaction, under an advisory lock so that instances starting together
-// take turns.
+// migratePostgres brings River's tables and ours up to date under an
+// advisory lock, so that instances starting together take turns. River's
+// migrations cannot share one transaction (a new enum value must be
+// committed before use), so the lock is a session lock on one connection.
 func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Driver) error {
 	migrator, err := rivermigrate.New(driver, nil)
 	if err != nil {
 		return fmt.Errorf("preparing migrations: %w", err)
 	}
-	tx, err := d.pool.Begin(ctx)
+	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("connecting: %w", err)
 	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockID); err != nil {
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrationLockID); err != nil {
 		return fmt.Errorf("locking migrations: %w", err)
 	}
-	if _, err := migrator.MigrateTx(ctx, tx, rivermigrate.DirectionUp, nil); err != nil {
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, migrationLockID) }()
+	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
 	for _, ddl := range []string{createBookingTable, createWebhookIDTable} {
-		if _, err := tx.Exec(ctx, ddl); err != nil {
+		if _, err := conn.Exec(ctx, ddl); err != nil {
 			return fmt.Errorf("migrating queue: %w", err)
 		}
 	}
-	return tx.Commit(ctx)
+	return nil
 }
 
 func (d *pgDialect) begin(ctx context.Context) (pgx.Tx, error) { return d.pool.Begin(ctx) }

@@ -1,0 +1,234 @@
+package receivebooking
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+// gatedUpstream is an import-bookings stand-in whose calls can be held
+// open, and which records when each call for a booking started and ended
+// and how many ran at once per booking.
+type gatedUpstream struct {
+	*httptest.Server
+	gate        chan struct{} // receive to let one held call finish; nil: no hold
+	mu          sync.Mutex
+	calls       map[string][]callSpan
+	inFlight    map[string]int
+	maxInFlight int
+	started     chan string
+	status      atomic.Int32
+}
+
+type callSpan struct{ start, end time.Time }
+
+func newGatedUpstream(t testing.TB, hold bool) *gatedUpstream {
+	u := &gatedUpstream{calls: map[string][]callSpan{}, inFlight: map[string]int{}, started: make(chan string, 1000)}
+	u.status.Store(200)
+	if hold {
+		u.gate = make(chan struct{})
+	}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			BookingID json.RawMessage `json:"booking_id"`
+		}
+		b, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(b, &req)
+		id := string(req.BookingID)
+		start := time.Now()
+		u.mu.Lock()
+		u.inFlight[id]++
+		u.maxInFlight = max(u.maxInFlight, u.inFlight[id])
+		u.mu.Unlock()
+		u.started <- id
+		if u.gate != nil {
+			select {
+			case <-u.gate:
+			case <-r.Context().Done():
+			}
+		}
+		u.mu.Lock()
+		u.inFlight[id]--
+		u.calls[id] = append(u.calls[id], callSpan{start, time.Now()})
+		u.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(int(u.status.Load()))
+		fmt.Fprintf(w, `{"success":true,"booking_id":%s,"outcome":"updated"}`, req.BookingID)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *gatedUpstream) callsFor(id string) []callSpan {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]callSpan(nil), u.calls[id]...)
+}
+
+// testQueue opens a real queue (SQLite file or PostgreSQL database) with
+// an upstream registered, as a handler would.
+func testQueue(t *testing.T, driver string, up *httptest.Server) *queueHandle {
+	t.Helper()
+	rq := &resolvedQueue{driver: driver, workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second}
+	if driver == queueSQLite {
+		rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
+	} else {
+		rq.location = freshPostgresDSN(t)
+	}
+	q, err := openQueue(rq.poolKey(), rq, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, q.Destruct()) })
+	u, err := url.Parse(up.URL)
+	require.NoError(t, err)
+	upstream := newUpstream(u, "tk", nil)
+	h := &queueHandle{q: q, targetID: targetID(upstream.target), upstream: upstream}
+	q.register(h.targetID, upstream)
+	return h
+}
+
+func testWebhook(id string) *webhook {
+	return &webhook{bookingID: json.RawMessage(`"` + id + `"`), bookingKey: id, organizationID: "org", eventType: "updated"}
+}
+
+func forEachDriver(t *testing.T, fn func(t *testing.T, driver string)) {
+	for _, d := range []string{queueSQLite, queuePostgres} {
+		t.Run(d, func(t *testing.T) { fn(t, d) })
+	}
+}
+
+// TestQueueBurstMergesIntoWaitingSync: a burst inside the coalescing
+// window becomes one upstream call.
+func TestQueueBurstMergesIntoWaitingSync(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver string) {
+		up := newGatedUpstream(t, false)
+		qh := testQueue(t, driver, up.Server)
+		ctx := context.Background()
+		var first int64
+		for i := range 20 {
+			id, coalesced, err := qh.enqueue(ctx, testWebhook("b1"), 700*time.Millisecond)
+			require.NoError(t, err)
+			if i == 0 {
+				first = id
+				assert.False(t, coalesced)
+				continue
+			}
+			assert.True(t, coalesced, "webhook %d merges into the waiting sync", i)
+			assert.Equal(t, first, id)
+		}
+		require.Eventually(t, func() bool { return len(up.callsFor(`"b1"`)) == 1 }, 10*time.Second, 20*time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
+		assert.Len(t, up.callsFor(`"b1"`), 1, "one upstream call for the whole burst")
+	})
+}
+
+// TestQueueWebhookDuringRunningSyncCausesOneMore: a webhook that meets a
+// running sync never merges into it; it causes exactly one more sync after
+// it, which later webhooks merge into; the two never overlap.
+func TestQueueWebhookDuringRunningSyncCausesOneMore(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver string) {
+		up := newGatedUpstream(t, true)
+		qh := testQueue(t, driver, up.Server)
+		ctx := context.Background()
+		first, _, err := qh.enqueue(ctx, testWebhook("b2"), 0)
+		require.NoError(t, err)
+		select {
+		case <-up.started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("first sync never started")
+		}
+		second, coalesced, err := qh.enqueue(ctx, testWebhook("b2"), 0)
+		require.NoError(t, err)
+		assert.False(t, coalesced, "never merge into a running sync")
+		assert.NotEqual(t, first, second)
+		for range 5 {
+			id, coalesced, err := qh.enqueue(ctx, testWebhook("b2"), 0)
+			require.NoError(t, err)
+			assert.True(t, coalesced)
+			assert.Equal(t, second, id)
+		}
+		// The follow-up must wait for the running sync: nothing else starts.
+		select {
+		case id := <-up.started:
+			t.Fatalf("a second sync of %s started while the first ran", id)
+		case <-time.After(1500 * time.Millisecond):
+		}
+		up.gate <- struct{}{} // finish the first
+		select {
+		case <-up.started:
+		case <-time.After(15 * time.Second):
+			t.Fatal("follow-up sync never started")
+		}
+		up.gate <- struct{}{}
+		require.Eventually(t, func() bool { return len(up.callsFor(`"b2"`)) == 2 }, 10*time.Second, 20*time.Millisecond)
+		calls := up.callsFor(`"b2"`)
+		assert.False(t, calls[1].start.Before(calls[0].end), "the follow-up starts after the first sync ended")
+		assert.Equal(t, 1, up.maxInFlight)
+	})
+}
+
+// TestQueueRetriesThenSucceeds: a 503 is retried, and webhooks arriving
+// while the job waits for its retry merge into it.
+func TestQueueRetriesThenSucceeds(t *testing.T) {
+	up := newGatedUpstream(t, false)
+	up.status.Store(503)
+	qh := testQueue(t, queueSQLite, up.Server)
+	ctx := context.Background()
+	id, _, err := qh.enqueue(ctx, testWebhook("b3"), 0)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(up.callsFor(`"b3"`)) == 1 }, 10*time.Second, 20*time.Millisecond)
+	up.status.Store(200)
+	// River keeps a job that retries within seconds "available" with a
+	// future scheduled_at, and a later one "retryable".
+	require.Eventually(t, func() bool {
+		job, err := qh.q.backend.getJob(ctx, id)
+		return err == nil && (job.State == "retryable" || job.State == "available")
+	}, 5*time.Second, 20*time.Millisecond)
+	again, coalesced, err := qh.enqueue(ctx, testWebhook("b3"), 0)
+	require.NoError(t, err)
+	assert.True(t, coalesced, "a webhook merges into a sync waiting for its retry")
+	assert.Equal(t, id, again)
+	require.Eventually(t, func() bool { return len(up.callsFor(`"b3"`)) == 2 }, 20*time.Second, 50*time.Millisecond)
+	job, err := qh.q.backend.getJob(ctx, id)
+	require.NoError(t, err)
+	require.Len(t, job.Errors, 1)
+	assert.Contains(t, job.Errors[0].Error, "upstream status 503")
+}
+
+// TestQueuePermanentFailureIsCancelled: a 4xx other than 408/429 is not
+// retried.
+func TestQueuePermanentFailureIsCancelled(t *testing.T) {
+	up := newGatedUpstream(t, false)
+	up.status.Store(400)
+	qh := testQueue(t, queueSQLite, up.Server)
+	ctx := context.Background()
+	id, _, err := qh.enqueue(ctx, testWebhook("b4"), 0)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		job, err := qh.q.backend.getJob(ctx, id)
+		return err == nil && job.State == "cancelled"
+	}, 10*time.Second, 20*time.Millisecond)
+	assert.Len(t, up.callsFor(`"b4"`), 1)
+}
+
+func TestRetryPolicyBackoff(t *testing.T) {
+	for attempt := 1; attempt <= 12; attempt++ {
+		d := backoff(attempt)
+		want := min(retryBase<<(attempt-1), retryCap)
+		assert.GreaterOrEqual(t, d, want/2, "attempt %d", attempt)
+		assert.LessOrEqual(t, d, want, "attempt %d", attempt)
+	}
+	assert.LessOrEqual(t, backoff(100), retryCap)
+}
