@@ -274,3 +274,84 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 	assert.Contains(t, logs, `"outcome":"rejected"`)
 	assert.Contains(t, logs, `"outcome":"failed"`)
 }
+
+func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
+	up := newRecordingUpstream(t)
+	up.status.Store(503) // import-bookings is down: webhooks must still be accepted
+	dbPath := filepath.Join(t.TempDir(), "async.sqlite3")
+	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		mode async
+		queue sqlite %s
+		coalesce_window 300ms
+	}`, e2eSecret, up.URL, dbPath))
+	auth := map[string]string{"X-Api-Key": e2eSecret}
+	status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"q1","event_type":"booking.created"}`)
+	require.Equal(t, 202, status, "%v", body)
+	jobID := body["job_id"]
+	assert.Equal(t, map[string]any{"success": true, "accepted": true, "queued": true, "coalesced": false,
+		"job_id": jobID, "booking_id": "q1", "event_type": "booking.created"}, body)
+	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"q1","event_type":"booking.updated"}`)
+	require.Equal(t, 202, status)
+	assert.Equal(t, true, body["coalesced"], "a second webhook inside the window merges")
+	assert.Equal(t, jobID, body["job_id"])
+
+	require.Eventually(t, func() bool { return len(up.calls()) >= 1 }, 10*time.Second, 20*time.Millisecond)
+	up.status.Store(200)
+	// The 503 is retried (first retry after 2.5–5 s, moved by River's
+	// scheduler every 5 s) until it succeeds.
+	require.Eventually(t, func() bool {
+		for _, c := range up.calls() {
+			if strings.Contains(c.body, `"event_type":"booking.updated"`) {
+				return true
+			}
+		}
+		return false
+	}, 20*time.Second, 50*time.Millisecond, "the retry carries the latest event type")
+}
+
+func TestE2EAutoFallsBackToQueue(t *testing.T) {
+	up := newRecordingUpstream(t)
+	dbPath := filepath.Join(t.TempDir(), "auto.sqlite3")
+	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		timeout 500ms
+		queue sqlite %s
+	}`, e2eSecret, up.URL, dbPath))
+	auth := map[string]string{"X-Api-Key": e2eSecret}
+
+	status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"a1"}`)
+	assert.Equal(t, 200, status, "auto mode syncs while the sender waits when it can")
+	assert.Equal(t, true, body["success"])
+
+	up.status.Store(503)
+	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a2"}`)
+	assert.Equal(t, 202, status)
+	assert.Equal(t, "upstream status 503", body["sync_error"])
+	assert.Equal(t, true, body["queued"])
+
+	up.status.Store(200)
+	up.delay.Store(int64(2 * time.Second))
+	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a3"}`)
+	assert.Equal(t, 202, status)
+	assert.Equal(t, "upstream timed out", body["sync_error"])
+	up.delay.Store(0)
+
+	up.status.Store(404)
+	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a4"}`)
+	assert.Equal(t, 502, status, "a permanent rejection is answered, not queued")
+	assert.Equal(t, float64(404), body["upstream_status"])
+	up.status.Store(200)
+
+	// Both queued bookings are synced by the workers.
+	require.Eventually(t, func() bool {
+		var a2, a3 bool
+		for _, c := range up.calls() {
+			a2 = a2 || strings.Contains(c.body, `"a2"`) && strings.HasPrefix(c.header.Get(headerRequestID), "job-")
+			a3 = a3 || strings.Contains(c.body, `"a3"`) && strings.HasPrefix(c.header.Get(headerRequestID), "job-")
+		}
+		return a2 && a3
+	}, 20*time.Second, 50*time.Millisecond)
+}
