@@ -1,11 +1,7 @@
-//go:build interop
-
 // Cross-checks signature.go against the Standard Webhooks reference Go
-// library. It sits behind the "interop" build tag so the package builds
-// without the extra module; enable it with
-//
-//	go get github.com/standard-webhooks/standard-webhooks/libraries@v0.0.1
-//	go test -tags interop -run Interop .
+// library (github.com/standard-webhooks/standard-webhooks/libraries, a
+// test-only dependency): signatures it makes verify here, and the other
+// way round.
 
 package receivebooking
 
