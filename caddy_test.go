@@ -76,7 +76,13 @@ func (u *recordingUpstream) calls() []recordedRequest {
 func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
+	tester.InitServer(e2eConfig(globals, directive), "caddyfile")
+	return tester
+}
+
+// e2eConfig is a Caddyfile with one site that runs the given directive.
+func e2eConfig(globals, directive string) string {
+	return fmt.Sprintf(`{
 	admin localhost:2999
 	http_port 9080
 	https_port 9443
@@ -87,8 +93,7 @@ func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
 http://localhost:9080 {
 	%s
 }
-`, globals, directive), "caddyfile")
-	return tester
+`, globals, directive)
 }
 
 func postWebhook(t *testing.T, tester *caddytest.Tester, headers map[string]string, body string) (int, map[string]any, http.Header) {

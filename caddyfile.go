@@ -74,22 +74,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
-	"secret": func(h *Handler, d *caddyfile.Dispenser) error {
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		h.Secrets = append(h.Secrets, args...)
-		return nil
-	},
-	"signing_secret": func(h *Handler, d *caddyfile.Dispenser) error {
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		h.SigningSecrets = append(h.SigningSecrets, args...)
-		return nil
-	},
+	"secret":          multiArg(func(h *Handler) *[]string { return &h.Secrets }),
+	"signing_secret":  multiArg(func(h *Handler) *[]string { return &h.SigningSecrets }),
 	"tolerance":       stringArg(func(h *Handler) *string { return &h.Tolerance }, checkDuration),
 	"auth":            stringArg(func(h *Handler) *string { return &h.Auth }, checkAuth),
 	"target":          stringArg(func(h *Handler) *string { return &h.Target }, nil),
@@ -160,6 +146,19 @@ func (h *Handler) queueConfig() *QueueConfig {
 		h.Queue = new(QueueConfig)
 	}
 	return h.Queue
+}
+
+// multiArg parses a subdirective that may repeat and take several values,
+// all of which are kept.
+func multiArg(field func(*Handler) *[]string) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		*field(h) = append(*field(h), args...)
+		return nil
+	}
 }
 
 // stringArg parses a subdirective that takes exactly one value, checking

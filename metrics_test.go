@@ -64,18 +64,7 @@ func TestE2EMetricsMoveAndSurviveReload(t *testing.T) {
 	assert.Positive(t, scrape(t, `caddy_receive_booking_upstream_duration_seconds_count`))
 
 	// Reload: a new config, a new registry; the counters carry on.
-	tester.InitServer(fmt.Sprintf(`{
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1s
-	skip_install_trust
-	metrics
-}
-http://localhost:9080 {
-	%s
-}
-`, config("6s")), "caddyfile")
+	tester.InitServer(e2eConfig("metrics", config("6s")), "caddyfile")
 	assert.Equal(t, before[synced]+2, scrape(t, synced), "counters survive a reload")
 	postWebhook(t, tester, auth, `{"booking_id":"m5","event_type":"booking.created"}`)
 	assert.Equal(t, before[synced]+3, scrape(t, synced))
