@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -231,4 +232,22 @@ func TestRetryPolicyBackoff(t *testing.T) {
 		assert.LessOrEqual(t, d, want, "attempt %d", attempt)
 	}
 	assert.LessOrEqual(t, backoff(100), retryCap)
+}
+
+func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
+	u, _ := url.Parse("http://127.0.0.1:1/")
+	up := newUpstream(u, "tk-key", nil)
+	err := jobError(&syncResult{status: 429, text: "slow down tk-key", retryAfter: 120 * time.Second}, up)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "tk-key", "the upstream key is scrubbed from job errors")
+	job := &rivertype.JobRow{Attempt: 1, Errors: []rivertype.AttemptError{{Attempt: 1, Error: err.Error()}}}
+	next := retryPolicy{}.NextRetry(job)
+	assert.WithinDuration(t, time.Now().Add(120*time.Second), next, 2*time.Second)
+
+	job.Errors[0].Error = "upstream status 503 (retry after 99999s)"
+	assert.WithinDuration(t, time.Now().Add(retryCap), retryPolicy{}.NextRetry(job), 2*time.Second, "capped")
+
+	assert.True(t, isCancel(jobError(&syncResult{status: 404}, up)), "a 404 is permanent")
+	assert.False(t, isCancel(jobError(&syncResult{status: 408}, up)))
+	assert.NoError(t, jobError(&syncResult{status: 200, body: json.RawMessage(`{"success":true}`)}, up))
 }
