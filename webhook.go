@@ -3,8 +3,7 @@ package receivebooking
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -96,45 +95,97 @@ func parseWebhook(body []byte, requireOrg bool) (*webhook, error) {
 }
 
 // topLevelFields splits a JSON object into its top-level members, keeping
-// only the ones we read. Nested values are checked for validity but not
-// kept; the decoder's nesting limit stops deeply nested bodies.
+// only the ones we read. The whole body is validated first by the standard
+// library (which also bounds nesting depth), so the scan below only has to
+// walk well-formed JSON: it skips nested values without decoding them,
+// which keeps the hot path free of allocations for everything we ignore.
 func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
-	if !utf8.Valid(body) {
+	if !utf8.Valid(body) || !json.Valid(body) {
 		return nil, errInvalidJSON
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	i := skipSpace(body, 0)
+	if body[i] != '{' {
 		return nil, errInvalidJSON
 	}
 	fields := make(map[string]json.RawMessage, 3)
-	seen := make(map[string]struct{}, 8)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
+	var seen []string
+	for i = skipSpace(body, i+1); body[i] != '}'; i = skipSpace(body, i) {
+		if body[i] == ',' {
+			i = skipSpace(body, i+1)
+		}
+		keyEnd := skipValue(body, i)
+		name, err := decodeKey(body[i:keyEnd])
+		if err != nil || slices.Contains(seen, name) {
 			return nil, errInvalidJSON
 		}
-		name, _ := tok.(string)
-		if _, dup := seen[name]; dup {
-			return nil, errInvalidJSON
-		}
-		seen[name] = struct{}{}
-		var val json.RawMessage
-		if err := dec.Decode(&val); err != nil {
-			return nil, errInvalidJSON
-		}
+		seen = append(seen, name)
+		valStart := skipSpace(body, skipSpace(body, keyEnd)+1) // past ':'
+		valEnd := skipValue(body, valStart)
 		switch name {
 		case fieldBookingID, fieldOrganizationID, fieldEventType:
-			fields[name] = val
+			fields[name] = body[valStart:valEnd]
 		}
-	}
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, errInvalidJSON
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errInvalidJSON
+		i = valEnd
 	}
 	return fields, nil
+}
+
+// decodeKey returns an object key; only keys with escapes need decoding.
+func decodeKey(raw []byte) (string, error) {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the valid JSON value at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = skipString(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	default: // number, true, false, null
+		for i < len(b) && !strings.ContainsRune(",}] \t\n\r", rune(b[i])) {
+			i++
+		}
+		return i
+	}
+}
+
+// skipString returns the index just past the string starting at b[i].
+func skipString(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
 }
 
 // idField validates an identifier field: absent, null and "" count as
