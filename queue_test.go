@@ -251,3 +251,24 @@ func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
 	assert.False(t, isCancel(jobError(&syncResult{status: 408}, up)))
 	assert.NoError(t, jobError(&syncResult{status: 200, body: json.RawMessage(`{"success":true}`)}, up))
 }
+
+// TestQueueUnavailableAnswers503: when the webhook cannot be recorded the
+// sender is told to retry, and nothing is claimed as accepted.
+func TestQueueUnavailableAnswers503(t *testing.T) {
+	up := newGatedUpstream(t, false)
+	rq := &resolvedQueue{driver: queueSQLite, location: filepath.Join(t.TempDir(), "q.sqlite3"), workers: 1, maxAttempts: 1, workerTimeout: time.Second}
+	q, err := openQueue("test-unavailable", rq, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	require.NoError(t, q.Destruct()) // the database is gone
+	u, _ := url.Parse(up.URL)
+	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: newUpstream(u, "", nil)}
+	h.queue = &queueHandle{q: q, targetID: "t"}
+	a := h.enqueue(context.Background(), testWebhook("b9"), "")
+	assert.Equal(t, http.StatusServiceUnavailable, a.status)
+	assert.Equal(t, "Queue unavailable", a.body.Error)
+	assert.Equal(t, queueRetryAfter, a.retryAfter)
+	w := httptest.NewRecorder()
+	h.write(w, a)
+	assert.Equal(t, queueRetryAfter, w.Header().Get("Retry-After"))
+	assert.JSONEq(t, `{"error":"Queue unavailable"}`, w.Body.String())
+}
