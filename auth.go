@@ -83,7 +83,10 @@ func bearerToken(v string) (string, bool) {
 }
 
 // stripCredentials removes the sender's credentials from the request, so
-// that no later log line (Caddy's access log included) can record them.
+// that nothing after this handler can log or forward them. Caddy's access
+// log is not covered: Caddy copies the request for it before any handler
+// runs, so the README's log filter drops X-Api-Key there (Caddy redacts
+// Authorization itself).
 func stripCredentials(h http.Header) {
 	h.Del(headerAPIKey)
 	h.Del(headerAuthorization)

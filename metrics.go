@@ -50,7 +50,7 @@ func newMetrics() *metrics {
 		}),
 		queueJobs: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("queue_jobs", "Sync jobs in the queue, by state.")), []string{"state"}),
 		queueOldest: prometheus.NewGauge(prometheus.GaugeOpts(opts("queue_oldest_pending_seconds",
-			"Age of the oldest sync job not yet done (available, retryable or scheduled)."))),
+			"Age of the oldest sync job not yet done (available, retryable, scheduled or running)."))),
 		syncLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "sync_lag_seconds",
 			Help:    "Time from a webhook being accepted to its booking being synced.",

@@ -160,7 +160,9 @@ func newRiverConfig[TTx any](rq *resolvedQueue, workers *river.Workers, logger *
 		RescueStuckJobsAfter: rq.workerTimeout + 15*time.Second,
 		MaxAttempts:          rq.maxAttempts,
 		RetryPolicy:          retryPolicy{},
-		// Keep finished jobs for a week: the operator's history.
+		// Keep finished jobs as the operator's history: completed ones a
+		// day, cancelled (permanent failures) a week, discarded (out of
+		// attempts) a month.
 		CompletedJobRetentionPeriod: 24 * time.Hour,
 		CancelledJobRetentionPeriod: 7 * 24 * time.Hour,
 		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
