@@ -116,13 +116,15 @@ const createBookingTable = `CREATE TABLE IF NOT EXISTS receive_booking_booking (
 	PRIMARY KEY (target_id, org, booking)
 )`
 
-// upsertBooking records a webhook for a booking and returns the booking's
-// waiting job, locking the row until the transaction ends.
+// upsertBooking records a webhook for a booking, locking the row until the
+// transaction ends, and returns the booking's waiting job and whether a
+// webhook may merge into it.
 const upsertBooking = `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
 	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
-RETURNING waiting_job_id`
+RETURNING waiting_job_id, (SELECT count(*) FROM river_job
+	WHERE river_job.id = receive_booking_booking.waiting_job_id AND river_job.state IN (` + mergeableStates + `))`
 
 // createWebhookIDTable holds the webhook-ids seen within the signature
 // tolerance window, shared by every instance on the database.
@@ -138,7 +140,11 @@ ON CONFLICT (id_hash) DO UPDATE SET expires_at = excluded.expires_at
 	WHERE receive_booking_webhook_id.expires_at <= $3
 RETURNING 1`
 
-const countJobInStates = `SELECT count(*) FROM river_job WHERE id = $1 AND state IN (%s)`
+// Queries that ask whether a job is in a set of states.
+const (
+	jobIsMergeable = `SELECT count(*) FROM river_job WHERE id = $1 AND state IN (` + mergeableStates + `)`
+	jobIsRunning   = `SELECT count(*) FROM river_job WHERE id = $1 AND state = 'running'`
+)
 
 // mergeableStates are the states of a job a webhook may merge into: it
 // has not started, or it failed and will run again. A job leaves the
@@ -169,47 +175,104 @@ func newRiverConfig[TTx any](rq *resolvedQueue, workers *river.Workers, logger *
 	}
 }
 
+// insertBatch records a batch of webhooks in one transaction. Webhooks are
+// grouped by booking: a group merges into the booking's waiting sync if it
+// has one, or else becomes one new job; all new jobs are inserted with one
+// statement.
 func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*enqueueReq) error {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer b.db.rollback(ctx, tx)
-	for _, r := range batch {
-		if err := b.insertOne(ctx, tx, r); err != nil {
+	var fresh [][]*enqueueReq
+	for _, group := range groupByBooking(batch) {
+		merged, err := b.mergeGroup(ctx, tx, group)
+		if err != nil {
 			return err
 		}
+		if !merged {
+			fresh = append(fresh, group)
+		}
+	}
+	if err := b.insertJobs(ctx, tx, fresh); err != nil {
+		return err
 	}
 	return b.db.commit(ctx, tx)
 }
 
-func (b *riverBackend[TDriver, TTx]) insertOne(ctx context.Context, tx TTx, r *enqueueReq) error {
-	wh := r.wh
-	var waiting sql.NullInt64
-	if err := b.db.queryRow(ctx, tx, upsertBooking, r.targetID, wh.organizationID, wh.bookingKey, wh.eventType).Scan(&waiting); err != nil {
-		return fmt.Errorf("recording booking: %w", err)
+// groupByBooking groups webhooks by booking, in order of first arrival.
+func groupByBooking(batch []*enqueueReq) [][]*enqueueReq {
+	type key struct {
+		target  string
+		booking bookingKey
 	}
-	if waiting.Valid {
-		ok, err := b.jobInStates(ctx, tx, waiting.Int64, mergeableStates)
-		if err != nil {
+	index := make(map[key]int, len(batch))
+	var groups [][]*enqueueReq
+	for _, r := range batch {
+		k := key{r.targetID, r.wh.key()}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], r)
+	}
+	return groups
+}
+
+// mergeGroup records a booking's webhooks and merges them into its waiting
+// sync, if it has one that has not started.
+func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, group []*enqueueReq) (bool, error) {
+	first, last := group[0], group[len(group)-1]
+	var waiting sql.NullInt64
+	var mergeable int
+	err := b.db.queryRow(ctx, tx, upsertBooking, first.targetID, first.wh.organizationID, first.wh.bookingKey,
+		last.wh.eventType).Scan(&waiting, &mergeable)
+	if err != nil {
+		return false, fmt.Errorf("recording booking: %w", err)
+	}
+	if !waiting.Valid || mergeable == 0 {
+		return false, nil
+	}
+	for _, r := range group {
+		r.jobID, r.coalesced = waiting.Int64, true
+	}
+	return true, nil
+}
+
+// insertJobs inserts one job for each group and makes it the booking's
+// waiting sync; later webhooks of a group merge into it.
+func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*enqueueReq) error {
+	if len(groups) == 0 {
+		return nil
+	}
+	params := make([]river.InsertManyParams, len(groups))
+	opts := &river.InsertOpts{MaxAttempts: b.maxAttempts}
+	for i, g := range groups {
+		r, last := g[0], g[len(g)-1]
+		params[i] = river.InsertManyParams{InsertOpts: opts, Args: syncArgs{
+			TargetID: r.targetID, BookingID: last.wh.bookingID, BookingKey: r.wh.bookingKey,
+			OrganizationID: r.wh.organizationID, EventType: last.wh.eventType,
+			AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
+		}}
+	}
+	res, err := b.client.InsertManyTx(ctx, tx, params)
+	if err != nil {
+		return fmt.Errorf("inserting jobs: %w", err)
+	}
+	for i, g := range groups {
+		id := res[i].Job.ID
+		for j, r := range g {
+			r.jobID, r.coalesced = id, j > 0
+		}
+		r := g[0]
+		if err := b.setWaiting(ctx, tx, r.targetID, r.wh.organizationID, r.wh.bookingKey, id); err != nil {
 			return err
 		}
-		if ok {
-			r.jobID, r.coalesced = waiting.Int64, true
-			return nil
-		}
 	}
-	args := syncArgs{
-		TargetID: r.targetID, BookingID: wh.bookingID, BookingKey: wh.bookingKey,
-		OrganizationID: wh.organizationID, EventType: wh.eventType,
-		AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
-	}
-	res, err := b.client.InsertTx(ctx, tx, args, &river.InsertOpts{MaxAttempts: b.maxAttempts})
-	if err != nil {
-		return fmt.Errorf("inserting job: %w", err)
-	}
-	r.jobID = res.Job.ID
-	return b.setWaiting(ctx, tx, r.targetID, wh.organizationID, wh.bookingKey, res.Job.ID)
+	return nil
 }
 
 func (b *riverBackend[TDriver, TTx]) setWaiting(ctx context.Context, tx TTx, target, org, booking string, id int64) error {
@@ -217,9 +280,9 @@ func (b *riverBackend[TDriver, TTx]) setWaiting(ctx context.Context, tx TTx, tar
 		WHERE target_id = $2 AND org = $3 AND booking = $4`, id, target, org, booking)
 }
 
-func (b *riverBackend[TDriver, TTx]) jobInStates(ctx context.Context, tx TTx, id int64, states string) (bool, error) {
+func (b *riverBackend[TDriver, TTx]) jobInStates(ctx context.Context, tx TTx, id int64, query string) (bool, error) {
 	var n int
-	if err := b.db.queryRow(ctx, tx, fmt.Sprintf(countJobInStates, states), id).Scan(&n); err != nil {
+	if err := b.db.queryRow(ctx, tx, query, id).Scan(&n); err != nil {
 		return false, fmt.Errorf("reading job state: %w", err)
 	}
 	return n > 0, nil
@@ -265,7 +328,7 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[s
 		return "", false, err
 	}
 	if row.running.Valid && row.running.Int64 != job.ID {
-		busy, err := b.jobInStates(ctx, tx, row.running.Int64, `'running'`)
+		busy, err := b.jobInStates(ctx, tx, row.running.Int64, jobIsRunning)
 		if err != nil || busy {
 			return "", false, err
 		}
@@ -300,17 +363,19 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	retriable := jobErr != nil && !isCancel(jobErr)
 	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
 	if superseded {
-		if superseded, err = b.jobInStates(ctx, tx, row.waiting.Int64, mergeableStates); err != nil {
+		if superseded, err = b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable); err != nil {
 			return err
 		}
 	}
-	waitingExpr := "waiting_job_id"
+	// A job that will retry takes the waiting slot back.
+	backToWaiting := 0
 	if retriable && !superseded {
-		waitingExpr = fmt.Sprintf("%d", job.ID)
+		backToWaiting = 1
 	}
-	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET waiting_job_id = `+waitingExpr+`,
+	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
+		waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
 		running_job_id = CASE WHEN running_job_id = $1 THEN NULL ELSE running_job_id END
-		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.TargetID, a.OrganizationID, a.BookingKey)
+		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.TargetID, a.OrganizationID, a.BookingKey, backToWaiting)
 	if err != nil {
 		return fmt.Errorf("releasing booking: %w", err)
 	}
@@ -435,7 +500,7 @@ func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*
 	}
 	res := &replayResult{JobID: id}
 	if row.waiting.Valid && row.waiting.Int64 != id {
-		merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, mergeableStates)
+		merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable)
 		if err != nil {
 			return nil, err
 		}

@@ -36,13 +36,16 @@ type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
 // Timeout bounds one sync; River cancels the context after it.
 func (w *syncWorker[TDriver, TTx]) Timeout(*river.Job[syncArgs]) time.Duration { return w.timeout }
 
-// Work syncs one booking. It first waits out the coalescing window (the
-// job stays in the booking's waiting slot, so webhooks keep merging into
-// it), then claims the booking, calls import-bookings and records the
-// outcome in one transaction with the booking row.
+// Work syncs one booking. Inside the coalescing window it snoozes until
+// the window ends (the job stays in the booking's waiting slot, so
+// webhooks keep merging into it, and no worker is held); then it claims
+// the booking, calls import-bookings and records the outcome in one
+// transaction with the booking row.
 func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[syncArgs]) error {
-	if err := sleepUntil(ctx, job.Args.NotBefore); err != nil {
-		return river.JobSnooze(0)
+	if d := time.Until(job.Args.NotBefore); d > 0 {
+		// River keeps a job snoozed for less than its scheduler interval
+		// (5 s) available, so it runs as soon as the window ends.
+		return river.JobSnooze(d)
 	}
 	eventType, ok, err := w.b.claim(ctx, job)
 	if err != nil {
@@ -84,21 +87,6 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syn
 		return
 	}
 	w.b.q.logger.Warn("queued sync failed", append(fields, zap.Error(jobErr))...)
-}
-
-func sleepUntil(ctx context.Context, t time.Time) error {
-	d := time.Until(t)
-	if d <= 0 {
-		return nil
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // jobError turns a sync result into what River records: nil on success, a
