@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	xcaddyVersion = "v0.4.5"
+	caddyVersion  = "v2.11.9"
+	modulePath    = "github.com/bookingwebhook/caddy-receive-booking"
+	// The module is unpublished: xcaddy needs a version to replace.
+	moduleVersion = "v0.0.0-00010101000000-000000000000"
+)
+
+// buildCaddy builds Caddy with this module into dir, installing xcaddy
+// first if it is missing, and returns the binary's path.
+func buildCaddy(repoRoot, dir string) (string, error) {
+	gopath, err := goEnv("GOPATH")
+	if err != nil {
+		return "", err
+	}
+	xcaddy := filepath.Join(strings.Split(gopath, string(os.PathListSeparator))[0], "bin", "xcaddy")
+	if _, err := os.Stat(xcaddy); err != nil {
+		logf("installing xcaddy %s", xcaddyVersion)
+		cmd := exec.Command("go", "install", "github.com/caddyserver/xcaddy/cmd/xcaddy@"+xcaddyVersion)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return "", fmt.Errorf("installing xcaddy: %w", err)
+		}
+	}
+	out := filepath.Join(dir, "caddy")
+	logf("building Caddy %s with %s (xcaddy)", caddyVersion, repoRoot)
+	var buf bytes.Buffer
+	cmd := exec.Command(xcaddy, "build", caddyVersion, "--output", out,
+		"--with", modulePath+"@"+moduleVersion+"="+repoRoot)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		os.Stderr.Write(buf.Bytes())
+		return "", fmt.Errorf("xcaddy build: %w", err)
+	}
+	logf("built in %s", time.Since(start).Round(time.Second))
+	return out, nil
+}
+
+func goEnv(name string) (string, error) {
+	out, err := exec.Command("go", "env", name).Output()
+	if err != nil {
+		return "", fmt.Errorf("go env %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// caddyProc is one running Caddy, serving one scenario's site.
+type caddyProc struct {
+	cmd     *exec.Cmd
+	dir     string
+	port    int
+	admin   int
+	logPath string
+	exited  chan struct{}
+}
+
+func (c *caddyProc) siteURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", c.port) }
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startCaddy runs bin with a Caddyfile whose site block holds site, in its
+// own data directory and with its own admin port, and waits until the site
+// answers.
+func startCaddy(bin, dir, site string) (*caddyProc, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	http_port %d
+	grace_period 1s
+	persist_config off
+	auto_https off
+}
+
+http://127.0.0.1:%d {
+%s
+}
+`, admin, port, port, indent(site))
+	cfgPath := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgPath, []byte(caddyfile), 0o600); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "caddy.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgPath, "--adapter", "caddyfile")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
+	)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	c := &caddyProc{cmd: cmd, dir: dir, port: port, admin: admin, logPath: logPath, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		logFile.Close()
+		close(c.exited)
+	}()
+	if err := c.waitReady(60 * time.Second); err != nil {
+		c.stop()
+		return nil, fmt.Errorf("%w\n--- %s (tail) ---\n%s", err, logPath, tail(logPath, 20))
+	}
+	return c, nil
+}
+
+func indent(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i, l := range lines {
+		lines[i] = "\t" + l
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitReady polls the site until it answers anything (every scenario's
+// site answers a bare GET without calling the stub).
+func (c *caddyProc) waitReady(limit time.Duration) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.exited:
+			return errors.New("caddy exited during startup")
+		default:
+		}
+		resp, err := client.Get(c.siteURL())
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("caddy did not answer in time")
+}
+
+// stop asks Caddy to stop through its admin API, and kills it if it has
+// not exited in time.
+func (c *caddyProc) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/stop", c.admin), nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	} else {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(20 * time.Second):
+		logf("caddy (pid %d) did not stop in 20s: killing it", c.cmd.Process.Pid)
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+}
+
+// procStatus reads a kB field (VmRSS, VmHWM) of /proc/<pid>/status.
+func (c *caddyProc) procStatus(field string) (uint64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok || name != field {
+			continue
+		}
+		v := strings.TrimSuffix(strings.TrimSpace(rest), " kB")
+		return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+	}
+	return 0, fmt.Errorf("%s not found in /proc/%d/status", field, c.cmd.Process.Pid)
+}
+
+// logLines counts the lines Caddy wrote to its log.
+func (c *caddyProc) logLines() int {
+	b, err := os.ReadFile(c.logPath)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(b, []byte("\n"))
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cpuProfile saves a CPU profile of Caddy taken over d through its admin
+// API's /debug/pprof endpoint.
+func (c *caddyProc) cpuProfile(path string, d time.Duration) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	secs := max(int(d.Round(time.Second)/time.Second), 1)
+	client := &http.Client{Timeout: d + 30*time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", c.admin, secs))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin pprof: status %d", resp.StatusCode)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
