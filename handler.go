@@ -259,7 +259,7 @@ func (h *Handler) enqueue(ctx context.Context, wh *webhook, syncErr string) *ans
 }
 
 func (h *Handler) write(w http.ResponseWriter, a *answer) {
-	body, err := json.Marshal(a.body)
+	body, err := marshalJSON(a.body)
 	if err != nil {
 		body = []byte(`{"error":"Internal error"}`)
 		a.status = http.StatusInternalServerError

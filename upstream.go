@@ -144,7 +144,7 @@ func (u *upstream) sync(ctx context.Context, req syncRequest, requestID string) 
 
 func (u *upstream) do(ctx context.Context, sr syncRequest, requestID string) *syncResult {
 	sr.SyncMode = "single"
-	payload, err := json.Marshal(sr)
+	payload, err := marshalJSON(sr)
 	if err != nil {
 		return &syncResult{err: errors.New("encoding sync request")}
 	}
@@ -173,6 +173,19 @@ func (u *upstream) do(ctx context.Context, sr syncRequest, requestID string) *sy
 	// Drain a little so the connection can be reused.
 	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 	return res
+}
+
+// marshalJSON encodes v without Go's HTML escaping, so that JSON passed
+// through (the booking_id literal, the upstream's answer) keeps every byte
+// as received: "&" stays "&", not "\u0026".
+func marshalJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 func (u *upstream) setHeaders(h http.Header, requestID string) {
