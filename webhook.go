@@ -108,17 +108,16 @@ func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
 		return nil, errInvalidJSON
 	}
 	fields := make(map[string]json.RawMessage, 3)
-	var seen []string
+	var seen keySet
 	for i = skipSpace(body, i+1); body[i] != '}'; i = skipSpace(body, i) {
 		if body[i] == ',' {
 			i = skipSpace(body, i+1)
 		}
 		keyEnd := skipValue(body, i)
 		name, err := decodeKey(body[i:keyEnd])
-		if err != nil || slices.Contains(seen, name) {
+		if err != nil || !seen.add(name) {
 			return nil, errInvalidJSON
 		}
-		seen = append(seen, name)
 		valStart := skipSpace(body, skipSpace(body, keyEnd)+1) // past ':'
 		valEnd := skipValue(body, valStart)
 		switch name {
@@ -128,6 +127,36 @@ func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
 		i = valEnd
 	}
 	return fields, nil
+}
+
+// keySet finds duplicate keys: a slice while the object is small (the
+// usual webhook, no allocation for a map), a map once it is large, so that
+// a body with many keys costs linear time, not quadratic.
+type keySet struct {
+	small []string
+	large map[string]struct{}
+}
+
+// add records a key and reports whether it was new.
+func (k *keySet) add(name string) bool {
+	if k.large != nil {
+		if _, dup := k.large[name]; dup {
+			return false
+		}
+		k.large[name] = struct{}{}
+		return true
+	}
+	if slices.Contains(k.small, name) {
+		return false
+	}
+	k.small = append(k.small, name)
+	if len(k.small) > 16 {
+		k.large = make(map[string]struct{}, 64)
+		for _, s := range k.small {
+			k.large[s] = struct{}{}
+		}
+	}
+	return true
 }
 
 // decodeKey returns an object key; only keys with escapes need decoding.
