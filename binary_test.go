@@ -1,0 +1,459 @@
+package receivebooking
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests run the real Caddy binary, built with xcaddy as .ci/run
+// builds it (or RB_CADDY_BIN), so that a process can be killed with
+// SIGKILL and restarted on the same queue.
+
+var (
+	caddyBinOnce sync.Once
+	caddyBin     string
+	caddyBinErr  error
+)
+
+func caddyBinary(t *testing.T) string {
+	t.Helper()
+	caddyBinOnce.Do(func() {
+		if bin := os.Getenv("RB_CADDY_BIN"); bin != "" {
+			caddyBin = bin
+			return
+		}
+		repo, err := os.Getwd()
+		if err != nil {
+			caddyBinErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "rb-caddy-")
+		if err != nil {
+			caddyBinErr = err
+			return
+		}
+		xcaddy := filepath.Join(goEnv("GOPATH"), "bin", "xcaddy")
+		if _, err := os.Stat(xcaddy); err != nil {
+			if out, err := exec.Command("go", "install", "github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5").CombinedOutput(); err != nil {
+				caddyBinErr = fmt.Errorf("installing xcaddy: %v: %s", err, out)
+				return
+			}
+		}
+		caddyBin = filepath.Join(dir, "caddy")
+		cmd := exec.Command(xcaddy, "build", "v2.11.9", "--output", caddyBin,
+			"--with", "github.com/bookingwebhook/caddy-receive-booking@v0.0.0-00010101000000-000000000000="+repo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			caddyBinErr = fmt.Errorf("xcaddy build: %v: %s", err, out)
+		}
+	})
+	require.NoError(t, caddyBinErr)
+	return caddyBin
+}
+
+func goEnv(name string) string {
+	out, _ := exec.Command("go", "env", name).Output()
+	return strings.TrimSpace(string(out))
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// caddyProcess is one running Caddy binary.
+type caddyProcess struct {
+	cmd   *exec.Cmd
+	url   string
+	admin string
+	log   *lockedBuffer
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startCaddy runs the binary with a site that holds the given directive,
+// and waits until it answers.
+func startCaddy(t *testing.T, dataDir, directive string) *caddyProcess {
+	t.Helper()
+	port, adminPort := freePort(t), freePort(t)
+	config := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	http_port %d
+	grace_period 5s
+	persist_config off
+}
+http://127.0.0.1:%d {
+	%s
+}
+`, adminPort, port, port, directive)
+	file := filepath.Join(t.TempDir(), "Caddyfile")
+	require.NoError(t, os.WriteFile(file, []byte(config), 0o600))
+	p := &caddyProcess{url: fmt.Sprintf("http://127.0.0.1:%d/", port), admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), log: new(lockedBuffer)}
+	p.cmd = exec.Command(caddyBinary(t), "run", "--config", file, "--adapter", "caddyfile")
+	p.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+dataDir)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	require.NoError(t, p.cmd.Start())
+	t.Cleanup(p.kill)
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(p.admin + "/config/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond, "caddy did not start: %s", p.log)
+	return p
+}
+
+func (p *caddyProcess) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	}
+}
+
+// syncStub is import-bookings that can be down (503) or up, and records
+// the start of every successful sync per booking, and overlaps.
+type syncStub struct {
+	*httptest.Server
+	up          atomic.Bool
+	delay       time.Duration
+	mu          sync.Mutex
+	synced      map[string][]time.Time
+	inFlight    map[string]int
+	maxInFlight int
+	calls       atomic.Int64
+}
+
+func newSyncStub(t *testing.T, delay time.Duration) *syncStub {
+	s := &syncStub{synced: map[string][]time.Time{}, inFlight: map[string]int{}, delay: delay}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		s.calls.Add(1)
+		var req struct {
+			BookingID string `json:"booking_id"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		w.Header().Set("Content-Type", "application/json")
+		if !s.up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"code":"BOOT_ERROR","message":"Function failed to start"}`)
+			return
+		}
+		s.mu.Lock()
+		s.inFlight[req.BookingID]++
+		s.maxInFlight = max(s.maxInFlight, s.inFlight[req.BookingID])
+		s.mu.Unlock()
+		time.Sleep(s.delay)
+		s.mu.Lock()
+		s.inFlight[req.BookingID]--
+		s.synced[req.BookingID] = append(s.synced[req.BookingID], start)
+		s.mu.Unlock()
+		fmt.Fprintf(w, `{"success":true,"booking_id":%q,"outcome":"updated"}`, req.BookingID)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *syncStub) maxConcurrent() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInFlight
+}
+
+// syncedAfter reports whether booking has a successful sync that started
+// after t.
+func (s *syncStub) syncedAfter(booking string, t time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, start := range s.synced[booking] {
+		if start.After(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptLog records, per booking, when its last 202 arrived, and the
+// requests that got no answer.
+type acceptLog struct {
+	mu       sync.Mutex
+	last     map[string]time.Time
+	n        int
+	errors   []string // no answer after three tries
+	retries  []string // no answer, sent again
+	statuses []int    // non-2xx answers
+}
+
+func (a *acceptLog) failed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.errors = append(a.errors, err.Error())
+}
+
+func (a *acceptLog) retried(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.retries = append(a.retries, err.Error())
+}
+
+func (a *acceptLog) rejected(status int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.statuses = append(a.statuses, status)
+}
+
+func (a *acceptLog) record(booking string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.last == nil {
+		a.last = map[string]time.Time{}
+	}
+	a.last[booking] = time.Now()
+	a.n++
+}
+
+// sendWebhooks posts n webhooks over the given bookings from workers
+// goroutines, to the URL that target returns for each, recording 2xx.
+func sendWebhooks(n, bookings, workers int, target func(i int) string, accepted *acceptLog, answered *atomic.Int64) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				booking := fmt.Sprintf("bk-%d", i%bookings)
+				resp, err := postOnce(client, target(i), booking, i, accepted)
+				if err != nil {
+					continue // not accepted: the sender keeps it
+				}
+				if resp.StatusCode/100 == 2 {
+					accepted.record(booking)
+				} else {
+					accepted.rejected(resp.StatusCode)
+				}
+				if answered != nil {
+					answered.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// postOnce delivers one webhook as a sender does: a request that got no
+// HTTP answer at all (the connection was reset or closed under it) is
+// sent again, up to three times. During a reload Caddy closes the old
+// server's idle keep-alive connections and hands its listener over; a
+// request caught in that instant never reaches a handler. Every such
+// retry is counted.
+func postOnce(client *http.Client, url, booking string, i int, log *acceptLog) (*http.Response, error) {
+	var err error
+	for try := range 3 {
+		if try > 0 {
+			log.retried(err)
+			time.Sleep(20 * time.Millisecond)
+		}
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"booking_id":"`+booking+`","event_type":"booking.updated"}`))
+		req.Header.Set("X-Api-Key", e2eSecret)
+		req.Header.Set("Content-Type", "application/json")
+		var resp *http.Response
+		if resp, err = client.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp, nil
+		}
+	}
+	log.failed(err)
+	return nil, err
+}
+
+// lost lists the accepted bookings not synced after their last 202.
+func lost(stub *syncStub, accepted *acceptLog) []string {
+	accepted.mu.Lock()
+	defer accepted.mu.Unlock()
+	var out []string
+	for b, at := range accepted.last {
+		if !stub.syncedAfter(b, at) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// TestCrashNoLoss: async mode, import-bookings down, 1,000 webhooks over
+// 200 bookings, Caddy killed with SIGKILL mid-stream and restarted on the
+// same SQLite file, then import-bookings comes up: every booking that got
+// a 202 is synced after its last accepted webhook.
+func TestCrashNoLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Caddy binary")
+	}
+	stub := newSyncStub(t, 0)
+	dataDir := t.TempDir()
+	directive := fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		mode async
+		coalesce_window 200ms
+		queue sqlite %s
+	}`, e2eSecret, stub.URL, filepath.Join(dataDir, "crash.sqlite3"))
+	first := startCaddy(t, dataDir, directive)
+
+	var accepted acceptLog
+	var answered atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sendWebhooks(1000, 200, 20, func(int) string { return first.url }, &accepted, &answered)
+	}()
+	require.Eventually(t, func() bool { return answered.Load() >= 500 }, 60*time.Second, time.Millisecond)
+	require.NoError(t, first.cmd.Process.Kill()) // SIGKILL, mid-stream
+	_ = first.cmd.Wait()
+	<-done
+	t.Logf("accepted before the kill: %d webhooks over %d bookings", accepted.n, len(accepted.last))
+
+	restarted := time.Now()
+	startCaddy(t, dataDir, directive)
+	stub.up.Store(true)
+	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 90*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", lost(stub, &accepted))
+	t.Logf("accepted=%d (bookings=%d) synced=%d lost=%d; all synced %s after the restart; upstream calls=%d",
+		accepted.n, len(accepted.last), len(accepted.last)-len(lost(stub, &accepted)), len(lost(stub, &accepted)),
+		time.Since(restarted).Round(100*time.Millisecond), stub.calls.Load())
+}
+
+// TestTwoInstancesPostgres: two Caddy processes share one PostgreSQL
+// queue; bursts to both; no booking is ever synced by both at once, every
+// booking is synced after its last 202, and the upstream calls stay within
+// the coalescing bound.
+func TestTwoInstancesPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Caddy binary")
+	}
+	stub := newSyncStub(t, 200*time.Millisecond)
+	stub.up.Store(true)
+	dsn := freshPostgresDSN(t)
+	directive := fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		mode async
+		coalesce_window 300ms
+		queue postgres %s
+	}`, e2eSecret, stub.URL, dsn)
+	a := startCaddy(t, t.TempDir(), directive)
+	b := startCaddy(t, t.TempDir(), directive)
+
+	const webhooks, bookings = 500, 25
+	var accepted acceptLog
+	start := time.Now()
+	sendWebhooks(webhooks, bookings, 20, func(i int) string {
+		if i%2 == 0 {
+			return a.url
+		}
+		return b.url
+	}, &accepted, nil)
+	burst := time.Since(start)
+	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 60*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", lost(stub, &accepted))
+	time.Sleep(time.Second) // let any last follow-up run
+	bound := 2*bookings + int(float64(bookings)*burst.Seconds()/0.3)
+	t.Logf("webhooks=%d accepted=%d bookings=%d burst=%s upstream calls=%d bound=%d max concurrent syncs per booking=%d",
+		webhooks, accepted.n, len(accepted.last), burst.Round(time.Millisecond), stub.calls.Load(), bound, stub.maxConcurrent())
+	assert.Equal(t, webhooks, accepted.n, "every webhook accepted")
+	assert.Equal(t, 1, stub.maxConcurrent(), "no booking synced by both instances at once")
+	assert.LessOrEqual(t, int(stub.calls.Load()), bound)
+}
+
+// TestReloadDuringStream reloads the config through the admin API three
+// times while webhooks stream in: no request fails, and every accepted
+// booking is synced, never twice at once.
+func TestReloadDuringStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Caddy binary")
+	}
+	stub := newSyncStub(t, 50*time.Millisecond)
+	stub.up.Store(true)
+	dataDir := t.TempDir()
+	dbPath := filepath.Join(dataDir, "reload.sqlite3")
+	directive := func(timeout string) string {
+		return fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		mode async
+		timeout %s
+		queue sqlite %s
+	}`, e2eSecret, stub.URL, timeout, dbPath)
+	}
+	p := startCaddy(t, dataDir, directive("12s"))
+
+	var accepted acceptLog
+	var answered atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sendWebhooks(1500, 100, 10, func(int) string { return p.url }, &accepted, &answered)
+	}()
+	for i, timeout := range []string{"11s", "13s", "12s"} {
+		require.Eventually(t, func() bool { return answered.Load() >= int64(300*(i+1)) }, 30*time.Second, time.Millisecond)
+		body := fmt.Sprintf("{\n\tadmin %s\n\thttp_port %s\n\tgrace_period 5s\n\tpersist_config off\n}\n%s {\n\t%s\n}\n",
+			strings.TrimPrefix(p.admin, "http://"), portOf(p.url), strings.TrimSuffix(p.url, "/"), directive(timeout))
+		resp, err := http.Post(p.admin+"/load", "text/caddyfile", strings.NewReader(body))
+		require.NoError(t, err)
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "reload: %s", msg)
+	}
+	<-done
+	assert.Equal(t, int64(1500), answered.Load())
+	assert.Empty(t, accepted.statuses, "no webhook was answered with an error across the reloads")
+	assert.Equal(t, 1500, accepted.n, "every webhook accepted: %v", accepted.errors)
+	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 60*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", lost(stub, &accepted))
+	assert.Equal(t, 1, stub.maxConcurrent(), "no booking synced twice at once")
+	assert.NotContains(t, p.log.String(), "duplicate metrics collector registration")
+	t.Logf("accepted=%d bookings=%d upstream calls=%d; connection-level resends during the reloads=%d %v",
+		accepted.n, len(accepted.last), stub.calls.Load(), len(accepted.retries), accepted.retries)
+}
+
+func portOf(u string) string {
+	u = strings.TrimSuffix(u, "/")
+	return u[strings.LastIndex(u, ":")+1:]
+}
