@@ -272,3 +272,44 @@ func TestQueueUnavailableAnswers503(t *testing.T) {
 	assert.Equal(t, queueRetryAfter, w.Header().Get("Retry-After"))
 	assert.JSONEq(t, `{"error":"Queue unavailable"}`, w.Body.String())
 }
+
+// TestQueueOutageRecovers: import-bookings answers 503 for a while, then
+// recovers: every booking is synced, retries are spaced by the schedule,
+// and nothing becomes a dead letter.
+func TestQueueOutageRecovers(t *testing.T) {
+	// Long enough for two failed attempts (the second comes 2.5–5 s after
+	// the first), short enough for the third (7.5–15 s) to succeed.
+	const outage = 6 * time.Second
+	up := newGatedUpstream(t, false)
+	up.status.Store(503)
+	qh := testQueue(t, queueSQLite, up.Server)
+	ctx := context.Background()
+	var ids []int64
+	for i := range 20 {
+		id, _, err := qh.enqueue(ctx, testWebhook(fmt.Sprintf("o%d", i)), 0)
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	time.Sleep(outage)
+	up.status.Store(200)
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			job, err := qh.q.backend.getJob(ctx, id)
+			if err != nil || job.State != "completed" {
+				return false
+			}
+		}
+		return true
+	}, 45*time.Second, 200*time.Millisecond, "every booking synced after the outage")
+	calls := up.callsFor(`"o0"`)
+	require.GreaterOrEqual(t, len(calls), 2)
+	for i := 1; i < len(calls); i++ {
+		gap := calls[i].start.Sub(calls[i-1].start)
+		assert.GreaterOrEqual(t, gap, retryBase/2, "retry %d came %s after the one before", i, gap)
+		t.Logf("o0 attempt %d after %s", i+1, gap.Round(100*time.Millisecond))
+	}
+	stats, err := qh.q.stats(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, stats.Counts["discarded"], "no dead letters for a temporary outage")
+	assert.Zero(t, stats.Counts["cancelled"])
+}
