@@ -397,7 +397,7 @@ func TestTwoInstancesPostgres(t *testing.T) {
 	bound := 2*bookings + int(float64(bookings)*burst.Seconds()/0.3)
 	t.Logf("webhooks=%d accepted=%d bookings=%d burst=%s upstream calls=%d bound=%d max concurrent syncs per booking=%d",
 		webhooks, accepted.n, len(accepted.last), burst.Round(time.Millisecond), stub.calls.Load(), bound, stub.maxConcurrent())
-	assert.Equal(t, webhooks, accepted.n, "every webhook accepted")
+	assert.Equal(t, webhooks, accepted.n, "every webhook accepted: errors %v, statuses %v", accepted.errors, accepted.statuses)
 	assert.Equal(t, 1, stub.maxConcurrent(), "no booking synced by both instances at once")
 	assert.LessOrEqual(t, int(stub.calls.Load()), bound)
 }
