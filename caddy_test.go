@@ -77,6 +77,15 @@ func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
 	t.Helper()
 	tester := caddytest.NewTester(t)
 	tester.InitServer(e2eConfig(globals, directive), "caddyfile")
+	// Unload the config while the test's temporary files (a queue's
+	// SQLite file) still exist: t.TempDir removes them after this runs.
+	t.Cleanup(func() {
+		resp, err := http.Post("http://localhost:2999/load", "text/caddyfile",
+			strings.NewReader("{\n\tadmin localhost:2999\n}\n"))
+		if err == nil {
+			resp.Body.Close()
+		}
+	})
 	return tester
 }
 
