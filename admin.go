@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,10 +16,12 @@ import (
 )
 
 const (
-	adminPrefix       = "/receive_booking/"
-	defaultListLimit  = 50
-	maxListLimit      = 500
-	defaultHealthAge  = 5 * time.Minute
+	adminPrefix      = "/receive_booking/"
+	defaultListLimit = 50
+	maxListLimit     = 500
+	defaultHealthAge = 5 * time.Minute
+	// adminQueryTimeout bounds one database call of the admin API (one
+	// query, one replay); a bulk replay makes many, each bounded.
 	adminQueryTimeout = 15 * time.Second
 )
 
@@ -29,7 +32,10 @@ func init() {
 // AdminAPI is the operator's view of the durable queue, under Caddy's
 // admin endpoint (so it has the admin endpoint's access controls: it
 // listens on localhost by default). It lists failed deliveries, replays
-// them, and answers health checks. Every answer is JSON.
+// them, and answers health checks. Every answer is JSON; errors are
+// caddy.APIError, which Caddy writes as {"error": "..."}.
+//
+// Caddy instantiates every admin.api.* module itself: it needs no config.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -40,7 +46,8 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the admin routes.
+// Routes returns the admin routes: one prefix, routed by serve, so that
+// every answer (405s and 404s included) is JSON.
 func (a AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
@@ -53,56 +60,73 @@ var jobStates = map[string]rivertype.JobState{
 	"scheduled": rivertype.JobStateScheduled,
 }
 
-// replayableStates are the states of jobs that may be replayed.
+// replayableStates are the states of jobs that may be replayed: failed,
+// or waiting for their next attempt (a replay runs it now).
 var replayableStates = map[rivertype.JobState]bool{
 	rivertype.JobStateDiscarded: true, rivertype.JobStateCancelled: true, rivertype.JobStateRetryable: true,
 }
 
 func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	path := strings.Trim(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
-	parts := strings.Split(path, "/")
-	route := func(n int, name string) bool { return len(parts) == n && parts[0] == name }
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, adminPrefix), "/"), "/")
+	// is matches the path's segments; "*" matches any one.
+	is := func(pattern ...string) bool {
+		if len(parts) != len(pattern) {
+			return false
+		}
+		for i, p := range pattern {
+			if p != "*" && p != parts[i] {
+				return false
+			}
+		}
+		return true
+	}
 	switch {
-	case route(1, "health"):
+	case is("health"):
 		return a.health(w, r)
-	case route(1, "stats"):
-		return withQueue(w, r, http.MethodGet, a.stats)
-	case route(1, "retry"):
-		return withQueue(w, r, http.MethodPost, a.retryMany)
-	case route(1, "jobs"):
-		return withQueue(w, r, http.MethodGet, a.listJobs)
-	case route(2, "jobs") && r.Method == http.MethodDelete:
-		return withQueue(w, r, http.MethodDelete, a.deleteJob(parts[1]))
-	case route(2, "jobs"):
-		return withQueue(w, r, http.MethodGet, a.getJob(parts[1]))
-	case route(3, "jobs") && parts[2] == "retry":
-		return withQueue(w, r, http.MethodPost, a.retryOne(parts[1]))
+	case is("stats"):
+		return serveQueue(w, r, a.stats, http.MethodGet)
+	case is("retry"):
+		return serveQueue(w, r, a.retryMany, http.MethodPost)
+	case is("jobs"):
+		return serveQueue(w, r, a.listJobs, http.MethodGet)
+	case is("jobs", "*"):
+		fn := a.getJob
+		if r.Method == http.MethodDelete {
+			fn = a.deleteJob
+		}
+		return serveQueue(w, r, withJobID(parts[1], fn), http.MethodGet, http.MethodDelete)
+	case is("jobs", "*", "retry"):
+		return serveQueue(w, r, withJobID(parts[1], a.retryOne), http.MethodPost)
 	}
 	return apiError(http.StatusNotFound, "no such receive_booking admin route")
 }
 
 type queueFunc func(ctx context.Context, q *sharedQueue, r *http.Request) (any, error)
 
-// withQueue checks the method, finds the queue and writes fn's answer.
-func withQueue(w http.ResponseWriter, r *http.Request, method string, fn queueFunc) error {
-	if r.Method != method {
-		w.Header().Set("Allow", method)
-		return apiError(http.StatusMethodNotAllowed, "method not allowed")
+// serveQueue checks the method, finds the queue, calls fn and writes its answer
+// as JSON, or its error as a scrubbed APIError.
+func serveQueue(w http.ResponseWriter, r *http.Request, fn queueFunc, methods ...string) error {
+	if !slices.Contains(methods, r.Method) {
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		return apiError(http.StatusMethodNotAllowed, "method not allowed: use "+strings.Join(methods, " or "))
 	}
 	q, err := pickQueue(r)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), adminQueryTimeout)
-	defer cancel()
-	out, err := fn(ctx, q, r)
+	out, err := fn(r.Context(), q, r)
 	if err != nil {
-		return scrubAPIError(err, q)
+		return adminErr(err, q)
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
 
-// pickQueue returns the queue named by ?queue=, or the only (first) one.
+// adminCtx gives one database call of the admin API its deadline.
+func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, adminQueryTimeout)
+}
+
+// pickQueue returns the queue named by ?queue=, or else the first one.
 func pickQueue(r *http.Request) (*sharedQueue, error) {
 	qs := runningQueues()
 	if len(qs) == 0 {
@@ -121,7 +145,7 @@ func pickQueue(r *http.Request) (*sharedQueue, error) {
 }
 
 // jobView is a job as the admin API shows it: the args an operator needs,
-// never the target or any key.
+// never the target or any other arg.
 type jobView struct {
 	ID             int64           `json:"id"`
 	State          string          `json:"state"`
@@ -139,6 +163,7 @@ type jobView struct {
 	Errors         []attemptView   `json:"errors,omitempty"`
 }
 
+// attemptView is one failed attempt (River's stack trace is left out).
 type attemptView struct {
 	Attempt int       `json:"attempt"`
 	At      time.Time `json:"at"`
@@ -149,24 +174,28 @@ func newJobView(job *rivertype.JobRow, q *sharedQueue, withHistory bool) jobView
 	var args syncArgs
 	_ = json.Unmarshal(job.EncodedArgs, &args)
 	v := jobView{
-		ID: job.ID, State: string(job.State), BookingID: args.BookingID, BookingKey: args.BookingKey,
+		ID: job.ID, State: string(job.State), BookingKey: args.BookingKey,
 		OrganizationID: args.OrganizationID, EventType: args.EventType,
 		Attempts: job.Attempt, MaxAttempts: job.MaxAttempts,
 		CreatedAt: job.CreatedAt, ScheduledAt: job.ScheduledAt, AttemptedAt: job.AttemptedAt, FinalizedAt: job.FinalizedAt,
 	}
+	if json.Valid(args.BookingID) {
+		v.BookingID = args.BookingID
+	}
 	if n := len(job.Errors); n > 0 {
-		v.LastError = q.scrub(job.Errors[n-1].Error)
+		v.LastError = adminScrub(q, job.Errors[n-1].Error)
 	}
 	if withHistory {
 		for _, e := range job.Errors {
-			v.Errors = append(v.Errors, attemptView{Attempt: e.Attempt, At: e.At, Error: q.scrub(e.Error)})
+			v.Errors = append(v.Errors, attemptView{Attempt: e.Attempt, At: e.At, Error: adminScrub(q, e.Error)})
 		}
 	}
 	return v
 }
 
-// scrub removes the DSN and every live upstream key from a text.
-func (q *sharedQueue) scrub(s string) string {
+// adminScrub removes the DSN, its password and every live upstream key
+// from a text the admin API returns.
+func adminScrub(q *sharedQueue, s string) string {
 	s = scrubDSN(s, q.config)
 	q.mu.RLock()
 	defer q.mu.RUnlock()
@@ -178,8 +207,10 @@ func (q *sharedQueue) scrub(s string) string {
 	return s
 }
 
+// listJobs answers a page of jobs in one state, in ascending id order.
+// next_after (the last id) is present when the page is full.
 func (a AdminAPI) listJobs(ctx context.Context, q *sharedQueue, r *http.Request) (any, error) {
-	state, err := stateParam(r, "discarded")
+	state, err := stateParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -187,11 +218,13 @@ func (a AdminAPI) listJobs(ctx context.Context, q *sharedQueue, r *http.Request)
 	if err != nil {
 		return nil, err
 	}
-	after, err := intParam(r, "after", 0, 0, 1<<62)
+	after, err := intParam(r, "after", 0, 0, 1<<63-1)
 	if err != nil {
 		return nil, err
 	}
-	jobs, err := q.backend.listJobs(ctx, []rivertype.JobState{state}, limit, int64(after), r.URL.Query().Get("booking_id"))
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	jobs, err := q.backend.listJobs(ctx, []rivertype.JobState{state}, int(limit), after, bookingParam(r))
 	if err != nil {
 		return nil, err
 	}
@@ -202,72 +235,95 @@ func (a AdminAPI) listJobs(ctx context.Context, q *sharedQueue, r *http.Request)
 	for _, j := range jobs {
 		out.Jobs = append(out.Jobs, newJobView(j, q, false))
 	}
-	if len(jobs) == limit {
+	if len(jobs) > 0 && len(jobs) == int(limit) {
 		out.NextAfter = jobs[len(jobs)-1].ID
 	}
 	return out, nil
 }
 
-func (a AdminAPI) getJob(rawID string) queueFunc {
+type jobFunc func(ctx context.Context, q *sharedQueue, id int64) (any, error)
+
+// withJobID parses the job id of the path (400 if it is not a positive
+// integer) before fn runs.
+func withJobID(raw string, fn jobFunc) queueFunc {
 	return func(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
-		id, err := jobID(rawID)
-		if err != nil {
-			return nil, err
+		id, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil || id <= 0 {
+			return nil, apiError(http.StatusBadRequest, "job id: expected a positive whole number")
 		}
-		job, err := q.backend.getJob(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		return newJobView(job, q, true), nil
+		ctx, cancel := adminCtx(ctx)
+		defer cancel()
+		return fn(ctx, q, id)
 	}
 }
 
-func (a AdminAPI) retryOne(rawID string) queueFunc {
-	return func(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
-		id, err := jobID(rawID)
-		if err != nil {
-			return nil, err
-		}
-		job, err := q.backend.getJob(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if !replayableStates[job.State] {
-			return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is %s: only discarded, cancelled or retryable jobs are replayed", id, job.State))
-		}
-		return q.backend.replayJob(ctx, id)
+func (a AdminAPI) getJob(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+	job, err := q.backend.getJob(ctx, id)
+	if err != nil {
+		return nil, err
 	}
+	return newJobView(job, q, true), nil
 }
 
-// retryMany replays every job in a state (optionally of one booking).
+// retryOne replays one failed job now, by the coalescing rule.
+func (a AdminAPI) retryOne(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+	job, err := q.backend.getJob(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !replayableStates[job.State] {
+		return nil, apiError(http.StatusConflict,
+			fmt.Sprintf("job %d is %s: only discarded, cancelled or retryable jobs are replayed", id, job.State))
+	}
+	return q.backend.replayJob(ctx, id)
+}
+
+// retryMany replays every job in a replayable state (of one booking, with
+// booking_id), a page at a time. A job that left the state meanwhile (it
+// started, or was deleted) is skipped. Each database call has its own
+// deadline; the whole replay stops if the client goes away (what was
+// replayed stays replayed: calling again picks up the rest).
 func (a AdminAPI) retryMany(ctx context.Context, q *sharedQueue, r *http.Request) (any, error) {
-	state, err := stateParam(r, "discarded")
+	state, err := stateParam(r)
 	if err != nil {
 		return nil, err
 	}
 	if !replayableStates[state] {
-		return nil, apiError(http.StatusBadRequest, "state must be discarded, cancelled or retryable")
+		return nil, apiError(http.StatusBadRequest, "state: expected discarded, cancelled or retryable")
 	}
 	var out struct {
 		Replayed  int `json:"replayed"`
 		Coalesced int `json:"coalesced"`
+		Skipped   int `json:"skipped,omitempty"`
 	}
-	booking := r.URL.Query().Get("booking_id")
+	booking := bookingParam(r)
+	partial := func(err error) error {
+		if out.Replayed == 0 {
+			return err
+		}
+		return fmt.Errorf("replayed %d jobs (%d coalesced), then failed: %w", out.Replayed, out.Coalesced, err)
+	}
 	for after := int64(0); ; {
-		jobs, err := q.backend.listJobs(ctx, []rivertype.JobState{state}, maxListLimit, after, booking)
+		lctx, cancel := adminCtx(ctx)
+		jobs, err := q.backend.listJobs(lctx, []rivertype.JobState{state}, maxListLimit, after, booking)
+		cancel()
 		if err != nil {
-			return nil, err
+			return nil, partial(err)
 		}
 		for _, j := range jobs {
-			res, err := q.backend.replayJob(ctx, j.ID)
-			if err != nil {
-				return nil, err
-			}
-			out.Replayed++
-			if res.Coalesced {
-				out.Coalesced++
-			}
 			after = j.ID
+			res, err := replayIfReplayable(ctx, q, j.ID)
+			switch {
+			case errors.Is(err, errNotReplayable), errors.Is(err, rivertype.ErrNotFound), errors.Is(err, rivertype.ErrJobRunning):
+				out.Skipped++
+			case err != nil:
+				return nil, partial(err)
+			default:
+				out.Replayed++
+				if res.Coalesced {
+					out.Coalesced++
+				}
+			}
 		}
 		if len(jobs) < maxListLimit {
 			return out, nil
@@ -275,24 +331,41 @@ func (a AdminAPI) retryMany(ctx context.Context, q *sharedQueue, r *http.Request
 	}
 }
 
-func (a AdminAPI) deleteJob(rawID string) queueFunc {
-	return func(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
-		id, err := jobID(rawID)
-		if err != nil {
-			return nil, err
-		}
-		job, err := q.backend.deleteJob(ctx, id)
-		if errors.Is(err, rivertype.ErrJobRunning) {
-			return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is running and cannot be deleted", id))
-		}
-		if err != nil {
-			return nil, err
-		}
-		return map[string]any{"deleted": true, "job": newJobView(job, q, false)}, nil
+var errNotReplayable = errors.New("job not in a replayable state")
+
+// replayIfReplayable reads the job's state again just before replaying
+// it: a retryable job may have started since the page was listed.
+func replayIfReplayable(ctx context.Context, q *sharedQueue, id int64) (*replayResult, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
+	job, err := q.backend.getJob(ctx, id)
+	if err != nil {
+		return nil, err
 	}
+	if !replayableStates[job.State] {
+		return nil, errNotReplayable
+	}
+	return q.backend.replayJob(ctx, id)
+}
+
+// deleteJob drops a job; a running one cannot be (409).
+func (a AdminAPI) deleteJob(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+	job, err := q.backend.deleteJob(ctx, id)
+	if errors.Is(err, rivertype.ErrJobRunning) {
+		return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is running and cannot be deleted", id))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		Deleted bool    `json:"deleted"`
+		Job     jobView `json:"job"`
+	}{true, newJobView(job, q, false)}, nil
 }
 
 func (a AdminAPI) stats(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
+	ctx, cancel := adminCtx(ctx)
+	defer cancel()
 	s, err := q.stats(ctx)
 	if err != nil {
 		return nil, err
@@ -308,13 +381,13 @@ func (a AdminAPI) stats(ctx context.Context, q *sharedQueue, _ *http.Request) (a
 func (a AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		return apiError(http.StatusMethodNotAllowed, "method not allowed")
+		return apiError(http.StatusMethodNotAllowed, "method not allowed: use GET or HEAD")
 	}
 	maxAge := defaultHealthAge
 	if v := r.URL.Query().Get("max_age"); v != "" {
 		d, err := caddy.ParseDuration(v)
 		if err != nil || d <= 0 {
-			return apiError(http.StatusBadRequest, "max_age: not a positive duration")
+			return apiError(http.StatusBadRequest, "max_age: expected a positive duration, e.g. 5m")
 		}
 		maxAge = d
 	}
@@ -323,69 +396,81 @@ func (a AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	}
 	q, err := pickQueue(r)
 	if err != nil {
-		return unhealthy("no queue is configured")
+		return unhealthy(err.Error()) // our own message, nothing to scrub
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), adminQueryTimeout)
+	ctx, cancel := adminCtx(r.Context())
 	defer cancel()
 	s, err := q.stats(ctx)
 	if err != nil {
-		return unhealthy("queue unreachable: " + q.scrub(err.Error()))
+		return unhealthy("queue unreachable: " + adminScrub(q, err.Error()))
 	}
 	if age := time.Duration(s.OldestPendingSeconds * float64(time.Second)); age >= maxAge {
-		return unhealthy(fmt.Sprintf("oldest pending job is %s old (max_age %s)", age.Round(time.Second), maxAge))
+		return unhealthy(fmt.Sprintf("oldest pending job is %s old (max_age %s)", age.Round(time.Millisecond), maxAge))
 	}
 	return writeJSON(w, http.StatusOK, struct {
 		Status string `json:"status"`
+		Queue  string `json:"queue"`
 		*queueStats
-	}{"ok", s})
+	}{"ok", q.key, s})
 }
 
-func stateParam(r *http.Request, def string) (rivertype.JobState, error) {
+// stateParam reads ?state=, discarded by default.
+func stateParam(r *http.Request) (rivertype.JobState, error) {
 	v := r.URL.Query().Get("state")
 	if v == "" {
-		v = def
+		return rivertype.JobStateDiscarded, nil
 	}
 	s, ok := jobStates[v]
 	if !ok {
-		return "", apiError(http.StatusBadRequest, "state: expected one of available, cancelled, completed, discarded, retryable, running, scheduled")
+		return "", apiError(http.StatusBadRequest,
+			"state: expected one of discarded, cancelled, retryable, available, scheduled, running, completed")
 	}
 	return s, nil
 }
 
-func intParam(r *http.Request, name string, def, lo, hi int) (int, error) {
+// bookingParam reads ?booking_id= as the booking's key: the string's
+// value or the integer's digits. A JSON string literal ("abc", quotes
+// included) is accepted too.
+func bookingParam(r *http.Request) string {
+	v := r.URL.Query().Get("booking_id")
+	var s string
+	if strings.HasPrefix(v, `"`) && json.Unmarshal([]byte(v), &s) == nil {
+		return s
+	}
+	return v
+}
+
+func intParam(r *http.Request, name string, def, lo, hi int64) (int64, error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {
 		return def, nil
 	}
-	n, err := strconv.Atoi(v)
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < lo || n > hi {
 		return 0, apiError(http.StatusBadRequest, fmt.Sprintf("%s: expected a whole number from %d to %d", name, lo, hi))
 	}
 	return n, nil
 }
 
-func jobID(raw string) (int64, error) {
-	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, apiError(http.StatusBadRequest, "job id: expected a positive whole number")
-	}
-	return id, nil
-}
-
+// apiError is an error as Caddy's admin endpoint writes it: the status,
+// and {"error": msg}. It must be returned unwrapped: Caddy type-asserts.
 func apiError(status int, msg string) error {
 	return caddy.APIError{HTTPStatus: status, Err: errors.New(msg)}
 }
 
-// scrubAPIError maps River's not-found to 404 and scrubs any other error.
-func scrubAPIError(err error, q *sharedQueue) error {
+// adminErr maps River's not-found to 404 and any other error to a 500
+// whose text is scrubbed.
+func adminErr(err error, q *sharedQueue) error {
 	var apiErr caddy.APIError
 	switch {
 	case errors.As(err, &apiErr):
-		return err
+		return apiErr
 	case errors.Is(err, rivertype.ErrNotFound):
 		return apiError(http.StatusNotFound, "no such job")
+	case errors.Is(err, context.DeadlineExceeded):
+		return apiError(http.StatusGatewayTimeout, "the queue did not answer in time: "+adminScrub(q, err.Error()))
 	}
-	return apiError(http.StatusInternalServerError, q.scrub(err.Error()))
+	return apiError(http.StatusInternalServerError, adminScrub(q, err.Error()))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
@@ -395,7 +480,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, err = w.Write(body)
+	_, err = w.Write(append(body, '\n'))
 	return err
 }
 

@@ -176,11 +176,10 @@ type sharedQueue struct {
 	mu      sync.RWMutex
 	targets map[string][]*upstream
 
-	reqs     chan *enqueueReq
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	metrics  atomic.Pointer[metrics]
-	lastSync atomic.Int64 // unix nanoseconds of the last successful sync
+	reqs    chan *enqueueReq
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	metrics atomic.Pointer[metrics]
 }
 
 // Destruct stops the workers (letting in-flight syncs finish within a
@@ -416,10 +415,6 @@ func (q *sharedQueue) stats(ctx context.Context) (*queueStats, error) {
 	s, err := q.backend.stats(ctx)
 	if err != nil {
 		return nil, errors.New(scrubDSN(err.Error(), q.config))
-	}
-	if ns := q.lastSync.Load(); ns != 0 {
-		t := time.Unix(0, ns).UTC()
-		s.LastSyncAt = &t
 	}
 	return s, nil
 }

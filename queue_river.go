@@ -367,9 +367,10 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 			return err
 		}
 	}
-	// A job that will retry takes the waiting slot back.
+	// A job that will retry takes the waiting slot back; on its last
+	// attempt it will be discarded, so it does not.
 	backToWaiting := 0
-	if retriable && !superseded {
+	if retriable && !superseded && job.Attempt < job.MaxAttempts {
 		backToWaiting = 1
 	}
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
@@ -419,6 +420,16 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*queueStats, er
 	}
 	if len(oldest.Jobs) > 0 {
 		s.OldestPendingSeconds = time.Since(oldest.Jobs[0].CreatedAt).Seconds()
+	}
+	// The last successful sync of any instance sharing the queue.
+	last, err := b.client.JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
+		States(rivertype.JobStateCompleted).OrderBy(river.JobListOrderByFinalizedAt, river.SortOrderDesc).First(1))
+	if err != nil {
+		return nil, fmt.Errorf("finding last sync: %w", err)
+	}
+	if len(last.Jobs) > 0 && last.Jobs[0].FinalizedAt != nil {
+		t := last.Jobs[0].FinalizedAt.UTC()
+		s.LastSyncAt = &t
 	}
 	return s, nil
 }
@@ -494,6 +505,17 @@ func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*
 		return nil, err
 	}
 	defer b.db.rollback(ctx, tx)
+	// Check the state inside the transaction: River's retry leaves a
+	// running job as it is, and a running job must never take the
+	// booking's waiting slot (a webhook would merge into a sync that has
+	// already read the booking).
+	var state string
+	if err := b.db.queryRow(ctx, tx, `SELECT state FROM river_job WHERE id = $1`+b.db.lockSuffix(), id).Scan(&state); err != nil {
+		return nil, fmt.Errorf("reading job state: %w", err)
+	}
+	if !replayableStates[rivertype.JobState(state)] {
+		return nil, errNotReplayable
+	}
 	row, err := b.lockBooking(ctx, tx, &args)
 	if err != nil {
 		return nil, err

@@ -70,7 +70,6 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 	}
 	w.logOutcome(job, res, jobErr)
 	if jobErr == nil {
-		q.lastSync.Store(time.Now().UnixNano())
 		q.metrics.Load().observeSyncLag(job.Args.AcceptedAt)
 	}
 	return jobErr
