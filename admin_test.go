@@ -17,7 +17,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 )
 
 const (
@@ -104,15 +103,7 @@ type adminEnv struct {
 func openAdminQueue(t *testing.T, driver string) (*sharedQueue, *resolvedQueue) {
 	t.Helper()
 	rq := &resolvedQueue{driver: driver, workers: 2, maxAttempts: 1, workerTimeout: 5 * time.Second}
-	if driver == queueSQLite {
-		rq.location = filepath.Join(t.TempDir(), "q.sqlite3")
-	} else {
-		rq.location = freshPostgresDSN(t)
-	}
-	q, err := openQueue(rq.poolKey(), rq, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, q.Destruct()) })
-	return q, rq
+	return openTestQueue(t, rq), rq
 }
 
 func newAdminEnv(t *testing.T, driver string) *adminEnv {

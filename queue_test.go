@@ -79,12 +79,11 @@ func (u *gatedUpstream) callsFor(id string) []callSpan {
 	return append([]callSpan(nil), u.calls[id]...)
 }
 
-// testQueue opens a real queue (SQLite file or PostgreSQL database) with
-// an upstream registered, as a handler would.
-func testQueue(t *testing.T, driver string, up *httptest.Server) *queueHandle {
+// openTestQueue opens a real queue: a SQLite file in a temporary
+// directory, or a fresh PostgreSQL database.
+func openTestQueue(t *testing.T, rq *resolvedQueue) *sharedQueue {
 	t.Helper()
-	rq := &resolvedQueue{driver: driver, workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second}
-	if driver == queueSQLite {
+	if rq.driver == queueSQLite {
 		rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
 	} else {
 		rq.location = freshPostgresDSN(t)
@@ -92,6 +91,14 @@ func testQueue(t *testing.T, driver string, up *httptest.Server) *queueHandle {
 	q, err := openQueue(rq.poolKey(), rq, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, q.Destruct()) })
+	return q
+}
+
+// testQueue opens a real queue (SQLite file or PostgreSQL database) with
+// an upstream registered, as a handler would.
+func testQueue(t *testing.T, driver string, up *httptest.Server) *queueHandle {
+	t.Helper()
+	q := openTestQueue(t, &resolvedQueue{driver: driver, workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second})
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
 	upstream := newUpstream(u, "tk", nil)
