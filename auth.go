@@ -53,11 +53,15 @@ func (s *secretSet) match(candidates []string) bool {
 // ok is false when the request presents too many or oversized credentials,
 // which no honest sender does.
 func credentials(h http.Header) (creds []string, ok bool) {
+	// An empty value presents nothing; it neither matches nor spoils
+	// another credential of the same request.
 	for _, v := range h.Values(headerAPIKey) {
-		creds = append(creds, strings.TrimSpace(v))
+		if v = strings.TrimSpace(v); v != "" {
+			creds = append(creds, v)
+		}
 	}
 	for _, v := range h.Values(headerAuthorization) {
-		if tok, isBearer := bearerToken(v); isBearer {
+		if tok, isBearer := bearerToken(v); isBearer && tok != "" {
 			creds = append(creds, tok)
 		}
 	}
@@ -65,7 +69,7 @@ func credentials(h http.Header) (creds []string, ok bool) {
 		return nil, false
 	}
 	for _, c := range creds {
-		if c == "" || len(c) > maxCredentialLen {
+		if len(c) > maxCredentialLen {
 			return nil, false
 		}
 	}

@@ -211,7 +211,7 @@ func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
 }
 
 func (w *webhook) syncRequest() syncRequest {
-	return syncRequest{BookingID: w.bookingID, OrganizationID: w.organizationID, EventType: w.eventType}
+	return syncRequest{BookingID: w.bookingID, OrganizationID: w.organizationIDJSON, EventType: w.eventType}
 }
 
 func syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {

@@ -257,7 +257,7 @@ func resolve(repl *caddy.Replacer, field, val string) (string, error) {
 
 // resolveAll resolves every value and drops the ones that are empty after
 // resolution, so that "{env.OLD_SECRET}" can be left in place once the old
-// secret is retired. An explicitly empty literal is still an error.
+// secret is retired. Provision then requires at least one value left.
 func resolveAll(repl *caddy.Replacer, field string, vals []string) ([]string, error) {
 	out := make([]string, 0, len(vals))
 	for _, v := range vals {

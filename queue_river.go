@@ -28,7 +28,9 @@ type syncArgs struct {
 	BookingID      json.RawMessage `json:"booking_id"`
 	BookingKey     string          `json:"booking_key"`
 	OrganizationID string          `json:"organization_id,omitempty"`
-	EventType      string          `json:"event_type,omitempty"`
+	// OrganizationIDJSON is organization_id as received, forwarded as is.
+	OrganizationIDJSON json.RawMessage `json:"organization_id_json,omitempty"`
+	EventType          string          `json:"event_type,omitempty"`
 	// AcceptedAt is when the first webhook this job carries was accepted.
 	AcceptedAt time.Time `json:"accepted_at"`
 	// NotBefore is the end of the coalescing window.
@@ -254,7 +256,7 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		r, last := g[0], g[len(g)-1]
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: syncArgs{
 			TargetID: r.targetID, BookingID: last.wh.bookingID, BookingKey: r.wh.bookingKey,
-			OrganizationID: r.wh.organizationID, EventType: last.wh.eventType,
+			OrganizationID: r.wh.organizationID, OrganizationIDJSON: r.wh.organizationIDJSON, EventType: last.wh.eventType,
 			AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
 		}}
 	}

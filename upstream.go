@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 const (
@@ -21,6 +23,9 @@ const (
 	maxDetailsText = 2 << 10
 
 	headerRequestID = "X-Request-Id"
+
+	// maxRetryAfterSeconds bounds a Retry-After header: a week.
+	maxRetryAfterSeconds = 7 * 24 * 3600
 )
 
 // upstream calls import-bookings. One per handler, so that connections are
@@ -60,7 +65,7 @@ func newUpstream(target *url.URL, key string, m *metrics) *upstream {
 type syncRequest struct {
 	BookingID      json.RawMessage `json:"booking_id"`
 	SyncMode       string          `json:"syncMode"`
-	OrganizationID string          `json:"organization_id,omitempty"`
+	OrganizationID json.RawMessage `json:"organization_id,omitempty"`
 	EventType      string          `json:"event_type,omitempty"`
 }
 
@@ -217,16 +222,19 @@ func scrubError(err error) error {
 	return errors.New(err.Error())
 }
 
-// truncateText cuts b to at most n bytes on a UTF-8 boundary.
+// truncateText cuts b to at most n bytes of valid UTF-8: invalid bytes are
+// replaced first (U+FFFD is 3 bytes), then the text is cut on a rune
+// boundary.
 func truncateText(b []byte, n int) string {
-	if len(b) <= n {
-		return string(bytes.ToValidUTF8(b, []byte("\uFFFD")))
+	s := strings.ToValidUTF8(string(b[:min(len(b), 4*n)]), "\uFFFD")
+	if len(s) <= n {
+		return s
 	}
 	cut := n
-	for cut > 0 && cut > n-4 && b[cut]&0xC0 == 0x80 {
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return string(bytes.ToValidUTF8(b[:cut], []byte("\uFFFD")))
+	return s[:cut]
 }
 
 // parseRetryAfter reads a Retry-After header in seconds or as an HTTP date.
@@ -236,7 +244,9 @@ func parseRetryAfter(v string) time.Duration {
 		return 0
 	}
 	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
-		return time.Duration(secs) * time.Second
+		// Bounded before multiplying, so a huge value cannot wrap around
+		// into a short wait; the retry policy caps it further.
+		return time.Duration(min(secs, maxRetryAfterSeconds)) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		if d := time.Until(t); d > 0 {

@@ -26,6 +26,9 @@ type webhook struct {
 	// integer's digits): "42" and 42 name the same booking.
 	bookingKey     string
 	organizationID string
+	// organizationIDJSON is organization_id as received (string or
+	// integer), forwarded unchanged like booking_id.
+	organizationIDJSON json.RawMessage
 	// eventType is the event_type as sent; empty when absent.
 	eventType string
 }
@@ -82,7 +85,7 @@ func parseWebhook(body []byte, requireOrg bool) (*webhook, error) {
 	if !present {
 		return nil, missingField(fieldBookingID)
 	}
-	if _, wh.organizationID, present, err = idField(fields[fieldOrganizationID], fieldOrganizationID, true); err != nil {
+	if wh.organizationIDJSON, wh.organizationID, present, err = idField(fields[fieldOrganizationID], fieldOrganizationID, true); err != nil {
 		return nil, err
 	}
 	if requireOrg && !present {
@@ -276,11 +279,8 @@ func normalizeEventType(s string) string {
 	if s == "" {
 		return "unknown"
 	}
-	s = strings.ToLower(s)
-	for _, prefix := range []string{"booking.", "booking_", "booking-", "booking:"} {
-		s = strings.TrimPrefix(s, prefix)
-	}
-	s = strings.NewReplacer(".", "_", "-", "_", ":", "_", " ", "_").Replace(s)
+	s = strings.NewReplacer(".", "_", "-", "_", ":", "_", " ", "_").Replace(strings.ToLower(s))
+	s = strings.TrimPrefix(s, "booking_")
 	if s == "canceled" {
 		s = "cancelled"
 	}

@@ -59,7 +59,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 	if up == nil {
 		return w.b.finish(ctx, job, nil, errors.New("no receive_booking handler is configured for this job's target"))
 	}
-	req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationID, EventType: eventType}
+	req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
 	res := up.sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
 	jobErr := jobError(res, up)
 	// Record the outcome even if the job's own deadline just passed.
