@@ -49,8 +49,11 @@ type answer struct {
 	outcome    string
 	reason     string
 	retryAfter string
-	wh         *webhook
-	res        *syncResult
+	// silent answers are logged and counted but not written: the client
+	// is gone.
+	silent bool
+	wh     *webhook
+	res    *syncResult
 }
 
 // response is the JSON body of every answer; fields are omitted when unset.
@@ -83,7 +86,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if a == nil {
 		return nil // preflight answered, or the client went away
 	}
-	h.write(w, a)
+	if !a.silent {
+		h.write(w, a)
+	}
 	h.log(r, a, time.Since(start))
 	h.metrics.observeAnswer(a)
 	if a.status == http.StatusOK {
@@ -198,8 +203,9 @@ func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
 	defer cancel()
 	res, shared, err := h.coalescer.do(ctx, wh.key(), wh.syncRequest(), requestID(r), h.timeout, h.upstream.sync)
 	if err != nil && r.Context().Err() != nil {
-		h.logger.Debug("client went away; sync cancelled", zap.String("booking_id", wh.bookingKey))
-		return nil
+		// The sender hung up: nothing to answer, the sync was cancelled
+		// (unless other requests wait for it), and the sender retries.
+		return &answer{outcome: outcomeFailed, reason: "client_gone", wh: wh, silent: true}
 	}
 	if err != nil {
 		res = &syncResult{timedOut: true, err: errors.New("timed out")}

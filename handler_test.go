@@ -804,8 +804,8 @@ func TestServeHTTPLogging(t *testing.T) {
 		assert.NotContains(t, w.Body.String(), queryKey)
 		assert.NotContains(t, w.Body.String(), utTargetKey)
 	}
-	// A preflight is not a webhook; a client that goes away is logged at
-	// debug level only.
+	// A preflight is not a webhook; a client that goes away gets its line
+	// too (outcome failed, reason client_gone), checked after the others.
 	serveTest(t, okH, webhookRequest(http.MethodOptions, "", "X-Api-Key", utSecret))
 	ctx, cancel := context.WithCancel(context.Background())
 	waitFor(t, slowUp.arrived, time.Second, "the timed-out sync above")
@@ -835,7 +835,11 @@ func TestServeHTTPLogging(t *testing.T) {
 			lines = append(lines, e)
 		}
 	}
-	require.Len(t, lines, len(requests), "one line per webhook")
+	require.Len(t, lines, len(requests)+1, "one line per webhook")
+	gone := lines[len(lines)-1].ContextMap()
+	assert.Equal(t, "failed", gone["outcome"])
+	assert.Equal(t, "client_gone", gone["reason"])
+	assert.Equal(t, "b-8", gone["booking_id"])
 	for i, s := range requests {
 		e, f := lines[i], lines[i].ContextMap()
 		assert.Equal(t, s.level, e.Level, "request %d level", i)
@@ -856,5 +860,4 @@ func TestServeHTTPLogging(t *testing.T) {
 	assert.Equal(t, "org-1", lines[0].ContextMap()["organization_id"])
 	assert.EqualValues(t, 500, lines[10].ContextMap()["upstream_status"])
 	assert.EqualValues(t, 0, lines[12].ContextMap()["upstream_status"], "unreachable: no upstream status")
-	assert.Equal(t, 1, logs.FilterMessageSnippet("client went away").Len(), "the client that went away is logged at debug level")
 }
