@@ -1,9 +1,21 @@
 # The two commands of the README: `make run` and `make test`.
+#
+#   make test                  every test, -race, with a throwaway PostgreSQL
+#   make test TESTFLAGS='-run TestX -v'
+#   make run                   build Caddy with this module and run Caddyfile.example
+#   make build                 only build ./caddy (xcaddy)
+#   make bench                 go run ./bench
+#   make fuzz [FUZZTIME=10m]   each Fuzz target for FUZZTIME, one after another
 XCADDY_VERSION := v0.4.5
 CADDY_VERSION  := v2.11.9
 MODULE         := github.com/bookingwebhook/caddy-receive-booking
-XCADDY         := $(shell go env GOPATH)/bin/xcaddy
 FUZZTIME       ?= 10m
+TESTFLAGS      ?=
+
+# xcaddy from PATH, else where `go install` puts it (GOBIN, or the first
+# GOPATH entry's bin), installed on first use.
+GOBIN_DIR := $(or $(shell go env GOBIN),$(firstword $(subst :, ,$(shell go env GOPATH)))/bin)
+XCADDY    := $(or $(shell command -v xcaddy 2>/dev/null),$(GOBIN_DIR)/xcaddy)
 
 .PHONY: run test build bench fuzz
 
@@ -14,20 +26,27 @@ run: build
 
 # The whole test suite, with a throwaway PostgreSQL.
 test:
-	scripts/test.sh
+	bash scripts/test.sh $(TESTFLAGS)
 
 $(XCADDY):
 	go install github.com/caddyserver/xcaddy/cmd/xcaddy@$(XCADDY_VERSION)
 
-# The module is unpublished, so the local checkout is given a version.
-build: $(XCADDY)
+# The module is unpublished, so the local checkout is given a version that
+# cannot clash with a real one and is replaced by this directory.
+build: | $(XCADDY)
 	$(XCADDY) build $(CADDY_VERSION) --output ./caddy \
 		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
 
 bench:
 	go run ./bench
 
+# Fuzz targets are listed by go test (a package that does not compile
+# fails here, rather than fuzzing nothing).
 fuzz:
-	@for t in $$(go test -list '^Fuzz' . | grep '^Fuzz'); do \
-		echo "== $$t"; go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) . || exit 1; \
+	@set -e; list=$$(go test -list '^Fuzz' .); \
+	targets=$$(printf '%s\n' "$$list" | grep '^Fuzz' || true); \
+	if [ -z "$$targets" ]; then echo "no Fuzz targets found" >&2; exit 1; fi; \
+	for t in $$targets; do \
+		echo "== $$t for $(FUZZTIME)"; \
+		go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) .; \
 	done

@@ -7,49 +7,63 @@ import (
 	"net/url"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// postgresDSN is the test server's DSN, set by scripts/test.sh (make
-// test). Without it the PostgreSQL tests fail: they must not be skipped
-// silently.
+// postgresDSN is the DSN of the test PostgreSQL server, which scripts/test.sh
+// (make test) starts and exports as RB_TEST_POSTGRES_DSN. Without it the
+// PostgreSQL tests fail rather than skip: a run that silently left out
+// PostgreSQL would look green while testing less.
 func postgresDSN(t testing.TB) string {
 	t.Helper()
 	dsn := os.Getenv("RB_TEST_POSTGRES_DSN")
 	if dsn == "" {
-		t.Fatal("RB_TEST_POSTGRES_DSN is not set: run the suite with `make test`, which starts PostgreSQL")
+		t.Fatalf("RB_TEST_POSTGRES_DSN is not set: run the tests with `make test` " +
+			"(scripts/test.sh starts a throwaway PostgreSQL), or set it to a server's DSN")
 	}
 	return dsn
 }
 
-// freshPostgresDSN creates an empty database for one test and drops it
-// when the test ends, so tests never see each other's jobs.
+// freshPostgresDSN creates an empty database rb_<random> on the test server,
+// owned by the DSN's role (rb), and returns its DSN, so that each test has a
+// database of its own. The database is dropped when the test ends, WITH
+// (FORCE) so that connections a test left open do not keep it; cleanups run
+// last-registered first, so those the test registers after this call (pools,
+// queues) have run by then.
 func freshPostgresDSN(t testing.TB) string {
 	t.Helper()
 	base := postgresDSN(t)
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatalf("connecting to the test PostgreSQL: %v", err)
-	}
-	defer conn.Close(ctx)
-	name := fmt.Sprintf("rb_test_%d", rand.Uint64())
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("creating test database: %v", err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(ctx, base)
-		if err != nil {
-			return
-		}
-		defer c.Close(ctx)
-		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
 	u, err := url.Parse(base)
 	if err != nil {
 		t.Fatalf("parsing RB_TEST_POSTGRES_DSN: %v", err)
 	}
+	// Lower case letters and digits only: no quoting needed in SQL.
+	name := fmt.Sprintf("rb_%016x", rand.Uint64())
+
+	// exec runs one statement on the server's base database.
+	exec := func(sql string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(ctx, sql)
+		return err
+	}
+
+	if err := exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("creating test database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		// Only logged: the server is thrown away after the run anyway.
+		if err := exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			t.Logf("dropping test database %s: %v", name, err)
+		}
+	})
 	u.Path = "/" + name
 	return u.String()
 }

@@ -1,14 +1,50 @@
 #!/usr/bin/env bash
-# The whole test suite: starts a throwaway PostgreSQL (unless
-# RB_TEST_POSTGRES_DSN is set), then runs every test with the race
-# detector. Never -short: caddytest skips its real-Caddy tests under it.
+# The whole test suite: starts a throwaway PostgreSQL (scripts/pg.sh) unless
+# RB_TEST_POSTGRES_DSN is already set, runs every test with the race
+# detector, stops PostgreSQL on the way out (also on Ctrl-C or SIGTERM) and
+# exits with go test's status. Never -short: caddytest skips its real-Caddy
+# tests under it.
+#
 # Extra arguments go to go test, e.g. scripts/test.sh -run TestE2E -v
 set -euo pipefail
 cd "$(dirname "$0")/.."
+here=$(pwd)
 
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 if [ -z "${RB_TEST_POSTGRES_DSN:-}" ]; then
-	trap 'scripts/pg.sh stop' EXIT
-	eval "$(scripts/pg.sh start)"
+	# A state file of this run's own, so that concurrent runs never stop
+	# each other's server; the owner pid lets a later run remove this
+	# server if this one is killed with SIGKILL.
+	export RB_PG_STATE="${TMPDIR:-/tmp}/rb-pg.$$.state" RB_PG_OWNER=$$
+	trap 'bash "$here/scripts/pg.sh" stop' EXIT
+	line=$(bash scripts/pg.sh start)
+	eval "$line"
 	export RB_TEST_POSTGRES_DSN
 fi
-go test -race -count=1 -timeout 20m "$@" ./...
+
+# go test runs in a session of its own, in the background, so that a
+# signal to this script is handled at once: SIGTERM goes to go test and its
+# test binaries (the whole session: a background job ignores SIGINT), and
+# the EXIT trap then stops PostgreSQL once they have ended.
+setsid=()
+command -v setsid >/dev/null && setsid=(setsid)
+"${setsid[@]}" go test -race -count=1 -timeout 15m "$@" ./... &
+pid=$!
+signalled=""
+forward() {
+	signalled=$1
+	kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+}
+trap 'forward 130' INT
+trap 'forward 143' TERM
+trap 'forward 129' HUP
+
+status=0
+while :; do
+	wait "$pid" && status=0 || status=$?
+	kill -0 "$pid" 2>/dev/null || break # else wait was cut short by a signal
+done
+if [ -n "$signalled" ] && [ "$status" = 0 ]; then status=$signalled; fi
+exit "$status"
