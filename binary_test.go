@@ -150,7 +150,7 @@ func (p *caddyProcess) kill() {
 type syncStub struct {
 	*httptest.Server
 	up          atomic.Bool
-	delay       time.Duration
+	delay       atomic.Int64 // nanoseconds
 	mu          sync.Mutex
 	synced      map[string][]time.Time
 	inFlight    map[string]int
@@ -159,7 +159,8 @@ type syncStub struct {
 }
 
 func newSyncStub(t *testing.T, delay time.Duration) *syncStub {
-	s := &syncStub{synced: map[string][]time.Time{}, inFlight: map[string]int{}, delay: delay}
+	s := &syncStub{synced: map[string][]time.Time{}, inFlight: map[string]int{}}
+	s.delay.Store(int64(delay))
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		s.calls.Add(1)
@@ -177,7 +178,14 @@ func newSyncStub(t *testing.T, delay time.Duration) *syncStub {
 		s.inFlight[req.BookingID]++
 		s.maxInFlight = max(s.maxInFlight, s.inFlight[req.BookingID])
 		s.mu.Unlock()
-		time.Sleep(s.delay)
+		select {
+		case <-time.After(time.Duration(s.delay.Load())):
+		case <-r.Context().Done():
+			s.mu.Lock()
+			s.inFlight[req.BookingID]--
+			s.mu.Unlock()
+			return // the caller went away: not a sync
+		}
 		s.mu.Lock()
 		s.inFlight[req.BookingID]--
 		s.synced[req.BookingID] = append(s.synced[req.BookingID], start)
@@ -207,7 +215,8 @@ func (s *syncStub) syncedAfter(booking string, t time.Time) bool {
 	return false
 }
 
-// acceptLog records, per booking, when its last 202 arrived, and the
+// acceptLog records, per booking, when its last accepted webhook was sent,
+// and the
 // requests that got no answer.
 type acceptLog struct {
 	mu       sync.Mutex
@@ -236,13 +245,18 @@ func (a *acceptLog) rejected(status int) {
 	a.statuses = append(a.statuses, status)
 }
 
-func (a *acceptLog) record(booking string) {
+// record notes an accepted webhook, sent at the given time: the change it
+// reports was made before it was sent, so a sync that started after that
+// time read it.
+func (a *acceptLog) record(booking string, sent time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.last == nil {
 		a.last = map[string]time.Time{}
 	}
-	a.last[booking] = time.Now()
+	if sent.After(a.last[booking]) {
+		a.last[booking] = sent
+	}
 	a.n++
 }
 
@@ -260,12 +274,12 @@ func sendWebhooks(n, bookings, workers int, target func(i int) string, accepted 
 					return
 				}
 				booking := fmt.Sprintf("bk-%d", i%bookings)
-				resp, err := postOnce(client, target(i), booking, i, accepted)
+				resp, sent, err := postOnce(client, target(i), booking, i, accepted)
 				if err != nil {
 					continue // not accepted: the sender keeps it
 				}
 				if resp.StatusCode/100 == 2 {
-					accepted.record(booking)
+					accepted.record(booking, sent)
 				} else {
 					accepted.rejected(resp.StatusCode)
 				}
@@ -284,7 +298,7 @@ func sendWebhooks(n, bookings, workers int, target func(i int) string, accepted 
 // server's idle keep-alive connections and hands its listener over; a
 // request caught in that instant never reaches a handler. Every such
 // retry is counted.
-func postOnce(client *http.Client, url, booking string, i int, log *acceptLog) (*http.Response, error) {
+func postOnce(client *http.Client, url, booking string, i int, log *acceptLog) (*http.Response, time.Time, error) {
 	var err error
 	for try := range 3 {
 		if try > 0 {
@@ -295,14 +309,15 @@ func postOnce(client *http.Client, url, booking string, i int, log *acceptLog) (
 		req.Header.Set("X-Api-Key", e2eSecret)
 		req.Header.Set("Content-Type", "application/json")
 		var resp *http.Response
+		sent := time.Now()
 		if resp, err = client.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
-			return resp, nil
+			return resp, sent, nil
 		}
 	}
 	log.failed(err)
-	return nil, err
+	return nil, time.Time{}, err
 }
 
 // lost lists the accepted bookings not synced after their last 202.
@@ -358,6 +373,39 @@ func TestCrashNoLoss(t *testing.T) {
 	t.Logf("accepted=%d (bookings=%d) synced=%d lost=%d; all synced %s after the restart; upstream calls=%d",
 		accepted.n, len(accepted.last), len(accepted.last)-len(lost(stub, &accepted)), len(lost(stub, &accepted)),
 		time.Since(restarted).Round(100*time.Millisecond), stub.calls.Load())
+}
+
+// TestCrashPostgresRerunsInterruptedSync: a sync that was running on a
+// PostgreSQL queue when its Caddy was killed runs again as soon as that
+// instance restarts, not only when River's rescuer notices it.
+func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Caddy binary")
+	}
+	stub := newSyncStub(t, time.Hour) // the first sync hangs
+	stub.up.Store(true)
+	dataDir := t.TempDir()
+	directive := fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s
+		mode async
+		coalesce_window 0
+		queue postgres %s
+	}`, e2eSecret, stub.URL, freshPostgresDSN(t))
+	first := startCaddy(t, dataDir, directive)
+	var accepted acceptLog
+	sendWebhooks(1, 1, 1, func(int) string { return first.url }, &accepted, nil)
+	require.Equal(t, 1, accepted.n)
+	require.Eventually(t, func() bool { return stub.calls.Load() == 1 }, 10*time.Second, 10*time.Millisecond, "the sync started")
+	require.NoError(t, first.cmd.Process.Kill())
+	_ = first.cmd.Wait()
+
+	stub.delay.Store(0)
+	restarted := time.Now()
+	startCaddy(t, dataDir, directive) // same data directory: the same instance
+	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 15*time.Second, 50*time.Millisecond,
+		"the interrupted sync ran again after the restart")
+	t.Logf("interrupted sync ran again %s after the restart", time.Since(restarted).Round(10*time.Millisecond))
 }
 
 // TestTwoInstancesPostgres: two Caddy processes share one PostgreSQL

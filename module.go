@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -177,6 +178,13 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 	secrets, err := resolveAll(repl, "secret", h.Secrets)
 	if err != nil {
 		return err
+	}
+	for i, v := range secrets {
+		// A secret no request can present would leave Caddy answering 401
+		// to everyone: refuse it (credentials are trimmed and bounded).
+		if v != strings.TrimSpace(v) || len(v) > maxCredentialLen {
+			return fmt.Errorf("secret #%d: must not start or end with white space or exceed %d bytes", i+1, maxCredentialLen)
+		}
 	}
 	if len(secrets) > 0 {
 		h.secrets = newSecretSet(secrets)

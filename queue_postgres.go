@@ -2,11 +2,15 @@ package receivebooking
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
@@ -52,8 +56,13 @@ func newPostgresBackend(ctx context.Context, d *pgDialect, rq *resolvedQueue, q 
 	b := &riverBackend[*riverpgxv5.Driver, pgx.Tx]{db: d, q: q, maxAttempts: rq.maxAttempts}
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &syncWorker[*riverpgxv5.Driver, pgx.Tx]{b: b, timeout: rq.workerTimeout})
+	cfg := newRiverConfig[pgx.Tx](rq, workers, q.logger)
+	cfg.ID = instanceID(q.key)
+	if err := recoverOwnJobs(ctx, d, cfg.ID); err != nil {
+		return nil, err
+	}
 	var err error
-	b.client, err = river.NewClient(driver, newRiverConfig[pgx.Tx](rq, workers, q.logger))
+	b.client, err = river.NewClient(driver, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating queue client: %w", err)
 	}
@@ -88,6 +97,29 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 		if _, err := conn.Exec(ctx, ddl); err != nil {
 			return fmt.Errorf("migrating queue: %w", err)
 		}
+	}
+	return nil
+}
+
+// instanceID names this Caddy instance to River, the same across restarts:
+// the host, plus a hash of Caddy's data directory and the queue, so that
+// two instances on one host (each with its own data directory) differ.
+func instanceID(queueKey string) string {
+	host, _ := os.Hostname()
+	sum := sha256.Sum256([]byte(caddy.AppDataDir() + "\x00" + queueKey))
+	return fmt.Sprintf("rb-%s-%s", host, hex.EncodeToString(sum[:6]))
+}
+
+// recoverOwnJobs makes available again the syncs this instance was running
+// when it last stopped without finishing them (a crash, a kill -9): it has
+// just started, so none of them can still be running. Without this they
+// would wait for River's rescuer (worker_timeout + 15 s, checked every
+// 30 s). Jobs of other instances are theirs to finish, or the rescuer's.
+func recoverOwnJobs(ctx context.Context, d *pgDialect, id string) error {
+	_, err := d.pool.Exec(ctx, `UPDATE river_job SET state = 'available'
+		WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`, riverQueueName, id)
+	if err != nil {
+		return fmt.Errorf("recovering interrupted jobs: %w", err)
 	}
 	return nil
 }
