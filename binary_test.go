@@ -29,6 +29,9 @@ var (
 	caddyBinOnce sync.Once
 	caddyBin     string
 	caddyBinErr  error
+	// caddyBinDir is the temporary directory of a binary built here,
+	// removed by TestMain.
+	caddyBinDir string
 )
 
 func caddyBinary(t *testing.T) string {
@@ -48,6 +51,7 @@ func caddyBinary(t *testing.T) string {
 			caddyBinErr = err
 			return
 		}
+		caddyBinDir = dir
 		xcaddy := filepath.Join(goEnv("GOPATH"), "bin", "xcaddy")
 		if _, err := os.Stat(xcaddy); err != nil {
 			if out, err := exec.Command("go", "install", "github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5").CombinedOutput(); err != nil {

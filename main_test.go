@@ -16,5 +16,8 @@ func TestMain(m *testing.M) {
 	os.Setenv("XDG_CONFIG_HOME", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
+	if caddyBinDir != "" {
+		os.RemoveAll(caddyBinDir)
+	}
 	os.Exit(code)
 }
