@@ -169,23 +169,37 @@ func (b *bench) warmup() time.Duration {
 
 // throughput runs a closed-loop scenario: concurrency requests in flight
 // for the duration, after a warm-up. An empty site loads the stub itself.
-func (b *bench) throughput(key, name string, status int, site string) {
+// start adds a scenario's row, makes the stub answer after delay and, when
+// site is set, starts Caddy with it (c is nil for a scenario without
+// Caddy). ok is false when the scenario is not selected or Caddy did not
+// start; the row then says why.
+func (b *bench) start(key, name string, delay time.Duration, site string) (r *row, c *caddyProc, ok bool) {
 	if !want(key) {
-		return
+		return nil, nil, false
 	}
-	r := &row{key: key, name: name, upstream: -1}
+	r = &row{key: key, name: name, upstream: -1}
 	b.rows = append(b.rows, r)
 	logf("scenario %s: %s", key, name)
-	b.stub.reset(0)
+	b.stub.reset(delay)
+	if site == "" {
+		return r, nil, true
+	}
+	c, err := startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site)
+	if err != nil {
+		r.note = "Caddy did not start: " + firstLine(err.Error())
+		logf("%v", err)
+		return r, nil, false
+	}
+	return r, c, true
+}
+
+func (b *bench) throughput(key, name string, status int, site string) {
+	r, c, ok := b.start(key, name, 0, site)
+	if !ok {
+		return
+	}
 	url := b.stub.url()
-	var c *caddyProc
-	if site != "" {
-		var err error
-		if c, err = startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site); err != nil {
-			r.note = "Caddy did not start: " + firstLine(err.Error())
-			logf("%v", err)
-			return
-		}
+	if c != nil {
 		defer c.stop()
 		url = c.siteURL()
 	}
@@ -232,20 +246,12 @@ func (b *bench) throughput(key, name string, status int, site string) {
 // against a stub taking 200 ms, and counts the upstream calls once they
 // have stopped.
 func (b *bench) coalescing(key, name, site string) {
-	if !want(key) {
-		return
-	}
-	r := &row{key: key, name: name, upstream: -1, bound: fmt.Sprintf("bound %d, naive %d", burstBound, burstWebhooks)}
-	b.rows = append(b.rows, r)
-	logf("scenario %s: %s", key, name)
-	b.stub.reset(200 * time.Millisecond)
-	c, err := startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site)
-	if err != nil {
-		r.note = "Caddy did not start: " + firstLine(err.Error())
-		logf("%v", err)
+	r, c, ok := b.start(key, name, 200*time.Millisecond, site)
+	if !ok {
 		return
 	}
 	defer c.stop()
+	r.bound = fmt.Sprintf("bound %d, naive %d", burstBound, burstWebhooks)
 	r.load = burst(webhookTargeter(c.siteURL(), cycle(burstBookings)), burstWebhooks, burstWebhooks)
 	r.upstream = b.stub.waitQuiet(3*time.Second, 90*time.Second)
 	r.inflight = b.stub.maxInflight.Load()
@@ -258,20 +264,12 @@ func (b *bench) coalescing(key, name, site string) {
 // memory holds 1,000 syncs in flight against a stub that takes 2 s and
 // reads Caddy's peak RSS.
 func (b *bench) memory(key, name, site string) {
-	if !want(key) {
-		return
-	}
-	r := &row{key: key, name: name, upstream: -1}
-	b.rows = append(b.rows, r)
-	logf("scenario %s: %s", key, r.name)
-	b.stub.reset(2 * time.Second)
-	c, err := startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site)
-	if err != nil {
-		r.note = "Caddy did not start: " + firstLine(err.Error())
-		logf("%v", err)
+	r, c, ok := b.start(key, name, 2*time.Second, site)
+	if !ok {
 		return
 	}
 	defer c.stop()
+	var err error
 	time.Sleep(time.Second)
 	if r.idleKB, err = c.procStatus("VmRSS"); err != nil {
 		r.note = err.Error()
