@@ -26,7 +26,7 @@ const (
 )
 
 func init() {
-	caddy.RegisterModule(AdminAPI{})
+	caddy.RegisterModule(new(AdminAPI))
 }
 
 // AdminAPI is the operator's view of the durable queue, under Caddy's
@@ -36,10 +36,14 @@ func init() {
 // caddy.APIError, which Caddy writes as {"error": "..."}.
 //
 // Caddy instantiates every admin.api.* module itself: it needs no config.
-type AdminAPI struct{}
+type AdminAPI struct {
+	// engines lists the queues to serve; nil: the running config's
+	// (tests set it to serve queues without a running Caddy).
+	engines func() []*engine
+}
 
 // CaddyModule returns the Caddy module information.
-func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+func (*AdminAPI) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "admin.api.receive_booking",
 		New: func() caddy.Module { return new(AdminAPI) },
@@ -48,7 +52,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns the admin routes: one prefix, routed by serve, so that
 // every answer (405s and 404s included) is JSON.
-func (a AdminAPI) Routes() []caddy.AdminRoute {
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
@@ -66,7 +70,7 @@ var replayableStates = map[rivertype.JobState]bool{
 	rivertype.JobStateDiscarded: true, rivertype.JobStateCancelled: true, rivertype.JobStateRetryable: true,
 }
 
-func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, adminPrefix), "/"), "/")
 	// is matches the path's segments; "*" matches any one.
 	is := func(pattern ...string) bool {
@@ -84,36 +88,41 @@ func (a AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	case is("health"):
 		return a.health(w, r)
 	case is("stats"):
-		return serveQueue(w, r, a.stats, http.MethodGet)
+		return a.serveQueue(w, r, a.stats, http.MethodGet)
 	case is("retry"):
-		return serveQueue(w, r, a.retryMany, http.MethodPost)
+		return a.serveQueue(w, r, a.retryMany, http.MethodPost)
 	case is("jobs"):
-		return serveQueue(w, r, a.listJobs, http.MethodGet)
+		return a.serveQueue(w, r, a.listJobs, http.MethodGet)
 	case is("jobs", "*"):
 		fn := a.getJob
 		if r.Method == http.MethodDelete {
 			fn = a.deleteJob
 		}
-		return serveQueue(w, r, withJobID(parts[1], fn), http.MethodGet, http.MethodDelete)
+		return a.serveQueue(w, r, withJobID(parts[1], fn), http.MethodGet, http.MethodDelete)
 	case is("jobs", "*", "retry"):
-		return serveQueue(w, r, withJobID(parts[1], a.retryOne), http.MethodPost)
+		return a.serveQueue(w, r, withJobID(parts[1], a.retryOne), http.MethodPost)
 	}
 	return apiError(http.StatusNotFound, "no such receive_booking admin route")
 }
 
-type queueFunc func(ctx context.Context, q *sharedQueue, r *http.Request) (any, error)
+type queueFunc func(ctx context.Context, q *adminQueue, r *http.Request) (any, error)
 
 // serveQueue checks the method, finds the queue, calls fn and writes its answer
 // as JSON, or its error as a scrubbed APIError.
-func serveQueue(w http.ResponseWriter, r *http.Request, fn queueFunc, methods ...string) error {
+func (a *AdminAPI) serveQueue(w http.ResponseWriter, r *http.Request, fn queueFunc, methods ...string) error {
 	if !slices.Contains(methods, r.Method) {
 		w.Header().Set("Allow", strings.Join(methods, ", "))
 		return apiError(http.StatusMethodNotAllowed, "method not allowed: use "+strings.Join(methods, " or "))
 	}
-	q, err := pickQueue(r)
+	e, err := a.pickQueue(r)
 	if err != nil {
 		return err
 	}
+	b, err := e.current()
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, err.Error()) // scrubbed by the engine
+	}
+	q := &adminQueue{e: e, backend: b}
 	out, err := fn(r.Context(), q, r)
 	if err != nil {
 		return adminErr(err, q)
@@ -126,9 +135,21 @@ func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, adminQueryTimeout)
 }
 
-// pickQueue returns the queue named by ?queue=, or else the first one.
-func pickQueue(r *http.Request) (*sharedQueue, error) {
-	qs := runningQueues()
+// adminQueue is one engine and its reachable database, for one request.
+type adminQueue struct {
+	e       *engine
+	backend backend
+}
+
+// pickQueue returns the running config's queue named by ?queue=, or else
+// its first one.
+func (a *AdminAPI) pickQueue(r *http.Request) (*engine, error) {
+	var qs []*engine
+	if a.engines != nil {
+		qs = a.engines()
+	} else if app := activeApp(); app != nil {
+		qs = app.engines()
+	}
 	if len(qs) == 0 {
 		return nil, apiError(http.StatusServiceUnavailable, "no queue is configured")
 	}
@@ -170,7 +191,7 @@ type attemptView struct {
 	Error   string    `json:"error"`
 }
 
-func newJobView(job *rivertype.JobRow, q *sharedQueue, withHistory bool) jobView {
+func newJobView(job *rivertype.JobRow, q *adminQueue, withHistory bool) jobView {
 	var args syncArgs
 	_ = json.Unmarshal(job.EncodedArgs, &args)
 	v := jobView{
@@ -193,23 +214,13 @@ func newJobView(job *rivertype.JobRow, q *sharedQueue, withHistory bool) jobView
 	return v
 }
 
-// adminScrub removes the DSN, its password and every live upstream key
-// from a text the admin API returns.
-func adminScrub(q *sharedQueue, s string) string {
-	s = scrubDSN(s, q.config)
-	q.mu.RLock()
-	defer q.mu.RUnlock()
-	for _, ups := range q.targets {
-		for _, u := range ups {
-			s = u.scrub(s)
-		}
-	}
-	return s
-}
+// adminScrub removes every secret the engine knows from a text the admin
+// API returns.
+func adminScrub(q *adminQueue, s string) string { return q.e.scrub.String(s) }
 
 // listJobs answers a page of jobs in one state, in ascending id order.
 // next_after (the last id) is present when the page is full.
-func (a AdminAPI) listJobs(ctx context.Context, q *sharedQueue, r *http.Request) (any, error) {
+func (a *AdminAPI) listJobs(ctx context.Context, q *adminQueue, r *http.Request) (any, error) {
 	state, err := stateParam(r)
 	if err != nil {
 		return nil, err
@@ -241,12 +252,12 @@ func (a AdminAPI) listJobs(ctx context.Context, q *sharedQueue, r *http.Request)
 	return out, nil
 }
 
-type jobFunc func(ctx context.Context, q *sharedQueue, id int64) (any, error)
+type jobFunc func(ctx context.Context, q *adminQueue, id int64) (any, error)
 
 // withJobID parses the job id of the path (400 if it is not a positive
 // integer) before fn runs.
 func withJobID(raw string, fn jobFunc) queueFunc {
-	return func(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
+	return func(ctx context.Context, q *adminQueue, _ *http.Request) (any, error) {
 		id, err := strconv.ParseInt(raw, 10, 64)
 		if err != nil || id <= 0 {
 			return nil, apiError(http.StatusBadRequest, "job id: expected a positive whole number")
@@ -257,7 +268,7 @@ func withJobID(raw string, fn jobFunc) queueFunc {
 	}
 }
 
-func (a AdminAPI) getJob(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+func (a *AdminAPI) getJob(ctx context.Context, q *adminQueue, id int64) (any, error) {
 	job, err := q.backend.getJob(ctx, id)
 	if err != nil {
 		return nil, err
@@ -266,7 +277,7 @@ func (a AdminAPI) getJob(ctx context.Context, q *sharedQueue, id int64) (any, er
 }
 
 // retryOne replays one failed job now, by the coalescing rule.
-func (a AdminAPI) retryOne(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+func (a *AdminAPI) retryOne(ctx context.Context, q *adminQueue, id int64) (any, error) {
 	job, err := q.backend.getJob(ctx, id)
 	if err != nil {
 		return nil, err
@@ -283,7 +294,7 @@ func (a AdminAPI) retryOne(ctx context.Context, q *sharedQueue, id int64) (any, 
 // started, or was deleted) is skipped. Each database call has its own
 // deadline; the whole replay stops if the client goes away (what was
 // replayed stays replayed: calling again picks up the rest).
-func (a AdminAPI) retryMany(ctx context.Context, q *sharedQueue, r *http.Request) (any, error) {
+func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request) (any, error) {
 	state, err := stateParam(r)
 	if err != nil {
 		return nil, err
@@ -335,7 +346,7 @@ var errNotReplayable = errors.New("job not in a replayable state")
 
 // replayIfReplayable reads the job's state again just before replaying
 // it: a retryable job may have started since the page was listed.
-func replayIfReplayable(ctx context.Context, q *sharedQueue, id int64) (*replayResult, error) {
+func replayIfReplayable(ctx context.Context, q *adminQueue, id int64) (*replayResult, error) {
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
 	job, err := q.backend.getJob(ctx, id)
@@ -349,7 +360,7 @@ func replayIfReplayable(ctx context.Context, q *sharedQueue, id int64) (*replayR
 }
 
 // deleteJob drops a job; a running one cannot be (409).
-func (a AdminAPI) deleteJob(ctx context.Context, q *sharedQueue, id int64) (any, error) {
+func (a *AdminAPI) deleteJob(ctx context.Context, q *adminQueue, id int64) (any, error) {
 	job, err := q.backend.deleteJob(ctx, id)
 	if errors.Is(err, rivertype.ErrJobRunning) {
 		return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is running and cannot be deleted", id))
@@ -363,22 +374,23 @@ func (a AdminAPI) deleteJob(ctx context.Context, q *sharedQueue, id int64) (any,
 	}{true, newJobView(job, q, false)}, nil
 }
 
-func (a AdminAPI) stats(ctx context.Context, q *sharedQueue, _ *http.Request) (any, error) {
+func (a *AdminAPI) stats(ctx context.Context, q *adminQueue, _ *http.Request) (any, error) {
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	s, err := q.stats(ctx)
+	s, err := q.e.stats(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return struct {
 		Queue string `json:"queue"`
 		*queueStats
-	}{q.key, s}, nil
+	}{q.e.key, s}, nil
 }
 
-// health answers 200 when the queue is reachable and its oldest pending
-// job is younger than max_age (default 5m), 503 with the reason otherwise.
-func (a AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
+// health answers 200 when the queue can record webhooks (its database is
+// reached and a write commits) and its oldest pending job is younger than
+// max_age (default 5m), 503 with the reason otherwise.
+func (a *AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		return apiError(http.StatusMethodNotAllowed, "method not allowed: use GET or HEAD")
@@ -394,15 +406,20 @@ func (a AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	unhealthy := func(reason string) error {
 		return writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unhealthy", "reason": reason})
 	}
-	q, err := pickQueue(r)
+	q, err := a.pickQueue(r)
 	if err != nil {
 		return unhealthy(err.Error()) // our own message, nothing to scrub
 	}
 	ctx, cancel := adminCtx(r.Context())
 	defer cancel()
+	// Unhealthy whenever a webhook could not be recorded now: the
+	// database is away, or a write does not commit (a full disk).
+	if err := q.health(ctx); err != nil {
+		return unhealthy(err.Error()) // scrubbed by the engine
+	}
 	s, err := q.stats(ctx)
 	if err != nil {
-		return unhealthy("queue unreachable: " + adminScrub(q, err.Error()))
+		return unhealthy("queue unreachable: " + err.Error())
 	}
 	if age := time.Duration(s.OldestPendingSeconds * float64(time.Second)); age >= maxAge {
 		return unhealthy(fmt.Sprintf("oldest pending job is %s old (max_age %s)", age.Round(time.Millisecond), maxAge))
@@ -460,7 +477,7 @@ func apiError(status int, msg string) error {
 
 // adminErr maps River's not-found to 404 and any other error to a 500
 // whose text is scrubbed.
-func adminErr(err error, q *sharedQueue) error {
+func adminErr(err error, q *adminQueue) error {
 	var apiErr caddy.APIError
 	switch {
 	case errors.As(err, &apiErr):
@@ -485,4 +502,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 }
 
 // Interface guard
-var _ caddy.AdminRouter = AdminAPI{}
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,40 +93,45 @@ func (u *adminUpstream) callsFor(booking string) int {
 // look for secrets in them.
 type adminEnv struct {
 	t      *testing.T
-	q      *sharedQueue
-	qh     *queueHandle
+	q      *engine
+	qh     *testQueueHandle
 	up     *adminUpstream
 	srv    *httptest.Server
 	mu     sync.Mutex
 	bodies strings.Builder
 }
 
-func openAdminQueue(t *testing.T, driver string) (*sharedQueue, *resolvedQueue) {
+func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream) (*engine, *resolvedQueue) {
 	t.Helper()
-	rq := &resolvedQueue{driver: driver, workers: 2, maxAttempts: 1, workerTimeout: 5 * time.Second}
-	return openTestQueue(t, rq), rq
+	rq := &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 2, maxAttempts: 1, workerTimeout: 5 * time.Second}}
+	return openTestQueue(t, rq, routes), rq
 }
 
 func newAdminEnv(t *testing.T, driver string) *adminEnv {
 	t.Helper()
 	up := newAdminUpstream(t)
-	q, _ := openAdminQueue(t, driver)
-	t.Cleanup(up.release) // before the queue stops: no sync stays held
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
-	upstream := newUpstream(u, adminTargetKey, nil)
-	q.register(targetID(upstream.target), upstream)
-	e := &adminEnv{t: t, q: q, up: up, qh: &queueHandle{q: q, targetID: targetID(upstream.target), upstream: upstream}}
-	e.srv = newAdminServer(t)
+	up0 := newUpstream(u, adminTargetKey, nil)
+	q, _ := openAdminQueue(t, driver, map[string]*upstream{defaultRoute: up0})
+	q.scrub.Set("test", adminTargetKey)
+	t.Cleanup(up.release) // before the queue stops: no sync stays held
+	e := &adminEnv{t: t, q: q, up: up, qh: &testQueueHandle{q: q, route: defaultRoute}}
+	e.srv = newAdminServer(t, q)
 	return e
 }
 
 // newAdminServer mounts AdminAPI's routes as Caddy's admin endpoint does,
 // and writes their errors as it does: only an unwrapped caddy.APIError
 // keeps its status; its message is written as {"error": "..."}.
-func newAdminServer(t *testing.T) *httptest.Server {
+func newAdminServer(t *testing.T, engines ...*engine) *httptest.Server {
 	mux := http.NewServeMux()
-	var mod caddy.Module = new(AdminAPI) // as Caddy instantiates it
+	api := new(AdminAPI) // as Caddy instantiates it, but serving these queues
+	api.engines = func() []*engine {
+		slices.SortFunc(engines, func(a, b *engine) int { return strings.Compare(a.key, b.key) })
+		return engines
+	}
+	var mod caddy.Module = api
 	for _, route := range mod.(caddy.AdminRouter).Routes() {
 		h := route.Handler
 		mux.HandleFunc(route.Pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -244,7 +250,7 @@ func runAdminScenario(t *testing.T, driver string) {
 	if driver == queuePostgres {
 		// The upstream's answer, kept in the job's error, quotes the
 		// database password: the admin API must scrub it.
-		secrets = append(secrets, adminPGPass, e.q.config.location)
+		secrets = append(secrets, adminPGPass, e.q.rq.location)
 		leak += " " + adminPGPass
 	}
 
@@ -429,7 +435,6 @@ func runAdminScenario(t *testing.T, driver string) {
 // TestAdminAPINoQueue: without a queue, every call answers 503 (the method
 // is still checked first).
 func TestAdminAPINoQueue(t *testing.T) {
-	require.Empty(t, runningQueues(), "no queue of another test is left running")
 	srv := newAdminServer(t)
 	for _, path := range []string{"/receive_booking/jobs", "/receive_booking/jobs/1", "/receive_booking/stats"} {
 		status, out, _, _ := doAdmin(t, srv.URL, http.MethodGet, path)
@@ -449,18 +454,18 @@ func TestAdminAPINoQueue(t *testing.T) {
 // TestAdminAPISeveralQueues: the first queue (by key) by default, another
 // one with ?queue=.
 func TestAdminAPISeveralQueues(t *testing.T) {
-	qa, _ := openAdminQueue(t, queueSQLite)
-	qb, _ := openAdminQueue(t, queueSQLite)
+	qa, _ := openAdminQueue(t, queueSQLite, nil)
+	qb, _ := openAdminQueue(t, queueSQLite, nil)
 	first, second := qa, qb
 	if second.key < first.key {
 		first, second = second, first
 	}
 	// A job for a target no handler serves fails, and is discarded.
-	h := &queueHandle{q: second, targetID: "no-such-target"}
+	h := &testQueueHandle{q: second, route: "no-such-route"}
 	id, _, err := h.enqueue(t.Context(), testWebhook("x1"), 0)
 	require.NoError(t, err)
 
-	srv := newAdminServer(t)
+	srv := newAdminServer(t, first, second)
 	get := func(path string) map[string]any {
 		t.Helper()
 		status, out, _, _ := doAdmin(t, srv.URL, http.MethodGet, path)

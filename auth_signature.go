@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +31,9 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	raw, err := resolveAll(repl, "signing_secret", h.SigningSecrets)
 	if err != nil {
 		return err
+	}
+	for _, v := range raw {
+		h.secretValues = append(h.secretValues, v, strings.TrimPrefix(strings.TrimSpace(v), secretPrefix))
 	}
 	keys := make([]signingKey, 0, len(raw))
 	for i, s := range raw {
@@ -138,16 +142,30 @@ func (m memoryReplay) forget(_ context.Context, id string) { m.c.forget(id) }
 // queueReplay keeps the ids in the PostgreSQL queue's database, so that a
 // replay sent to another instance is caught too.
 type queueReplay struct {
-	q   *sharedQueue
+	q   *engineRef
 	ttl time.Duration
 }
 
 func (s queueReplay) seen(ctx context.Context, id string, now time.Time) (bool, error) {
-	return s.q.backend.replaySeen(ctx, replayKey(id), now, now.Add(s.ttl))
+	b, err := s.backend(ctx)
+	if err != nil {
+		return false, err
+	}
+	return b.replaySeen(ctx, replayKey(id), now, now.Add(s.ttl))
 }
 
 func (s queueReplay) forget(ctx context.Context, id string) {
-	_ = s.q.backend.replayForget(ctx, replayKey(id))
+	if b, err := s.backend(ctx); err == nil {
+		_ = b.replayForget(ctx, replayKey(id))
+	}
+}
+
+func (s queueReplay) backend(ctx context.Context) (backend, error) {
+	e, err := s.q.wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.current()
 }
 
 func replayKey(id string) string {
@@ -160,8 +178,8 @@ func (h *Handler) provisionReplay() {
 	if !h.authSig {
 		return
 	}
-	if h.queue != nil && h.queue.q.config.driver == queuePostgres {
-		h.replay = queueReplay{q: h.queue.q, ttl: 2 * h.verifier.tolerance}
+	if h.queue != nil && h.queueDriver == queuePostgres {
+		h.replay = queueReplay{q: h.queue, ttl: 2 * h.verifier.tolerance}
 		return
 	}
 	h.replay = newMemoryReplay(h.verifier.tolerance)

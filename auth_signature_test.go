@@ -35,7 +35,6 @@ func signedHandler(t *testing.T, extra func(*Handler)) (*Handler, *recordingUpst
 	t.Cleanup(cancel)
 	require.NoError(t, h.Provision(ctx))
 	require.NoError(t, h.Validate())
-	t.Cleanup(func() { _ = h.Cleanup() })
 	h.logger = zap.NewNop()
 	return h, up
 }
@@ -131,12 +130,11 @@ func TestSigningSecretErrorsNameTheFieldNotTheValue(t *testing.T) {
 // database share the webhook-ids they have seen.
 func TestReplayMemorySharedOnPostgres(t *testing.T) {
 	dsn := freshPostgresDSN(t)
-	open := func(name string) *sharedQueue {
-		rq := &resolvedQueue{driver: queuePostgres, location: dsn, workers: 1, maxAttempts: 1, workerTimeout: time.Second}
-		q, err := openQueue("test-"+name, rq, zap.NewNop())
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = q.Destruct() })
-		return q
+	open := func(name string) *engineRef {
+		rq := &resolvedQueue{driver: queuePostgres, location: dsn, workerSettings: workerSettings{workers: 1, maxAttempts: 1, workerTimeout: time.Second}}
+		ref := newEngineRef()
+		ref.bind(openTestQueue(t, rq, nil))
+		return ref
 	}
 	a := queueReplay{q: open("a"), ttl: time.Minute}
 	b := queueReplay{q: open("b"), ttl: time.Minute}

@@ -194,11 +194,26 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 	}
 }
 
-// dispatch syncs or queues a valid webhook, by mode.
+// dispatch syncs or queues a valid webhook, by mode: without a queue it
+// syncs while the sender waits (sync); with one, every sync goes through
+// the queue's engine, which runs at most one per booking: the webhook is
+// recorded first, then the sender is answered at once (async) or waits for
+// the sync's first attempt (auto).
 func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
-	if h.mode == modeAsync {
-		return h.enqueue(r.Context(), wh, "")
+	switch {
+	case h.queue == nil:
+		return h.syncNow(r, wh)
+	case h.mode == modeAsync:
+		a, _ := h.enqueue(r.Context(), wh, nil)
+		return a
+	default:
+		return h.recordThenWait(r, wh)
 	}
+}
+
+// syncNow calls import-bookings while the sender waits, sharing the call
+// with other senders of the booking in this instance (the coalescer).
+func (h *Handler) syncNow(r *http.Request, wh *webhook) *answer {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
 	res, shared, err := h.coalescer.do(ctx, wh.key(), wh.syncRequest(), requestID(r), h.timeout, h.upstream.sync)
@@ -210,10 +225,43 @@ func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
 	if err != nil {
 		res = &syncResult{timedOut: true, err: errors.New("timed out")}
 	}
-	if h.mode == modeAuto && !res.ok() && !res.permanent() {
-		return h.enqueue(r.Context(), wh, res.describe())
-	}
 	return syncAnswer(wh, res, shared)
+}
+
+// stillRunning is the sync_error of a sender that stopped waiting.
+const stillRunning = "the sync did not finish within the timeout; it goes on in the queue"
+
+// recordThenWait records the webhook, then waits up to timeout for the
+// first attempt of its sync that starts after the record: 200 when it
+// synced, 502 when it failed for good, 202 with sync_error when it failed
+// and will be retried, 202 when it is still running at the timeout (it is
+// never cancelled for that: it runs to its end, or to worker_timeout).
+func (h *Handler) recordThenWait(r *http.Request, wh *webhook) *answer {
+	deadline := time.Now().Add(h.timeout)
+	wait := make(chan *attemptOutcome, 1)
+	a, req := h.enqueue(r.Context(), wh, wait)
+	if req == nil {
+		return a
+	}
+	e := h.queue.get()
+	defer e.waiters.remove(req.jobID, wait)
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case out := <-wait:
+		if out.err == "" || out.final {
+			sa := syncAnswer(wh, out.res, req.coalesced)
+			sa.body.JobID = req.jobID
+			return sa
+		}
+		a.body.SyncError = out.err
+	case <-timer.C:
+		a.body.SyncError = stillRunning
+	case <-r.Context().Done():
+		// The webhook is recorded and its sync goes on.
+		a.silent, a.reason = true, "client_gone"
+	}
+	return a
 }
 
 func (w *webhook) syncRequest() syncRequest {
@@ -240,28 +288,35 @@ func syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
 }
 
 // enqueue records the webhook durably and answers 202, or 503 when it
-// cannot be recorded: then the sender keeps it and retries.
-func (h *Handler) enqueue(ctx context.Context, wh *webhook, syncErr string) *answer {
+// cannot be recorded: then the sender keeps it and retries. wait, if set,
+// is registered for the outcome of the job's next attempt. The returned
+// request is nil when nothing was recorded.
+func (h *Handler) enqueue(ctx context.Context, wh *webhook, wait chan *attemptOutcome) (*answer, *enqueueReq) {
 	// The record must not be abandoned half-way because the sender hung
 	// up: it is either committed or not, and the answer follows from that.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
 	defer cancel()
-	jobID, coalesced, err := h.queue.enqueue(ctx, wh, h.coalesceWindow)
+	now := time.Now()
+	req := &enqueueReq{wh: wh, route: h.route, acceptedAt: now, notBefore: now.Add(h.coalesceWindow), wait: wait}
+	e, err := h.queue.wait(ctx)
+	if err == nil {
+		err = e.enqueue(ctx, req)
+	}
 	if err != nil {
 		h.logger.Error("recording webhook", zap.String("booking_id", wh.bookingKey), zap.Error(err))
 		a := reject(http.StatusServiceUnavailable, "Queue unavailable", "queue_unavailable")
 		a.wh, a.retryAfter, a.outcome = wh, queueRetryAfter, outcomeFailed
-		return a
+		return a, nil
 	}
 	a := &answer{status: http.StatusAccepted, wh: wh, outcome: outcomeQueued}
-	if coalesced {
+	if req.coalesced {
 		a.outcome = outcomeCoalesced
 	}
 	a.body = response{
-		Success: true, Accepted: true, Queued: true, Coalesced: &coalesced, JobID: jobID,
-		BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncError: syncErr,
+		Success: true, Accepted: true, Queued: true, Coalesced: &req.coalesced, JobID: req.jobID,
+		BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(),
 	}
-	return a
+	return a, req
 }
 
 func (h *Handler) write(w http.ResponseWriter, a *answer) {

@@ -91,6 +91,13 @@ type Handler struct {
 	// ever synced while the sender waits.
 	Queue *QueueConfig `json:"queue,omitempty"`
 
+	// Route names this handler's target in the jobs it queues, so that a
+	// pending job goes to the target configured when it runs (a changed
+	// target URL takes effect for the backlog too). Handlers that share a
+	// queue but call different targets need different route names.
+	// Default: "default".
+	Route string `json:"route,omitempty"`
+
 	// CoalesceWindow is how long a new queued sync waits before it may
 	// run, so that a burst of webhooks for one booking merges into one
 	// sync. "0" turns the wait off (webhooks still merge into a sync that
@@ -131,10 +138,18 @@ type Handler struct {
 	corsOrigin     string
 	mode           string
 	coalesceWindow time.Duration
+	route          string
+	queueDriver    string
+	// secretValues are every secret this handler knows (API keys, signing
+	// secrets, the target key, the target URL and its query values), for
+	// the queue's scrubber.
+	secretValues []string
 
-	upstream  *upstream
+	upstream *upstream
+	// coalescer shares syncs between waiting senders when there is no
+	// queue (sync mode); with a queue every sync goes through the engine.
 	coalescer *coalescer
-	queue     *queueHandle
+	queue     *engineRef
 	metrics   *metrics
 	logger    *zap.Logger
 }
@@ -147,8 +162,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves placeholders, fills defaults and prepares the upstream
-// client. It does no network I/O.
+// Provision resolves placeholders, fills defaults, prepares the upstream
+// client and declares its queue to the receive_booking app, which opens it
+// when it starts. It does no I/O.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
@@ -166,7 +182,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
 	h.upstream = newUpstream(h.target, h.targetKey, h.metrics)
-	h.coalescer = newCoalescer()
 	if err := h.provisionQueue(ctx, repl); err != nil {
 		return err
 	}
@@ -189,6 +204,7 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 	if len(secrets) > 0 {
 		h.secrets = newSecretSet(secrets)
 	}
+	h.secretValues = append(h.secretValues, secrets...)
 	return nil
 }
 
@@ -206,6 +222,10 @@ func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
 	}
 	h.target = u
 	h.targetKey, err = resolve(repl, "target_key", h.TargetKey)
+	h.secretValues = append(h.secretValues, h.targetKey, raw)
+	for _, vs := range u.Query() {
+		h.secretValues = append(h.secretValues, vs...)
+	}
 	return err
 }
 
@@ -314,6 +334,9 @@ func (h *Handler) Validate() error {
 	}
 	switch h.mode {
 	case modeSync:
+		if h.queue != nil {
+			return errors.New("mode sync: takes no queue (with a queue, mode auto syncs while the sender waits, through the queue)")
+		}
 	case modeAsync, modeAuto:
 		if h.queue == nil {
 			return fmt.Errorf("mode %s: needs a queue", h.mode)
@@ -324,19 +347,9 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases this config's hold on the shared queue. The queue and
-// its workers keep running while another config (a reload) still uses them.
-func (h *Handler) Cleanup() error {
-	if h.queue != nil {
-		return h.queue.release()
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -1,5 +1,10 @@
 package receivebooking
 
+// The sync engine: one per database, shared by every handler and config
+// that names it. It records webhooks in batches (one commit for all that
+// arrive together), runs River's workers, tells waiting senders how their
+// sync's attempt ended, and keeps trying when its database is away.
+
 import (
 	"context"
 	"crypto/sha256"
@@ -7,12 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -26,6 +31,7 @@ const (
 	defaultWorkerTimeout  = 60 * time.Second
 	defaultAsyncWindow    = time.Second
 	defaultSQLiteFileName = "receive_booking.sqlite3"
+	defaultRoute          = "default"
 
 	// maxBatch bounds how many webhooks share one commit.
 	maxBatch = 256
@@ -34,6 +40,11 @@ const (
 	// stopTimeout bounds how long in-flight syncs may run on shutdown
 	// before they are cancelled (and run again at the next start).
 	stopTimeout = 10 * time.Second
+	// connectTimeout bounds one attempt to open the database; reconnects
+	// back off from reconnectMin to reconnectMax.
+	connectTimeout = 15 * time.Second
+	reconnectMin   = 500 * time.Millisecond
+	reconnectMax   = 15 * time.Second
 )
 
 // QueueConfig configures the durable queue.
@@ -50,7 +61,9 @@ type QueueConfig struct {
 	// Its password never appears in logs or errors.
 	DSN string `json:"dsn,omitempty"`
 
-	// Workers is how many syncs this instance runs at once. Default: 10.
+	// Workers is how many syncs this instance runs at once. Handlers that
+	// share a database must agree on it. A reload that changes it takes
+	// effect at once. Default: 10.
 	Workers int `json:"workers,omitempty"`
 
 	// MaxAttempts is how many times a sync is tried before it is kept as
@@ -64,8 +77,13 @@ type QueueConfig struct {
 
 // resolvedQueue is a QueueConfig after placeholders and defaults.
 type resolvedQueue struct {
-	driver        string
-	location      string // file path or DSN
+	driver   string
+	location string // file path or DSN
+	workerSettings
+}
+
+// workerSettings are what a reload may change on a running engine.
+type workerSettings struct {
 	workers       int
 	maxAttempts   int
 	workerTimeout time.Duration
@@ -76,6 +94,29 @@ type resolvedQueue struct {
 func (q *resolvedQueue) poolKey() string {
 	sum := sha256.Sum256([]byte(q.location))
 	return "receive_booking:" + q.driver + ":" + hex.EncodeToString(sum[:8])
+}
+
+// describe names the queue in errors without its DSN.
+func (q *resolvedQueue) describe() string {
+	if q.driver == queueSQLite {
+		return "sqlite " + q.location
+	}
+	return "postgres (" + q.poolKey() + ")"
+}
+
+// settingsDiff names the worker settings in which o differs, or "".
+func (q *resolvedQueue) settingsDiff(o *resolvedQueue) string {
+	var d []string
+	if q.workers != o.workers {
+		d = append(d, fmt.Sprintf("workers (%d, %d)", q.workers, o.workers))
+	}
+	if q.maxAttempts != o.maxAttempts {
+		d = append(d, fmt.Sprintf("max_attempts (%d, %d)", q.maxAttempts, o.maxAttempts))
+	}
+	if q.workerTimeout != o.workerTimeout {
+		d = append(d, fmt.Sprintf("worker_timeout (%s, %s)", q.workerTimeout, o.workerTimeout))
+	}
+	return strings.Join(d, ", ")
 }
 
 func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error {
@@ -98,18 +139,30 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 		return err
 	}
 	if h.Queue == nil {
+		h.coalescer = newCoalescer()
 		return nil
+	}
+	if h.route, err = resolve(repl, "route", h.Route); err != nil {
+		return err
+	}
+	if h.route == "" {
+		h.route = defaultRoute
 	}
 	rq, err := resolveQueueConfig(repl, h.Queue)
 	if err != nil {
 		return err
 	}
-	h.queue, err = acquireQueue(ctx, rq, h.upstream, h.metrics, h.logger)
+	app, err := loadApp(ctx)
+	if err != nil {
+		return err
+	}
+	h.queueDriver = rq.driver
+	h.queue, err = app.use(fmt.Sprintf("the handler of route %q", h.route), rq, h.route, h.upstream, h.secretValues)
 	return err
 }
 
 func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*resolvedQueue, error) {
-	rq := &resolvedQueue{driver: c.Driver, workers: c.Workers, maxAttempts: c.MaxAttempts}
+	rq := &resolvedQueue{driver: c.Driver, workerSettings: workerSettings{workers: c.Workers, maxAttempts: c.MaxAttempts}}
 	if rq.driver == "" {
 		rq.driver = queueSQLite
 	}
@@ -121,6 +174,9 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*resolvedQueue, e
 		}
 		if rq.location == "" {
 			rq.location = filepath.Join(caddy.AppDataDir(), defaultSQLiteFileName)
+		}
+		if rq.location, err = filepath.Abs(rq.location); err != nil {
+			return nil, fmt.Errorf("queue path: %w", err)
 		}
 	case queuePostgres:
 		if rq.location, err = resolve(repl, "queue dsn", c.DSN); err != nil {
@@ -144,229 +200,352 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*resolvedQueue, e
 	return rq, nil
 }
 
-// queuePool holds the running queues. Caddy provisions a new config before
-// it cleans up the old one, so a queue outlives any one config: its workers
-// keep running across a reload, and stop when the last config using it goes.
+// queuePool holds the running engines. Caddy starts a new config before it
+// stops the old one, so an engine outlives any one config: its workers keep
+// running across a reload, and stop when the last config using it goes.
 var queuePool = caddy.NewUsagePool()
 
-// liveQueues are the queues running in this process, by pool key, for the
-// admin API.
-var liveQueues sync.Map
-
-// runningQueues returns the live queues, ordered by key.
-func runningQueues() []*sharedQueue {
-	var qs []*sharedQueue
-	liveQueues.Range(func(_, v any) bool {
-		qs = append(qs, v.(*sharedQueue))
-		return true
-	})
-	slices.SortFunc(qs, func(a, b *sharedQueue) int { return strings.Compare(a.key, b.key) })
-	return qs
+// engineRef is a handler's link to its engine, made in Provision and bound
+// when the app starts (a request may arrive in between: it waits).
+type engineRef struct {
+	bound chan struct{}
+	once  sync.Once
+	e     atomic.Pointer[engine]
 }
 
-// sharedQueue is one durable queue and its workers.
-type sharedQueue struct {
-	key     string
-	backend backend
-	logger  *zap.Logger
-	config  *resolvedQueue
+func newEngineRef() *engineRef { return &engineRef{bound: make(chan struct{})} }
 
-	// targets maps a target ID to the upstream the workers call for it.
-	// Each live handler registers its own; the newest config wins.
-	mu      sync.RWMutex
-	targets map[string][]*upstream
+func (r *engineRef) bind(e *engine) {
+	r.e.Store(e)
+	r.once.Do(func() { close(r.bound) })
+}
 
+func (r *engineRef) get() *engine { return r.e.Load() }
+
+// wait returns the engine once the app has started it.
+func (r *engineRef) wait(ctx context.Context) (*engine, error) {
+	select {
+	case <-r.bound:
+		return r.e.Load(), nil
+	case <-ctx.Done():
+		return nil, errors.New("queue not started yet")
+	}
+}
+
+// engine is one durable queue and its workers.
+type engine struct {
+	key    string
+	rq     *resolvedQueue // driver and location; settings below
+	logger *zap.Logger
+	// scrub knows every secret of every handler using the engine, and the
+	// database's own; every string that leaves the engine passes it.
+	scrub scrub.Scrubber
+
+	mu       sync.Mutex // guards settings and users, and orders restarts
+	settings workerSettings
+	users    []*engineUser
+
+	backend atomic.Pointer[backendBox] // nil while the database is away
+	down    atomic.Pointer[string]     // why the database is away
+	ready   chan struct{}              // closed after the first connection attempt
+
+	waiters waiters
 	reqs    chan *enqueueReq
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	metrics atomic.Pointer[metrics]
 }
 
-// Destruct stops the workers (letting in-flight syncs finish within a
-// bound) and closes the database. Called by the pool when no config uses
-// the queue any more.
-func (q *sharedQueue) Destruct() error {
-	liveQueues.Delete(q.key)
-	close(q.stop)
-	q.wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
-	defer cancel()
-	return q.backend.close(ctx)
+// backendBox lets an interface live in an atomic.Pointer.
+type backendBox struct{ backend }
+
+// engineUser is one config's routes on the engine.
+type engineUser struct {
+	app    *App
+	routes map[string]*upstream
 }
 
-// queueHandle is one handler's hold on a shared queue.
-type queueHandle struct {
-	q        *sharedQueue
-	key      string
-	targetID string
-	upstream *upstream
-	window   time.Duration
-}
-
-func acquireQueue(ctx caddy.Context, rq *resolvedQueue, up *upstream, m *metrics, logger *zap.Logger) (*queueHandle, error) {
-	key := rq.poolKey()
-	val, _, err := queuePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openQueue(key, rq, logger.Named("queue"))
-	})
-	if err != nil {
-		return nil, err
+// newEngine starts connecting in the background and returns at once.
+func newEngine(key string, rq *resolvedQueue, logger *zap.Logger) *engine {
+	e := &engine{
+		key:      key,
+		rq:       rq,
+		logger:   logger,
+		settings: rq.workerSettings,
+		ready:    make(chan struct{}),
+		reqs:     make(chan *enqueueReq, maxBatch),
+		stop:     make(chan struct{}),
 	}
-	q := val.(*sharedQueue)
-	if m != nil {
-		q.metrics.Store(m)
+	e.waiters.init()
+	if rq.driver == queuePostgres {
+		e.scrub.Set(e, append([]string{rq.location}, dsnSecrets(rq.location)...)...)
 	}
-	h := &queueHandle{q: q, key: key, targetID: targetID(up.target), upstream: up}
-	q.register(h.targetID, up)
-	return h, nil
-}
-
-// targetID names a target in job args without storing its URL, which may
-// carry a key.
-func targetID(target string) string {
-	sum := sha256.Sum256([]byte(target))
-	return hex.EncodeToString(sum[:8])
-}
-
-func (h *queueHandle) release() error {
-	h.q.unregister(h.targetID, h.upstream)
-	_, err := queuePool.Delete(h.key)
-	return err
-}
-
-func (q *sharedQueue) register(id string, up *upstream) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.targets[id] = append(q.targets[id], up)
-}
-
-func (q *sharedQueue) unregister(id string, up *upstream) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	ups := q.targets[id]
-	for i, u := range ups {
-		if u == up {
-			q.targets[id] = append(ups[:i:i], ups[i+1:]...)
-			break
-		}
-	}
-	if len(q.targets[id]) == 0 {
-		delete(q.targets, id)
-	}
-}
-
-// upstreamFor is the newest live handler's upstream for a target.
-func (q *sharedQueue) upstreamFor(id string) *upstream {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
-	ups := q.targets[id]
-	if len(ups) == 0 {
-		return nil
-	}
-	return ups[len(ups)-1]
-}
-
-func openQueue(key string, rq *resolvedQueue, logger *zap.Logger) (*sharedQueue, error) {
-	q := &sharedQueue{
-		key:     key,
-		logger:  logger,
-		config:  rq,
-		targets: make(map[string][]*upstream),
-		reqs:    make(chan *enqueueReq, maxBatch),
-		stop:    make(chan struct{}),
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var err error
-	switch rq.driver {
-	case queueSQLite:
-		q.backend, err = openSQLite(ctx, rq, q)
-	case queuePostgres:
-		q.backend, err = openPostgres(ctx, rq, q)
-	}
-	if err != nil {
-		return nil, err
-	}
+	reason := "connecting"
+	e.down.Store(&reason)
+	e.wg.Go(e.connectLoop)
 	batchers := 1
 	if rq.driver == queuePostgres {
 		batchers = 4 // PostgreSQL commits concurrently; SQLite has one writer
 	}
 	for range batchers {
-		q.wg.Go(q.batchLoop)
+		e.wg.Go(e.batchLoop)
 	}
-	q.wg.Go(q.statsLoop)
-	liveQueues.Store(key, q)
-	logger.Info("queue started", zap.String("driver", rq.driver), zap.Int("workers", rq.workers))
-	return q, nil
+	e.wg.Go(e.statsLoop)
+	return e
+}
+
+// attach adds a config's routes and secrets and applies its settings (the
+// newest config's settings win: a reload may change them).
+func (e *engine) attach(a *App, u *engineUse) {
+	e.scrub.Set(a, u.secrets...)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.users = append(e.users, &engineUser{app: a, routes: u.routes})
+	if e.settings != u.rq.workerSettings {
+		e.settings = u.rq.workerSettings
+		if b := e.backend.Load(); b != nil {
+			if err := b.restartWorkers(e.settings); err != nil {
+				e.logger.Error("applying new worker settings", zap.Error(e.scrubErr(err)))
+			} else {
+				e.logger.Info("worker settings changed", zap.Int("workers", e.settings.workers),
+					zap.Int("max_attempts", e.settings.maxAttempts), zap.Duration("worker_timeout", e.settings.workerTimeout))
+			}
+		}
+	}
+}
+
+// detach removes a config's routes (its secrets stay scrubbed while any
+// job may still carry them; they go with the engine).
+func (e *engine) detach(a *App, _ *engineUse) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, u := range e.users {
+		if u.app == a {
+			e.users = append(e.users[:i:i], e.users[i+1:]...)
+			break
+		}
+	}
+}
+
+// upstreamFor is the route's upstream in the newest config that has it:
+// jobs name a route, not a URL, so a changed target takes effect for every
+// pending job.
+func (e *engine) upstreamFor(route string) *upstream {
+	if route == "" {
+		route = defaultRoute
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := len(e.users) - 1; i >= 0; i-- {
+		if up := e.users[i].routes[route]; up != nil {
+			return up
+		}
+	}
+	return nil
+}
+
+func (e *engine) currentSettings() workerSettings {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.settings
+}
+
+// connectLoop opens the database, retrying with backoff until it succeeds
+// or the engine stops. Caddy does not wait for it: until it succeeds the
+// engine's handlers answer 503 and health reports why.
+func (e *engine) connectLoop() {
+	wait := reconnectMin
+	readyOnce := sync.OnceFunc(func() { close(e.ready) })
+	defer readyOnce()
+	for {
+		err := e.connect()
+		if err == nil {
+			readyOnce()
+			return
+		}
+		reason := e.scrubErr(err).Error()
+		if prev := e.down.Swap(&reason); prev == nil || *prev != reason {
+			e.logger.Error("queue unavailable; retrying", zap.String("queue", e.key), zap.String("reason", reason),
+				zap.Duration("retry_in", wait))
+		}
+		readyOnce()
+		select {
+		case <-time.After(wait):
+		case <-e.stop:
+			return
+		}
+		wait = min(2*wait, reconnectMax)
+	}
+}
+
+func (e *engine) connect() error {
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	var b backend
+	var err error
+	switch e.rq.driver {
+	case queueSQLite:
+		b, err = openSQLite(ctx, e.rq, e)
+	case queuePostgres:
+		b, err = openPostgres(ctx, e.rq, e)
+	}
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.stop:
+		_ = b.close(ctx)
+		return errors.New("queue stopped")
+	default:
+	}
+	if err := b.restartWorkers(e.settings); err != nil {
+		_ = b.close(ctx)
+		return err
+	}
+	e.backend.Store(&backendBox{b})
+	e.down.Store(nil)
+	e.logger.Info("queue started", zap.String("queue", e.key), zap.String("driver", e.rq.driver),
+		zap.Int("workers", e.settings.workers))
+	return nil
+}
+
+// current returns the backend, or an error saying why there is none.
+func (e *engine) current() (backend, error) {
+	if b := e.backend.Load(); b != nil {
+		return b.backend, nil
+	}
+	reason := "not started"
+	if r := e.down.Load(); r != nil {
+		reason = *r
+	}
+	return nil, errQueueDown{reason}
+}
+
+// errQueueDown says that the queue's database has not been reached.
+type errQueueDown struct{ reason string }
+
+func (e errQueueDown) Error() string { return "queue unavailable: " + e.reason }
+
+// scrubErr returns err's text with every known secret removed.
+func (e *engine) scrubErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errors.New(e.scrub.String(err.Error()))
+}
+
+// Destruct stops the workers (letting in-flight syncs finish within a
+// bound) and closes the database. Called by the pool when no config uses
+// the engine any more.
+func (e *engine) Destruct() error {
+	close(e.stop)
+	e.wg.Wait()
+	b := e.backend.Swap(nil)
+	if b == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+5*time.Second)
+	defer cancel()
+	return e.scrubErr(b.close(ctx))
 }
 
 // enqueueReq is one webhook waiting to be recorded.
 type enqueueReq struct {
 	wh         *webhook
-	targetID   string
+	route      string
 	notBefore  time.Time
 	acceptedAt time.Time
 	jobID      int64
 	coalesced  bool
-	done       chan error
+	// wait, when set, receives the outcome of the first attempt of the
+	// job the webhook is recorded in that starts after the record.
+	wait chan *attemptOutcome
+	done chan error
 }
 
 // enqueue records a webhook durably. It returns only once the record is
 // committed (or has failed); concurrent webhooks share one commit.
-func (h *queueHandle) enqueue(ctx context.Context, wh *webhook, window time.Duration) (int64, bool, error) {
-	now := time.Now()
-	req := &enqueueReq{wh: wh, targetID: h.targetID, acceptedAt: now, notBefore: now.Add(window), done: make(chan error, 1)}
+func (e *engine) enqueue(ctx context.Context, req *enqueueReq) error {
+	if _, err := e.current(); err != nil {
+		// While the first connection attempt runs (Caddy has just
+		// started), wait for it; after it, the answer is known.
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return err
+		}
+		if _, err := e.current(); err != nil {
+			return err
+		}
+	}
+	req.done = make(chan error, 1)
 	select {
-	case h.q.reqs <- req:
-	case <-h.q.stop:
-		return 0, false, errors.New("queue stopped")
+	case e.reqs <- req:
+	case <-e.stop:
+		return errors.New("queue stopped")
 	case <-ctx.Done():
-		return 0, false, ctx.Err()
+		return ctx.Err()
 	}
 	select {
 	case err := <-req.done:
-		return req.jobID, req.coalesced, err
+		return err
 	case <-ctx.Done():
-		return 0, false, ctx.Err()
+		return ctx.Err()
 	}
 }
 
 // batchLoop commits waiting webhooks in batches: one transaction (and one
 // fsync) for every webhook that arrived while the previous one committed.
-func (q *sharedQueue) batchLoop() {
+func (e *engine) batchLoop() {
 	for {
 		var first *enqueueReq
 		select {
-		case first = <-q.reqs:
-		case <-q.stop:
-			q.failPending()
+		case first = <-e.reqs:
+		case <-e.stop:
+			e.failPending()
 			return
 		}
 		batch := append(make([]*enqueueReq, 0, 16), first)
 	drain:
 		for len(batch) < maxBatch {
 			select {
-			case r := <-q.reqs:
+			case r := <-e.reqs:
 				batch = append(batch, r)
 			default:
 				break drain
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err := q.backend.insertBatch(ctx, batch)
-		cancel()
-		if err != nil {
-			err = fmt.Errorf("recording webhooks: %s", scrubDSN(err.Error(), q.config))
-		}
+		err := e.commitBatch(batch)
 		for _, r := range batch {
 			r.done <- err
 		}
 	}
 }
 
-func (q *sharedQueue) failPending() {
+func (e *engine) commitBatch(batch []*enqueueReq) error {
+	b, err := e.current()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.insertBatch(ctx, batch); err != nil {
+		for _, r := range batch {
+			if r.wait != nil {
+				e.waiters.remove(r.jobID, r.wait)
+			}
+		}
+		return fmt.Errorf("recording webhooks: %w", e.scrubErr(err))
+	}
+	return nil
+}
+
+func (e *engine) failPending() {
 	for {
 		select {
-		case r := <-q.reqs:
+		case r := <-e.reqs:
 			r.done <- errors.New("queue stopped")
 		default:
 			return
@@ -384,37 +563,55 @@ type queueStats struct {
 // statsStates are the job states reported.
 var statsStates = []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"}
 
-func (q *sharedQueue) statsLoop() {
+func (e *engine) statsLoop() {
 	t := time.NewTicker(statsInterval)
 	defer t.Stop()
 	for {
-		q.sampleStats()
 		select {
 		case <-t.C:
-		case <-q.stop:
+		case <-e.stop:
 			return
 		}
+		e.sampleStats()
 	}
 }
 
-func (q *sharedQueue) sampleStats() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := q.stats(ctx)
+func (e *engine) sampleStats() {
+	b, err := e.current()
 	if err != nil {
-		q.logger.Warn("sampling queue stats", zap.Error(err))
 		return
 	}
-	q.metrics.Load().setQueueStats(s)
-	if err := q.backend.prune(ctx, time.Now()); err != nil {
-		q.logger.Warn("pruning webhook ids", zap.Error(errors.New(scrubDSN(err.Error(), q.config))))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := e.stats(ctx)
+	if err != nil {
+		e.logger.Warn("sampling queue stats", zap.Error(err))
+		return
+	}
+	e.metrics.Load().setQueueStats(s)
+	if err := b.prune(ctx, time.Now()); err != nil {
+		e.logger.Warn("pruning webhook ids", zap.Error(e.scrubErr(err)))
 	}
 }
 
-func (q *sharedQueue) stats(ctx context.Context) (*queueStats, error) {
-	s, err := q.backend.stats(ctx)
+func (e *engine) stats(ctx context.Context) (*queueStats, error) {
+	b, err := e.current()
 	if err != nil {
-		return nil, errors.New(scrubDSN(err.Error(), q.config))
+		return nil, err
 	}
-	return s, nil
+	s, err := b.stats(ctx)
+	return s, e.scrubErr(err)
+}
+
+// health says whether webhooks can be recorded now: the database is
+// reached and a write commits (a full disk fails it).
+func (e *engine) health(ctx context.Context) error {
+	b, err := e.current()
+	if err != nil {
+		return err
+	}
+	if err := b.probe(ctx); err != nil {
+		return fmt.Errorf("queue cannot record webhooks: %w", e.scrubErr(err))
+	}
+	return nil
 }

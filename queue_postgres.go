@@ -13,7 +13,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/rivermigrate"
 )
@@ -28,48 +27,38 @@ type pgDialect struct {
 	pool *pgxpool.Pool
 }
 
-func openPostgres(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+func openPostgres(ctx context.Context, rq *resolvedQueue, q *engine) (backend, error) {
 	cfg, err := pgxpool.ParseConfig(rq.location)
 	if err != nil {
 		// pgx's parse errors can quote the DSN: say only what is wrong.
 		return nil, errors.New("queue postgres: the DSN is not a valid connection string")
 	}
-	cfg.MaxConns = int32(rq.workers + 8)
+	// Workers, batchers, the admin API and River's own services; a reload
+	// may raise workers without reopening the pool.
+	cfg.MaxConns = int32(max(rq.workers, 32) + 8)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("queue postgres: %s", scrubDSN(err.Error(), rq))
+		return nil, fmt.Errorf("queue postgres: %w", err)
 	}
 	d := &pgDialect{pool: pool}
-	b, err := newPostgresBackend(ctx, d, rq, q)
+	b, err := newPostgresBackend(ctx, d, q)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("queue postgres: %s", scrubDSN(err.Error(), rq))
+		return nil, fmt.Errorf("queue postgres: %w", err)
 	}
 	return b, nil
 }
 
-func newPostgresBackend(ctx context.Context, d *pgDialect, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+func newPostgresBackend(ctx context.Context, d *pgDialect, q *engine) (backend, error) {
 	driver := riverpgxv5.New(d.pool)
 	if err := migratePostgres(ctx, d, driver); err != nil {
 		return nil, err
 	}
-	b := &riverBackend[*riverpgxv5.Driver, pgx.Tx]{db: d, q: q, maxAttempts: rq.maxAttempts}
-	workers := river.NewWorkers()
-	river.AddWorker(workers, &syncWorker[*riverpgxv5.Driver, pgx.Tx]{b: b, timeout: rq.workerTimeout})
-	cfg := newRiverConfig[pgx.Tx](rq, workers, q.logger)
-	cfg.ID = instanceID(q.key)
-	if err := recoverOwnJobs(ctx, d, cfg.ID); err != nil {
+	id := instanceID(q.key)
+	if err := recoverOwnJobs(ctx, d, id); err != nil {
 		return nil, err
 	}
-	var err error
-	b.client, err = river.NewClient(driver, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("creating queue client: %w", err)
-	}
-	if err := b.client.Start(context.WithoutCancel(ctx)); err != nil {
-		return nil, fmt.Errorf("starting queue workers: %w", err)
-	}
-	return b, nil
+	return &riverBackend[*riverpgxv5.Driver, pgx.Tx]{driver: driver, db: d, q: q, clientID: id}, nil
 }
 
 // migratePostgres brings River's tables and ours up to date under an
@@ -93,7 +82,7 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	for _, ddl := range []string{createBookingTable, createWebhookIDTable} {
+	for _, ddl := range ourTables {
 		if _, err := conn.Exec(ctx, ddl); err != nil {
 			return fmt.Errorf("migrating queue: %w", err)
 		}
@@ -155,21 +144,6 @@ func (d *pgDialect) close() { d.pool.Close() }
 type pgRows struct{ pgx.Rows }
 
 func (r pgRows) Close() { r.Rows.Close() }
-
-// scrubDSN removes the DSN, its password and its user from a message, so
-// that no error or log line can carry them.
-func scrubDSN(msg string, rq *resolvedQueue) string {
-	if rq == nil || rq.driver != queuePostgres || rq.location == "" {
-		return msg
-	}
-	msg = strings.ReplaceAll(msg, rq.location, "[dsn]")
-	for _, secret := range dsnSecrets(rq.location) {
-		if len(secret) >= 3 {
-			msg = strings.ReplaceAll(msg, secret, "[redacted]")
-		}
-	}
-	return msg
-}
 
 // dsnSecrets finds the password in a URL or key=value DSN.
 func dsnSecrets(dsn string) []string {

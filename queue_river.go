@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
@@ -24,7 +27,9 @@ const riverQueueName = "receive_booking"
 // syncArgs is one queued booking sync. Webhooks for the same booking that
 // arrive before it starts merge into it.
 type syncArgs struct {
-	TargetID       string          `json:"target_id"`
+	// Route names the handler route whose target the sync calls (jobs
+	// recorded before routes existed have none: the default route).
+	Route          string          `json:"route,omitempty"`
 	BookingID      json.RawMessage `json:"booking_id"`
 	BookingKey     string          `json:"booking_key"`
 	OrganizationID string          `json:"organization_id,omitempty"`
@@ -37,28 +42,58 @@ type syncArgs struct {
 	NotBefore time.Time `json:"not_before,omitzero"`
 }
 
+// route is the job's route, the default one for older jobs.
+func (a *syncArgs) route() string {
+	if a.Route == "" {
+		return defaultRoute
+	}
+	return a.Route
+}
+
 // Kind is the River job kind.
 func (syncArgs) Kind() string { return "receive_booking_sync" }
 
 // InsertOpts puts every sync on our own River queue.
 func (syncArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: riverQueueName} }
 
-// backend is the durable queue as the handler, the workers and the admin
-// API use it. riverBackend implements it for SQLite and PostgreSQL alike.
-type backend interface {
+// intake is the queue as the engine feeds and watches it.
+type intake interface {
 	insertBatch(ctx context.Context, batch []*enqueueReq) error
 	stats(ctx context.Context) (*queueStats, error)
+	// probe commits a small write: it fails when no webhook could be
+	// recorded (the database is away, the disk is full).
+	probe(ctx context.Context) error
+	// restartWorkers (re)starts River's workers with these settings; jobs
+	// running under the old ones finish first.
+	restartWorkers(s workerSettings) error
+	close(ctx context.Context) error
+}
+
+// jobStore is the queue as the admin API sees it.
+type jobStore interface {
 	listJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error)
 	getJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
 	replayJob(ctx context.Context, id int64) (*replayResult, error)
 	deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+}
+
+// replayMemory is the webhook-id store of signed webhooks, shared by the
+// instances on one database.
+type replayMemory interface {
 	// replaySeen records a webhook-id (hashed) until expires, and reports
 	// whether it was already recorded and unexpired.
 	replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error)
 	replayForget(ctx context.Context, key string) error
 	// prune drops expired webhook-ids.
 	prune(ctx context.Context, now time.Time) error
-	close(ctx context.Context) error
+}
+
+// backend is one database's queue; riverBackend implements it for SQLite
+// and PostgreSQL alike.
+type backend interface {
+	intake
+	jobStore
+	replayMemory
 }
 
 // replayResult says what a replay of a failed job came to.
@@ -102,10 +137,63 @@ type rowsIter interface {
 // job for the booking may run beside. Both are read and written in the
 // same transaction as River's own rows.
 type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
-	client      *river.Client[TTx]
-	db          dialect[TTx]
-	q           *sharedQueue
-	maxAttempts int
+	driver TDriver
+	db     dialect[TTx]
+	q      *engine
+	// clientID names this instance to River (PostgreSQL: stable across
+	// restarts, see instanceID); "" lets River choose.
+	clientID string
+	// client runs the workers; a reload that changes their settings swaps
+	// in a new one while the old one finishes its jobs.
+	client      atomic.Pointer[river.Client[TTx]]
+	maxAttempts atomic.Int64
+}
+
+// cl is the current River client.
+func (b *riverBackend[TDriver, TTx]) cl() *river.Client[TTx] { return b.client.Load() }
+
+// restartWorkers starts a River client with the settings, then stops the
+// previous one in the background: it fetches no new job and lets its
+// running syncs finish (bounded by stopTimeout, after which they are
+// cancelled and retried). Every sync claims its booking first, so the two
+// clients never run one booking at once.
+func (b *riverBackend[TDriver, TTx]) restartWorkers(s workerSettings) error {
+	workers := river.NewWorkers()
+	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.workerTimeout}); err != nil {
+		return err
+	}
+	cfg := newRiverConfig(s, b.q.rq.driver, workers, b.q)
+	cfg.ID = b.clientID
+	c, err := river.NewClient(b.driver, cfg)
+	if err != nil {
+		return fmt.Errorf("creating queue client: %w", err)
+	}
+	// The client outlives the context of any one config: it is stopped
+	// explicitly.
+	if err := c.Start(context.Background()); err != nil {
+		return fmt.Errorf("starting queue workers: %w", err)
+	}
+	b.maxAttempts.Store(int64(s.maxAttempts))
+	if old := b.client.Swap(c); old != nil {
+		go stopClient(old, b.q.logger)
+	}
+	return nil
+}
+
+// stopClient stops a River client, letting running syncs finish within
+// stopTimeout and cancelling the rest (they are retried).
+func stopClient[TTx any](c *river.Client[TTx], logger *zap.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
+	err := c.Stop(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err = c.StopAndCancel(cctx)
+	}
+	if err != nil {
+		logger.Warn("stopping queue workers", zap.Error(err))
+	}
 }
 
 const createBookingTable = `CREATE TABLE IF NOT EXISTS receive_booking_booking (
@@ -135,6 +223,16 @@ const createWebhookIDTable = `CREATE TABLE IF NOT EXISTS receive_booking_webhook
 	expires_at BIGINT NOT NULL
 )`
 
+// createHealthTable holds the row health checks write, to prove that a
+// write still commits.
+const createHealthTable = `CREATE TABLE IF NOT EXISTS receive_booking_health (
+	id         INTEGER NOT NULL PRIMARY KEY,
+	checked_at BIGINT  NOT NULL
+)`
+
+// ourTables are created after River's migrations.
+var ourTables = []string{createBookingTable, createWebhookIDTable, createHealthTable}
+
 // recordWebhookID inserts an id, or takes over an expired row; it returns
 // a row only when the id was not live already.
 const recordWebhookID = `INSERT INTO receive_booking_webhook_id (id_hash, expires_at) VALUES ($1, $2)
@@ -154,19 +252,22 @@ const (
 // job that has just failed and declared it will retry.
 const mergeableStates = `'available','scheduled','retryable','pending','running'`
 
-func newRiverConfig[TTx any](rq *resolvedQueue, workers *river.Workers, logger *zap.Logger) *river.Config {
-	return &river.Config{
-		Logger:  slog.New(zapslog.NewHandler(logger.Core(), zapslog.WithName("river"))),
-		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: rq.workers}},
+func newRiverConfig(s workerSettings, driver string, workers *river.Workers, e *engine) *river.Config {
+	cfg := &river.Config{
+		// River's own lines go through the engine's scrubber, under the
+		// module's logger.
+		Logger:  slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
+		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: s.workers}},
 		Workers: workers,
-		// SQLite has no LISTEN/NOTIFY: poll often, it is one indexed query.
-		FetchCooldown:     50 * time.Millisecond,
-		FetchPollInterval: 200 * time.Millisecond,
-		JobTimeout:        rq.workerTimeout,
+		// PostgreSQL announces new jobs (LISTEN/NOTIFY); SQLite has no
+		// such thing: poll often, it is one indexed query.
+		FetchCooldown:     10 * time.Millisecond,
+		FetchPollInterval: 50 * time.Millisecond,
+		JobTimeout:        s.workerTimeout,
 		// A sync that was running when a process died is run again once
 		// it has been running longer than any sync may.
-		RescueStuckJobsAfter: rq.workerTimeout + 15*time.Second,
-		MaxAttempts:          rq.maxAttempts,
+		RescueStuckJobsAfter: s.workerTimeout + 15*time.Second,
+		MaxAttempts:          s.maxAttempts,
 		RetryPolicy:          retryPolicy{},
 		// Keep finished jobs as the operator's history: completed ones a
 		// day, cancelled (permanent failures) a week, discarded (out of
@@ -175,6 +276,10 @@ func newRiverConfig[TTx any](rq *resolvedQueue, workers *river.Workers, logger *
 		CancelledJobRetentionPeriod: 7 * 24 * time.Hour,
 		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
 	}
+	if driver == queuePostgres {
+		cfg.FetchCooldown, cfg.FetchPollInterval = 50*time.Millisecond, time.Second
+	}
+	return cfg
 }
 
 // insertBatch records a batch of webhooks in one transaction. Webhooks are
@@ -206,13 +311,13 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*e
 // groupByBooking groups webhooks by booking, in order of first arrival.
 func groupByBooking(batch []*enqueueReq) [][]*enqueueReq {
 	type key struct {
-		target  string
+		route   string
 		booking bookingKey
 	}
 	index := make(map[key]int, len(batch))
 	var groups [][]*enqueueReq
 	for _, r := range batch {
-		k := key{r.targetID, r.wh.key()}
+		k := key{r.route, r.wh.key()}
 		i, ok := index[k]
 		if !ok {
 			i = len(groups)
@@ -230,7 +335,7 @@ func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, gro
 	first, last := group[0], group[len(group)-1]
 	var waiting sql.NullInt64
 	var mergeable int
-	err := b.db.queryRow(ctx, tx, upsertBooking, first.targetID, first.wh.organizationID, first.wh.bookingKey,
+	err := b.db.queryRow(ctx, tx, upsertBooking, first.route, first.wh.organizationID, first.wh.bookingKey,
 		last.wh.eventType).Scan(&waiting, &mergeable)
 	if err != nil {
 		return false, fmt.Errorf("recording booking: %w", err)
@@ -240,6 +345,7 @@ func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, gro
 	}
 	for _, r := range group {
 		r.jobID, r.coalesced = waiting.Int64, true
+		b.addWaiter(r)
 	}
 	return true, nil
 }
@@ -251,16 +357,16 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		return nil
 	}
 	params := make([]river.InsertManyParams, len(groups))
-	opts := &river.InsertOpts{MaxAttempts: b.maxAttempts}
+	opts := &river.InsertOpts{MaxAttempts: int(b.maxAttempts.Load())}
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: syncArgs{
-			TargetID: r.targetID, BookingID: last.wh.bookingID, BookingKey: r.wh.bookingKey,
+			Route: r.route, BookingID: last.wh.bookingID, BookingKey: r.wh.bookingKey,
 			OrganizationID: r.wh.organizationID, OrganizationIDJSON: r.wh.organizationIDJSON, EventType: last.wh.eventType,
 			AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
 		}}
 	}
-	res, err := b.client.InsertManyTx(ctx, tx, params)
+	res, err := b.cl().InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return fmt.Errorf("inserting jobs: %w", err)
 	}
@@ -268,13 +374,24 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		id := res[i].Job.ID
 		for j, r := range g {
 			r.jobID, r.coalesced = id, j > 0
+			b.addWaiter(r)
 		}
 		r := g[0]
-		if err := b.setWaiting(ctx, tx, r.targetID, r.wh.organizationID, r.wh.bookingKey, id); err != nil {
+		if err := b.setWaiting(ctx, tx, r.route, r.wh.organizationID, r.wh.bookingKey, id); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// addWaiter registers a waiting sender for its job's next attempt. It runs
+// inside the recording transaction: the job cannot be claimed before the
+// commit, so the attempt that answers the sender starts after its webhook
+// was recorded. A failed commit withdraws the waiter (commitBatch).
+func (b *riverBackend[TDriver, TTx]) addWaiter(r *enqueueReq) {
+	if r.wait != nil {
+		b.q.waiters.add(r.jobID, r.wait)
+	}
 }
 
 func (b *riverBackend[TDriver, TTx]) setWaiting(ctx context.Context, tx TTx, target, org, booking string, id int64) error {
@@ -302,13 +419,13 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 	// was cleaned up): recreate it.
 	if err := b.db.exec(ctx, tx, `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
 		VALUES ($1, $2, $3, $4) ON CONFLICT (target_id, org, booking) DO NOTHING`,
-		a.TargetID, a.OrganizationID, a.BookingKey, a.EventType); err != nil {
+		a.route(), a.OrganizationID, a.BookingKey, a.EventType); err != nil {
 		return nil, fmt.Errorf("recording booking: %w", err)
 	}
 	row := &bookingRow{}
 	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id FROM receive_booking_booking
 		WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.lockSuffix(),
-		a.TargetID, a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running)
+		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running)
 	if err != nil {
 		return nil, fmt.Errorf("locking booking: %w", err)
 	}
@@ -338,27 +455,77 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[s
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1,
 		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
 		WHERE target_id = $2 AND org = $3 AND booking = $4`,
-		job.ID, job.Args.TargetID, job.Args.OrganizationID, job.Args.BookingKey)
+		job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey)
 	if err != nil {
 		return "", false, fmt.Errorf("claiming booking: %w", err)
 	}
 	return row.eventType, true, b.db.commit(ctx, tx)
 }
 
+// scrubHandler passes River's log records through the engine's scrubber:
+// an error River logs may quote an upstream answer or a connection string.
+type scrubHandler struct {
+	slog.Handler
+	s *scrub.Scrubber
+}
+
+func (h scrubHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, h.s.String(r.Message), r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(h.scrubAttr(a))
+		return true
+	})
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h scrubHandler) scrubAttr(a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindString:
+		return slog.String(a.Key, h.s.String(v.String()))
+	case slog.KindGroup:
+		attrs := v.Group()
+		out := make([]any, len(attrs))
+		for i, g := range attrs {
+			out[i] = h.scrubAttr(g)
+		}
+		return slog.Group(a.Key, out...)
+	case slog.KindAny:
+		if err, ok := v.Any().(error); ok {
+			return slog.String(a.Key, h.s.String(err.Error()))
+		}
+		return slog.String(a.Key, h.s.String(v.String()))
+	}
+	return a
+}
+
+func (h scrubHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	out := make([]slog.Attr, len(attrs))
+	for i, a := range attrs {
+		out[i] = h.scrubAttr(a)
+	}
+	return scrubHandler{h.Handler.WithAttrs(out), h.s}
+}
+
+func (h scrubHandler) WithGroup(name string) slog.Handler {
+	return scrubHandler{h.Handler.WithGroup(name), h.s}
+}
+
 // finish ends a job's run in one transaction with its booking row: on
 // success the job completes; on a retriable failure it goes back to the
 // waiting slot (webhooks merge into its retry), unless a newer job already
 // waits for the booking, which then carries the sync and this one
-// completes as superseded. It returns the error River should record.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *syncResult, jobErr error) error {
+// completes as superseded. It returns the error River should record, or
+// the database's error.
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *syncResult, jobErr error) (record, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer b.db.rollback(ctx, tx)
 	row, err := b.lockBooking(ctx, tx, &job.Args)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a := &job.Args
 	complete := jobErr == nil
@@ -366,7 +533,7 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
 	if superseded {
 		if superseded, err = b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	// A job that will retry takes the waiting slot back; on its last
@@ -378,28 +545,28 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
 		waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
 		running_job_id = CASE WHEN running_job_id = $1 THEN NULL ELSE running_job_id END
-		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.TargetID, a.OrganizationID, a.BookingKey, backToWaiting)
+		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
 	if err != nil {
-		return fmt.Errorf("releasing booking: %w", err)
+		return nil, fmt.Errorf("releasing booking: %w", err)
 	}
 	if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3
-		AND waiting_job_id IS NULL AND running_job_id IS NULL`, a.TargetID, a.OrganizationID, a.BookingKey); err != nil {
-		return fmt.Errorf("cleaning booking: %w", err)
+		AND waiting_job_id IS NULL AND running_job_id IS NULL`, a.route(), a.OrganizationID, a.BookingKey); err != nil {
+		return nil, fmt.Errorf("cleaning booking: %w", err)
 	}
 	if complete || superseded {
 		if _, err := river.JobCompleteTx[TDriver](ctx, tx, job); err != nil {
-			return fmt.Errorf("completing job: %w", err)
+			return nil, fmt.Errorf("completing job: %w", err)
 		}
 	}
 	if err := b.db.commit(ctx, tx); err != nil {
-		return err
+		return nil, err
 	}
 	if superseded {
 		b.q.logger.Info("failed sync superseded by a newer job", zap.Int64("job_id", job.ID),
 			zap.Int64("by_job_id", row.waiting.Int64), zap.String("error", jobErr.Error()))
-		return nil
+		return nil, nil
 	}
-	return jobErr
+	return jobErr, nil
 }
 
 func isCancel(err error) bool {
@@ -414,7 +581,7 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*queueStats, er
 	}
 	s := &queueStats{Counts: counts}
 	// The rows are closed by now: on SQLite the one connection is free.
-	oldest, err := b.client.JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
+	oldest, err := b.cl().JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
 		States(rivertype.JobStateAvailable, rivertype.JobStateRetryable, rivertype.JobStateScheduled, rivertype.JobStateRunning).
 		OrderBy(river.JobListOrderByID, river.SortOrderAsc).First(1))
 	if err != nil {
@@ -424,7 +591,7 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*queueStats, er
 		s.OldestPendingSeconds = time.Since(oldest.Jobs[0].CreatedAt).Seconds()
 	}
 	// The last successful sync of any instance sharing the queue.
-	last, err := b.client.JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
+	last, err := b.cl().JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
 		States(rivertype.JobStateCompleted).OrderBy(river.JobListOrderByFinalizedAt, river.SortOrderDesc).First(1))
 	if err != nil {
 		return nil, fmt.Errorf("finding last sync: %w", err)
@@ -464,9 +631,9 @@ func (b *riverBackend[TDriver, TTx]) listJobs(ctx context.Context, states []rive
 		p = p.Where("id > @after", river.NamedArgs{"after": after})
 	}
 	if bookingKey != "" {
-		p = p.Where(jsonArgExpr(b.q.config.driver, "booking_key")+" = @booking", river.NamedArgs{"booking": bookingKey})
+		p = p.Where(jsonArgExpr(b.q.rq.driver, "booking_key")+" = @booking", river.NamedArgs{"booking": bookingKey})
 	}
-	res, err := b.client.JobList(ctx, p)
+	res, err := b.cl().JobList(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -482,11 +649,11 @@ func jsonArgExpr(driver, field string) string {
 }
 
 func (b *riverBackend[TDriver, TTx]) getJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
-	return b.client.JobGet(ctx, id)
+	return b.cl().JobGet(ctx, id)
 }
 
 func (b *riverBackend[TDriver, TTx]) deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
-	return b.client.JobDelete(ctx, id)
+	return b.cl().JobDelete(ctx, id)
 }
 
 // replayJob runs a finished job again, by the coalescing rule: when the
@@ -494,7 +661,7 @@ func (b *riverBackend[TDriver, TTx]) deleteJob(ctx context.Context, id int64) (*
 // old job is deleted, its work being done by that sync); otherwise the job
 // itself becomes available again, keeping its history.
 func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*replayResult, error) {
-	job, err := b.client.JobGet(ctx, id)
+	job, err := b.cl().JobGet(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -529,33 +696,44 @@ func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*
 			return nil, err
 		}
 		if merge {
-			if _, err := b.client.JobDeleteTx(ctx, tx, id); err != nil {
+			if _, err := b.cl().JobDeleteTx(ctx, tx, id); err != nil {
 				return nil, err
 			}
 			res.JobID, res.Coalesced = row.waiting.Int64, true
 			return res, b.db.commit(ctx, tx)
 		}
 	}
-	if _, err := b.client.JobRetryTx(ctx, tx, id); err != nil {
+	if _, err := b.cl().JobRetryTx(ctx, tx, id); err != nil {
 		return nil, err
 	}
-	if err := b.setWaiting(ctx, tx, args.TargetID, args.OrganizationID, args.BookingKey, id); err != nil {
+	if err := b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id); err != nil {
 		return nil, err
 	}
 	return res, b.db.commit(ctx, tx)
 }
 
-func (b *riverBackend[TDriver, TTx]) close(ctx context.Context) error {
-	err := b.client.Stop(ctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		// In-flight syncs took too long: cancel them. They are rescued and
-		// run again at the next start.
-		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		err = b.client.StopAndCancel(cctx)
+// close stops the workers (in-flight syncs that take too long are
+// cancelled, and run again at the next start) and closes the database.
+func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
+	if c := b.client.Swap(nil); c != nil {
+		stopClient(c, b.q.logger)
 	}
 	b.db.close()
-	return err
+	return nil
+}
+
+// probe commits a one-row write, as recording a webhook would.
+func (b *riverBackend[TDriver, TTx]) probe(ctx context.Context) error {
+	tx, err := b.db.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.db.rollback(ctx, tx)
+	if err := b.db.exec(ctx, tx, `INSERT INTO receive_booking_health (id, checked_at) VALUES (1, $1)
+		ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`, time.Now().UnixNano()); err != nil {
+		return err
+	}
+	return b.db.commit(ctx, tx)
 }
 
 func (b *riverBackend[TDriver, TTx]) replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error) {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
@@ -24,7 +23,7 @@ type sqliteDialect struct {
 	lock *os.File
 }
 
-func openSQLite(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+func openSQLite(ctx context.Context, rq *resolvedQueue, q *engine) (backend, error) {
 	path := rq.location
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating queue directory: %w", err)
@@ -44,7 +43,7 @@ func openSQLite(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend
 	}
 	db.SetMaxOpenConns(1)
 	d := &sqliteDialect{db: db, lock: lock}
-	b, err := newSQLiteBackend(ctx, d, rq, q)
+	b, err := newSQLiteBackend(ctx, d, q)
 	if err != nil {
 		d.close()
 		return nil, err
@@ -52,7 +51,7 @@ func openSQLite(ctx context.Context, rq *resolvedQueue, q *sharedQueue) (backend
 	return b, nil
 }
 
-func newSQLiteBackend(ctx context.Context, d *sqliteDialect, rq *resolvedQueue, q *sharedQueue) (backend, error) {
+func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *engine) (backend, error) {
 	driver := riversqlite.New(d.db)
 	migrator, err := rivermigrate.New(driver, nil)
 	if err != nil {
@@ -61,7 +60,7 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, rq *resolvedQueue, 
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return nil, fmt.Errorf("migrating queue: %w", err)
 	}
-	for _, ddl := range []string{createBookingTable, createWebhookIDTable} {
+	for _, ddl := range ourTables {
 		if _, err := d.db.ExecContext(ctx, ddl); err != nil {
 			return nil, fmt.Errorf("migrating queue: %w", err)
 		}
@@ -72,19 +71,7 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, rq *resolvedQueue, 
 	if _, err := d.db.ExecContext(ctx, `UPDATE river_job SET state = 'available' WHERE state = 'running' AND queue = ?`, riverQueueName); err != nil {
 		return nil, fmt.Errorf("recovering interrupted jobs: %w", err)
 	}
-	b := &riverBackend[*riversqlite.Driver, *sql.Tx]{db: d, q: q, maxAttempts: rq.maxAttempts}
-	workers := river.NewWorkers()
-	river.AddWorker(workers, &syncWorker[*riversqlite.Driver, *sql.Tx]{b: b, timeout: rq.workerTimeout})
-	b.client, err = river.NewClient(driver, newRiverConfig[*sql.Tx](rq, workers, q.logger))
-	if err != nil {
-		return nil, fmt.Errorf("creating queue client: %w", err)
-	}
-	// The client outlives the context of any one config: it is stopped
-	// explicitly when the last config using it goes.
-	if err := b.client.Start(context.WithoutCancel(ctx)); err != nil {
-		return nil, fmt.Errorf("starting queue workers: %w", err)
-	}
-	return b, nil
+	return &riverBackend[*riversqlite.Driver, *sql.Tx]{driver: driver, db: d, q: q}, nil
 }
 
 func (d *sqliteDialect) begin(ctx context.Context) (*sql.Tx, error) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -79,32 +80,62 @@ func (u *gatedUpstream) callsFor(id string) []callSpan {
 	return append([]callSpan(nil), u.calls[id]...)
 }
 
-// openTestQueue opens a real queue: a SQLite file in a temporary
-// directory, or a fresh PostgreSQL database.
-func openTestQueue(t *testing.T, rq *resolvedQueue) *sharedQueue {
+// openTestQueue starts a real engine on a SQLite file in a temporary
+// directory, or on a fresh PostgreSQL database, with routes registered as
+// a config's handlers would, and waits until it is connected.
+func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream) *engine {
 	t.Helper()
-	if rq.driver == queueSQLite {
-		rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
-	} else {
-		rq.location = freshPostgresDSN(t)
+	if rq.location == "" {
+		if rq.driver == queueSQLite {
+			rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
+		} else {
+			rq.location = freshPostgresDSN(t)
+		}
 	}
-	q, err := openQueue(rq.poolKey(), rq, zaptest.NewLogger(t))
+	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
+	t.Cleanup(func() { assert.NoError(t, e.Destruct()) })
+	if routes == nil {
+		routes = map[string]*upstream{}
+	}
+	e.attach(&App{}, &engineUse{rq: rq, routes: routes})
+	<-e.ready
+	_, err := e.current()
 	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, q.Destruct()) })
-	return q
+	return e
+}
+
+// testQueueHandle enqueues webhooks on an engine under one route, as a
+// handler does.
+type testQueueHandle struct {
+	q     *engine
+	route string
+}
+
+func (h *testQueueHandle) enqueue(ctx context.Context, wh *webhook, window time.Duration) (int64, bool, error) {
+	now := time.Now()
+	req := &enqueueReq{wh: wh, route: h.route, acceptedAt: now, notBefore: now.Add(window)}
+	err := h.q.enqueue(ctx, req)
+	return req.jobID, req.coalesced, err
+}
+
+// backend is the engine's connected backend.
+func (h *testQueueHandle) backend() backend {
+	b, err := h.q.current()
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 // testQueue opens a real queue (SQLite file or PostgreSQL database) with
-// an upstream registered, as a handler would.
-func testQueue(t *testing.T, driver string, up *httptest.Server) *queueHandle {
+// an upstream registered for the default route, as a handler would.
+func testQueue(t *testing.T, driver string, up *httptest.Server) *testQueueHandle {
 	t.Helper()
-	q := openTestQueue(t, &resolvedQueue{driver: driver, workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second})
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
-	upstream := newUpstream(u, "tk", nil)
-	h := &queueHandle{q: q, targetID: targetID(upstream.target), upstream: upstream}
-	q.register(h.targetID, upstream)
-	return h
+	routes := map[string]*upstream{defaultRoute: newUpstream(u, "tk", nil)}
+	q := openTestQueue(t, &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second}}, routes)
+	return &testQueueHandle{q: q, route: defaultRoute}
 }
 
 func testWebhook(id string) *webhook {
@@ -201,7 +232,7 @@ func TestQueueRetriesThenSucceeds(t *testing.T) {
 	// River keeps a job that retries within seconds "available" with a
 	// future scheduled_at, and a later one "retryable".
 	require.Eventually(t, func() bool {
-		job, err := qh.q.backend.getJob(ctx, id)
+		job, err := qh.backend().getJob(ctx, id)
 		return err == nil && (job.State == "retryable" || job.State == "available")
 	}, 5*time.Second, 20*time.Millisecond)
 	again, coalesced, err := qh.enqueue(ctx, testWebhook("b3"), 0)
@@ -209,7 +240,7 @@ func TestQueueRetriesThenSucceeds(t *testing.T) {
 	assert.True(t, coalesced, "a webhook merges into a sync waiting for its retry")
 	assert.Equal(t, id, again)
 	require.Eventually(t, func() bool { return len(up.callsFor(`"b3"`)) == 2 }, 20*time.Second, 50*time.Millisecond)
-	job, err := qh.q.backend.getJob(ctx, id)
+	job, err := qh.backend().getJob(ctx, id)
 	require.NoError(t, err)
 	require.Len(t, job.Errors, 1)
 	assert.Contains(t, job.Errors[0].Error, "upstream status 503")
@@ -225,7 +256,7 @@ func TestQueuePermanentFailureIsCancelled(t *testing.T) {
 	id, _, err := qh.enqueue(ctx, testWebhook("b4"), 0)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
-		job, err := qh.q.backend.getJob(ctx, id)
+		job, err := qh.backend().getJob(ctx, id)
 		return err == nil && job.State == "cancelled"
 	}, 10*time.Second, 20*time.Millisecond)
 	assert.Len(t, up.callsFor(`"b4"`), 1)
@@ -242,9 +273,9 @@ func TestRetryPolicyBackoff(t *testing.T) {
 }
 
 func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
-	u, _ := url.Parse("http://127.0.0.1:1/")
-	up := newUpstream(u, "tk-key", nil)
-	err := jobError(&syncResult{status: 429, text: "slow down tk-key", retryAfter: 120 * time.Second}, up)
+	var sc scrub.Scrubber
+	sc.Set("test", "tk-key")
+	err := jobError(&syncResult{status: 429, text: "slow down tk-key", retryAfter: 120 * time.Second}, &sc)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "tk-key", "the upstream key is scrubbed from job errors")
 	job := &rivertype.JobRow{Attempt: 1, Errors: []rivertype.AttemptError{{Attempt: 1, Error: err.Error()}}}
@@ -254,23 +285,27 @@ func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
 	job.Errors[0].Error = "upstream status 503 (retry after 99999s)"
 	assert.WithinDuration(t, time.Now().Add(retryCap), retryPolicy{}.NextRetry(job), 2*time.Second, "capped")
 
-	assert.True(t, isCancel(jobError(&syncResult{status: 404}, up)), "a 404 is permanent")
-	assert.False(t, isCancel(jobError(&syncResult{status: 408}, up)))
-	assert.NoError(t, jobError(&syncResult{status: 200, body: json.RawMessage(`{"success":true}`)}, up))
+	assert.True(t, isCancel(jobError(&syncResult{status: 404}, &sc)), "a 404 is permanent")
+	assert.False(t, isCancel(jobError(&syncResult{status: 408}, &sc)))
+	assert.NoError(t, jobError(&syncResult{status: 200, body: json.RawMessage(`{"success":true}`)}, &sc))
 }
 
-// TestQueueUnavailableAnswers503: when the webhook cannot be recorded the
-// sender is told to retry, and nothing is claimed as accepted.
+// TestQueueUnavailableAnswers503: when the webhook cannot be recorded (the
+// queue's file cannot be opened) the sender is told to retry, and nothing
+// is claimed as accepted.
 func TestQueueUnavailableAnswers503(t *testing.T) {
 	up := newGatedUpstream(t, false)
-	rq := &resolvedQueue{driver: queueSQLite, location: filepath.Join(t.TempDir(), "q.sqlite3"), workers: 1, maxAttempts: 1, workerTimeout: time.Second}
-	q, err := openQueue("test-unavailable", rq, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	require.NoError(t, q.Destruct()) // the database is gone
+	// A directory where the file should be: the engine cannot open it.
+	dir := t.TempDir()
+	rq := &resolvedQueue{driver: queueSQLite, location: dir, workerSettings: workerSettings{workers: 1, maxAttempts: 1, workerTimeout: time.Second}}
+	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
+	t.Cleanup(func() { _ = e.Destruct() })
 	u, _ := url.Parse(up.URL)
-	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: newUpstream(u, "", nil)}
-	h.queue = &queueHandle{q: q, targetID: "t"}
-	a := h.enqueue(context.Background(), testWebhook("b9"), "")
+	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: newUpstream(u, "", nil), route: defaultRoute}
+	h.queue = newEngineRef()
+	h.queue.bind(e)
+	a, req := h.enqueue(context.Background(), testWebhook("b9"), nil)
+	assert.Nil(t, req)
 	assert.Equal(t, http.StatusServiceUnavailable, a.status)
 	assert.Equal(t, "Queue unavailable", a.body.Error)
 	assert.Equal(t, queueRetryAfter, a.retryAfter)
@@ -301,7 +336,7 @@ func TestQueueOutageRecovers(t *testing.T) {
 	up.status.Store(200)
 	require.Eventually(t, func() bool {
 		for _, id := range ids {
-			job, err := qh.q.backend.getJob(ctx, id)
+			job, err := qh.backend().getJob(ctx, id)
 			if err != nil || job.State != "completed" {
 				return false
 			}

@@ -153,7 +153,6 @@ func provisionTestHandler(t testing.TB, target string, configure func(*Handler))
 	if err := h.Provision(ctx); err != nil {
 		return nil, err
 	}
-	t.Cleanup(func() { _ = h.Cleanup() })
 	if err := h.Validate(); err != nil {
 		return nil, err
 	}

@@ -61,6 +61,11 @@ func newUpstream(target *url.URL, key string, m *metrics) *upstream {
 	}
 }
 
+// sameTarget reports whether o calls the same URL with the same key.
+func (u *upstream) sameTarget(o *upstream) bool {
+	return u.target == o.target && u.targetKey == o.targetKey
+}
+
 // syncRequest is the body import-bookings expects for a single-booking sync.
 type syncRequest struct {
 	BookingID      json.RawMessage `json:"booking_id"`

@@ -7,9 +7,9 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/rivertype"
@@ -47,32 +47,55 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 		// (5 s) available, so it runs as soon as the window ends.
 		return river.JobSnooze(d)
 	}
+	e := w.b.q
 	eventType, ok, err := w.b.claim(ctx, job)
 	if err != nil {
-		return err
+		return e.scrubErr(err)
 	}
 	if !ok {
 		return river.JobSnooze(busySnooze)
 	}
-	q := w.b.q
-	up := q.upstreamFor(job.Args.TargetID)
+	// The senders waiting for this job are answered by this attempt.
+	waiting := e.waiters.take(job.ID)
+	up := e.upstreamFor(job.Args.Route)
+	var res *syncResult
+	var jobErr error
 	if up == nil {
-		return w.b.finish(ctx, job, nil, errors.New("no receive_booking handler is configured for this job's target"))
+		res = &syncResult{err: errors.New("no receive_booking handler has this job's route")}
+		jobErr = fmt.Errorf("no receive_booking handler is configured for route %q", job.Args.route())
+	} else {
+		req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
+		res = up.sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
+		jobErr = jobError(res, &e.scrub)
 	}
-	req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
-	res := up.sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
-	jobErr := jobError(res, up)
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := w.b.finish(fctx, job, res, jobErr); err != nil {
-		return err
+	riverErr, err := w.b.finish(fctx, job, res, jobErr)
+	if err != nil {
+		deliver(waiting, &attemptOutcome{res: res, err: "recording the sync's outcome failed"})
+		return e.scrubErr(err)
 	}
+	deliver(waiting, outcomeOf(job, res, jobErr))
 	w.logOutcome(job, res, jobErr)
 	if jobErr == nil {
-		q.metrics.Load().observeSyncLag(job.Args.AcceptedAt)
+		e.metrics.Load().observeSyncLag(job.Args.AcceptedAt)
 	}
-	return jobErr
+	return riverErr
+}
+
+// outcomeOf is what a waiting sender is told of an attempt.
+func outcomeOf(job *river.Job[syncArgs], res *syncResult, jobErr error) *attemptOutcome {
+	out := &attemptOutcome{res: res}
+	switch {
+	case jobErr == nil:
+		out.final = true
+	case isCancel(jobErr) || job.Attempt >= job.MaxAttempts:
+		out.final, out.err = true, jobErr.Error()
+	default:
+		out.err = jobErr.Error()
+	}
+	return out
 }
 
 func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syncResult, jobErr error) {
@@ -90,15 +113,16 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syn
 
 // jobError turns a sync result into what River records: nil on success, a
 // cancelling error for a permanent rejection (other 4xx: no retry will
-// fix it), a plain error (retried) otherwise. The upstream's Retry-After
-// rides along in the message for the retry policy.
-func jobError(res *syncResult, up *upstream) error {
+// fix it), a plain error (retried) otherwise. The text passes the engine's
+// scrubber: an upstream may echo a key, a secret or a password. The
+// upstream's Retry-After rides along in the message for the retry policy.
+func jobError(res *syncResult, s *scrub.Scrubber) error {
 	if res.ok() {
 		return nil
 	}
-	msg := res.describe()
+	msg := s.String(res.describe())
 	if res.err == nil {
-		if d := up.scrub(detailsText(res)); d != "" {
+		if d := detailsText(res, s); d != "" {
 			msg += ": " + d
 		}
 	}
@@ -111,20 +135,14 @@ func jobError(res *syncResult, up *upstream) error {
 	return errors.New(msg)
 }
 
-func detailsText(res *syncResult) string {
-	s := res.text
+// detailsText is the start of the upstream's answer, scrubbed before it is
+// cut (a secret cut in half would pass the scrubber).
+func detailsText(res *syncResult, s *scrub.Scrubber) string {
+	text := res.text
 	if res.body != nil {
-		s = string(res.body)
+		text = string(res.body)
 	}
-	return truncateText([]byte(s), maxErrorDetails)
-}
-
-// scrub removes the upstream key from text an upstream sent back.
-func (u *upstream) scrub(s string) string {
-	if u.targetKey != "" {
-		s = strings.ReplaceAll(s, u.targetKey, "[redacted]")
-	}
-	return s
+	return truncateText([]byte(s.String(text)), maxErrorDetails)
 }
 
 // retryPolicy is exponential backoff with jitter: the first retry after

@@ -1,0 +1,176 @@
+package receivebooking
+
+// The receive_booking app owns the durable queues (the sync engines) the
+// way Caddy's tls app owns certificates: handlers declare in their
+// Provision what they need (a queue, a route to their import-bookings
+// target, the secrets to scrub), the app opens and starts the engines in
+// Start and releases them in Stop. Provision does no I/O, so `caddy
+// validate` can run beside a live server.
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+const appName = "receive_booking"
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// App runs the sync engines of every receive_booking handler in the
+// config. It needs no configuration: handlers load it with ctx.App and
+// declare their queues, routes and secrets.
+type App struct {
+	mu     sync.Mutex
+	uses   map[string]*engineUse // by pool key
+	logger *zap.Logger
+}
+
+// engineUse is what this config's handlers need from one database's engine.
+type engineUse struct {
+	rq      *resolvedQueue
+	routes  map[string]*upstream
+	secrets []string
+	ref     *engineRef
+	// first describes the handler that declared the settings, for
+	// conflict errors.
+	first string
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  appName,
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision prepares an empty app; handlers fill it during their own
+// Provision.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.uses = make(map[string]*engineUse)
+	return nil
+}
+
+// loadApp returns the config's receive_booking app, loading it if needed.
+func loadApp(ctx caddy.Context) (*App, error) {
+	v, err := ctx.App(appName)
+	if err != nil {
+		return nil, err
+	}
+	return v.(*App), nil
+}
+
+// use declares that a handler (named by who, for errors) syncs through the
+// queue rq under route name, calling up, and that secrets must never leave
+// the engine. Handlers sharing a database must agree on its worker
+// settings, and a route name means one target and key.
+func (a *App) use(who string, rq *resolvedQueue, route string, up *upstream, secrets []string) (*engineRef, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := rq.poolKey()
+	u := a.uses[key]
+	if u == nil {
+		u = &engineUse{rq: rq, routes: map[string]*upstream{}, ref: newEngineRef(), first: who}
+		a.uses[key] = u
+	}
+	if diff := u.rq.settingsDiff(rq); diff != "" {
+		return nil, fmt.Errorf("queue %s: %s and %s share it but set different %s; give them the same settings",
+			rq.describe(), u.first, who, diff)
+	}
+	if other, ok := u.routes[route]; ok && !other.sameTarget(up) {
+		return nil, fmt.Errorf("route %q: two handlers on queue %s use it with different targets or keys; give each target its own route name",
+			route, rq.describe())
+	}
+	u.routes[route] = up
+	u.secrets = append(u.secrets, secrets...)
+	return u.ref, nil
+}
+
+// Start opens (or takes over, on a reload) every engine this config uses.
+// A database that cannot be reached does not stop Caddy: its engine keeps
+// trying, and its handlers answer 503 meanwhile.
+func (a *App) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, key := range a.keys() {
+		u := a.uses[key]
+		val, _, err := queuePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return newEngine(key, u.rq, a.logger.Named("queue")), nil
+		})
+		if err != nil {
+			return err
+		}
+		e := val.(*engine)
+		e.attach(a, u)
+		u.ref.bind(e)
+	}
+	return nil
+}
+
+// Stop releases this config's hold on its engines; an engine stops when no
+// config uses it any more (after a reload, the new config already does).
+func (a *App) Stop() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []string
+	for _, key := range a.keys() {
+		u := a.uses[key]
+		if e := u.ref.get(); e != nil {
+			e.detach(a, u)
+		}
+		if _, err := queuePool.Delete(key); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("stopping queues: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func (a *App) keys() []string {
+	keys := make([]string, 0, len(a.uses))
+	for k := range a.uses {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// engines returns the engines this config runs, ordered by key.
+func (a *App) engines() []*engine {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []*engine
+	for _, key := range a.keys() {
+		if e := a.uses[key].ref.get(); e != nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// activeApp is the running config's app, for the admin API; nil when the
+// running config has no receive_booking handler with a queue.
+func activeApp() *App {
+	v, err := caddy.ActiveContext().AppIfConfigured(appName)
+	if err != nil {
+		return nil
+	}
+	a, _ := v.(*App)
+	return a
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)
