@@ -85,10 +85,12 @@ func freePort(t *testing.T) int {
 
 // caddyProcess is one running Caddy binary.
 type caddyProcess struct {
-	cmd   *exec.Cmd
-	url   string
-	admin string
-	log   *lockedBuffer
+	cmd     *exec.Cmd
+	url     string
+	admin   string
+	log     *lockedBuffer
+	config  string // the Caddyfile's path
+	dataDir string
 }
 
 // lockedBuffer collects a process's output while the test reads it.
@@ -126,7 +128,8 @@ http://127.0.0.1:%d {
 `, adminPort, port, port, directive)
 	file := filepath.Join(t.TempDir(), "Caddyfile")
 	require.NoError(t, os.WriteFile(file, []byte(config), 0o600))
-	p := &caddyProcess{url: fmt.Sprintf("http://127.0.0.1:%d/", port), admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), log: new(lockedBuffer)}
+	p := &caddyProcess{url: fmt.Sprintf("http://127.0.0.1:%d/", port), admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
+		log: new(lockedBuffer), config: file, dataDir: dataDir}
 	p.cmd = exec.Command(caddyBinary(t), "run", "--config", file, "--adapter", "caddyfile")
 	p.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+dataDir)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -485,13 +488,7 @@ func TestReloadDuringStream(t *testing.T) {
 	}()
 	for i, timeout := range []string{"11s", "13s", "12s"} {
 		require.Eventually(t, func() bool { return answered.Load() >= int64(300*(i+1)) }, 30*time.Second, time.Millisecond)
-		body := fmt.Sprintf("{\n\tadmin %s\n\thttp_port %s\n\tgrace_period 5s\n\tpersist_config off\n}\n%s {\n\t%s\n}\n",
-			strings.TrimPrefix(p.admin, "http://"), portOf(p.url), strings.TrimSuffix(p.url, "/"), directive(timeout))
-		resp, err := http.Post(p.admin+"/load", "text/caddyfile", strings.NewReader(body))
-		require.NoError(t, err)
-		msg, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.Equal(t, http.StatusOK, resp.StatusCode, "reload: %s", msg)
+		p.reload(t, directive(timeout))
 	}
 	<-done
 	assert.Equal(t, int64(1500), answered.Load())
@@ -503,6 +500,33 @@ func TestReloadDuringStream(t *testing.T) {
 	assert.NotContains(t, p.log.String(), "duplicate metrics collector registration")
 	t.Logf("accepted=%d bookings=%d upstream calls=%d; connection-level resends during the reloads=%d %v",
 		accepted.n, len(accepted.last), stub.calls.Load(), len(accepted.retries), accepted.retries)
+}
+
+// reload loads a new config with the given site body through the admin
+// API, as `caddy reload` does.
+func (p *caddyProcess) reload(t *testing.T, directive string) {
+	t.Helper()
+	body := fmt.Sprintf("{\n\tadmin %s\n\thttp_port %s\n\tgrace_period 5s\n\tpersist_config off\n}\n%s {\n\t%s\n}\n",
+		strings.TrimPrefix(p.admin, "http://"), portOf(p.url), strings.TrimSuffix(p.url, "/"), directive)
+	resp, err := http.Post(p.admin+"/load", "text/caddyfile", strings.NewReader(body))
+	require.NoError(t, err)
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "reload: %s", msg)
+}
+
+// adminJSON calls the process's admin API and decodes the JSON answer.
+func (p *caddyProcess) adminJSON(t *testing.T, method, path string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, p.admin+path, nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	require.NoError(t, json.Unmarshal(raw, &out), "%s %s: %s", method, path, raw)
+	return resp.StatusCode, out
 }
 
 func portOf(u string) string {

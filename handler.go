@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -225,7 +226,7 @@ func (h *Handler) syncNow(r *http.Request, wh *webhook) *answer {
 	if err != nil {
 		res = &syncResult{timedOut: true, err: errors.New("timed out")}
 	}
-	return syncAnswer(wh, res, shared)
+	return h.syncAnswer(wh, res, shared)
 }
 
 // stillRunning is the sync_error of a sender that stopped waiting.
@@ -250,7 +251,7 @@ func (h *Handler) recordThenWait(r *http.Request, wh *webhook) *answer {
 	select {
 	case out := <-wait:
 		if out.err == "" || out.final {
-			sa := syncAnswer(wh, out.res, req.coalesced)
+			sa := h.syncAnswer(wh, out.res, req.coalesced)
 			sa.body.JobID = req.jobID
 			return sa
 		}
@@ -268,7 +269,10 @@ func (w *webhook) syncRequest() syncRequest {
 	return syncRequest{BookingID: w.bookingID, OrganizationID: w.organizationIDJSON, EventType: w.eventType}
 }
 
-func syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
+// syncAnswer answers a sender with a sync's result. What the upstream
+// said passes the handler's scrubber: an upstream that echoes a key must
+// not hand it to the sender.
+func (h *Handler) syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
 	a := &answer{wh: wh, res: res}
 	switch {
 	case res.ok():
@@ -276,13 +280,13 @@ func syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
 		if shared {
 			a.outcome = outcomeCoalesced
 		}
-		a.body = response{Success: true, BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncResult: res.body}
+		a.body = response{Success: true, BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.body)}
 	case res.timedOut:
 		a.status, a.outcome, a.reason = http.StatusGatewayTimeout, outcomeFailed, "timeout"
 		a.body = response{Error: "Sync timed out"}
 	default:
 		a.status, a.outcome, a.reason = http.StatusBadGateway, outcomeFailed, "upstream"
-		a.body = response{Error: "Sync failed", UpstreamStatus: res.status, Details: res.details()}
+		a.body = response{Error: "Sync failed", UpstreamStatus: res.status, Details: scrubDetails(h.scrub, res.details())}
 	}
 	return a
 }
@@ -317,6 +321,33 @@ func (h *Handler) enqueue(ctx context.Context, wh *webhook, wait chan *attemptOu
 		BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(),
 	}
 	return a, req
+}
+
+// scrubJSON scrubs a JSON text; it stays JSON (the replacement needs no
+// escaping), or becomes a JSON string if a cut made it invalid.
+func scrubJSON(s *scrub.Scrubber, raw json.RawMessage) json.RawMessage {
+	if raw == nil {
+		return nil
+	}
+	out := s.String(string(raw))
+	if out == string(raw) {
+		return raw
+	}
+	if json.Valid([]byte(out)) {
+		return json.RawMessage(out)
+	}
+	b, _ := json.Marshal(out)
+	return b
+}
+
+func scrubDetails(s *scrub.Scrubber, d any) any {
+	switch v := d.(type) {
+	case json.RawMessage:
+		return scrubJSON(s, v)
+	case string:
+		return s.String(v)
+	}
+	return d
 }
 
 func (h *Handler) write(w http.ResponseWriter, a *answer) {

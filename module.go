@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
@@ -144,6 +145,7 @@ type Handler struct {
 	// secrets, the target key, the target URL and its query values), for
 	// the queue's scrubber.
 	secretValues []string
+	scrub        *scrub.Scrubber
 
 	upstream *upstream
 	// coalescer shares syncs between waiting senders when there is no
@@ -185,6 +187,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionQueue(ctx, repl); err != nil {
 		return err
 	}
+	h.scrub = new(scrub.Scrubber)
+	h.scrub.Set(h, h.secretValues...)
 	h.provisionReplay()
 	return nil
 }

@@ -157,6 +157,10 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 		return err
 	}
 	h.queueDriver = rq.driver
+	if rq.driver == queuePostgres {
+		h.secretValues = append(h.secretValues, rq.location)
+		h.secretValues = append(h.secretValues, dsnSecrets(rq.location)...)
+	}
 	h.queue, err = app.use(fmt.Sprintf("the handler of route %q", h.route), rq, h.route, h.upstream, h.secretValues)
 	return err
 }

@@ -147,6 +147,7 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	// in a new one while the old one finishes its jobs.
 	client      atomic.Pointer[river.Client[TTx]]
 	maxAttempts atomic.Int64
+	settings    workerSettings // of client; the engine serialises restarts
 }
 
 // cl is the current River client.
@@ -154,9 +155,10 @@ func (b *riverBackend[TDriver, TTx]) cl() *river.Client[TTx] { return b.client.L
 
 // restartWorkers starts a River client with the settings, then stops the
 // previous one in the background: it fetches no new job and lets its
-// running syncs finish (bounded by stopTimeout, after which they are
-// cancelled and retried). Every sync claims its booking first, so the two
-// clients never run one booking at once.
+// running syncs run to their end (a sync is never cut short by a reload:
+// import-bookings would go on with it while its retry started beside it).
+// Every sync claims its booking first, so the two clients never run one
+// booking at once.
 func (b *riverBackend[TDriver, TTx]) restartWorkers(s workerSettings) error {
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.workerTimeout}); err != nil {
@@ -174,16 +176,18 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s workerSettings) error {
 		return fmt.Errorf("starting queue workers: %w", err)
 	}
 	b.maxAttempts.Store(int64(s.maxAttempts))
+	prev := b.settings
+	b.settings = s
 	if old := b.client.Swap(c); old != nil {
-		go stopClient(old, b.q.logger)
+		go stopClient(old, b.q.logger, prev.workerTimeout+5*time.Second)
 	}
 	return nil
 }
 
 // stopClient stops a River client, letting running syncs finish within
-// stopTimeout and cancelling the rest (they are retried).
-func stopClient[TTx any](c *river.Client[TTx], logger *zap.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+// timeout and cancelling the rest (they are retried).
+func stopClient[TTx any](c *river.Client[TTx], logger *zap.Logger, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := c.Stop(ctx)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -716,7 +720,7 @@ func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*
 // cancelled, and run again at the next start) and closes the database.
 func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
 	if c := b.client.Swap(nil); c != nil {
-		stopClient(c, b.q.logger)
+		stopClient(c, b.q.logger, stopTimeout)
 	}
 	b.db.close()
 	return nil
