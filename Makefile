@@ -6,6 +6,7 @@
 #   make build                 only build ./caddy (xcaddy)
 #   make bench                 go run ./bench
 #   make fuzz [FUZZTIME=10m]   each Fuzz target for FUZZTIME, one after another
+#   make lint                  go vet and staticcheck
 XCADDY_VERSION := v0.4.5
 CADDY_VERSION  := v2.11.9
 MODULE         := github.com/bookingwebhook/caddy-receive-booking
@@ -17,7 +18,9 @@ TESTFLAGS      ?=
 GOBIN_DIR := $(or $(shell go env GOBIN),$(firstword $(subst :, ,$(shell go env GOPATH)))/bin)
 XCADDY    := $(or $(shell command -v xcaddy 2>/dev/null),$(GOBIN_DIR)/xcaddy)
 
-.PHONY: run test build bench fuzz
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: run test build bench fuzz lint
 
 # Build Caddy with this module and run Caddyfile.example (no Supabase and
 # no database server needed: a local stand-in and an embedded queue).
@@ -39,6 +42,10 @@ build: | $(XCADDY)
 
 bench:
 	go run ./bench
+
+lint:
+	go vet ./...
+	go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Fuzz targets are listed by go test (a package that does not compile
 # fails here, rather than fuzzing nothing).

@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_attempts    <n>
 //		worker_timeout  <duration>
 //		coalesce_window <duration>
+//		route           <name>
 //		metrics         off
 //	}
 //
@@ -86,6 +87,7 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 	"cors":            stringArg(func(h *Handler) *string { return &h.CORS }, nil),
 	"mode":            stringArg(func(h *Handler) *string { return &h.Mode }, checkMode),
 	"coalesce_window": stringArg(func(h *Handler) *string { return &h.CoalesceWindow }, checkDuration),
+	"route":           stringArg(func(h *Handler) *string { return &h.Route }, nil),
 	"require": func(h *Handler, d *caddyfile.Dispenser) error {
 		args := d.RemainingArgs()
 		if len(args) == 0 {

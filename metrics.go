@@ -114,15 +114,6 @@ func (m *metrics) observeSyncLag(acceptedAt time.Time) {
 	m.syncLag.Observe(time.Since(acceptedAt).Seconds())
 }
 
-// rejected counts a rejection outside of a webhook answer (the signature
-// checks count their own reasons).
-func (m *metrics) rejected(reason string) {
-	if m == nil {
-		return
-	}
-	m.rejections.WithLabelValues(reason).Inc()
-}
-
 func (m *metrics) setQueueStats(s *queueStats) {
 	if m == nil || s == nil {
 		return

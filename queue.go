@@ -348,12 +348,6 @@ func (e *engine) upstreamFor(route string) *upstream {
 	return nil
 }
 
-func (e *engine) currentSettings() workerSettings {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.settings
-}
-
 // connectLoop opens the database, retrying with backoff until it succeeds
 // or the engine stops. Caddy does not wait for it: until it succeeds the
 // engine's handlers answer 503 and health reports why.
