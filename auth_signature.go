@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"net/http"
 	"strings"
 	"sync"
@@ -33,18 +34,18 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 		return err
 	}
 	for _, v := range raw {
-		h.secretValues = append(h.secretValues, v, strings.TrimPrefix(strings.TrimSpace(v), secretPrefix))
+		h.secretValues = append(h.secretValues, v, strings.TrimPrefix(strings.TrimSpace(v), standardwebhooks.SecretPrefix))
 	}
-	keys := make([]signingKey, 0, len(raw))
+	keys := make([]standardwebhooks.Key, 0, len(raw))
 	for i, s := range raw {
-		k, err := parseSigningSecret(s)
+		k, err := standardwebhooks.ParseSecret(s)
 		if err != nil {
 			// err names what is wrong, never the value.
 			return fmt.Errorf("signing_secret #%d: %w", i+1, err)
 		}
 		keys = append(keys, k)
 	}
-	tolerance, err := resolveDuration(repl, "tolerance", h.Tolerance, defaultTolerance)
+	tolerance, err := resolveDuration(repl, "tolerance", h.Tolerance, standardwebhooks.DefaultTolerance)
 	if err != nil {
 		return err
 	}
@@ -72,7 +73,7 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 		return errors.New("signing_secret: at least one signing secret is required")
 	}
 	if h.authSig {
-		h.verifier = &signatureVerifier{keys: keys, tolerance: tolerance}
+		h.verifier = &standardwebhooks.Verifier{Keys: keys, Tolerance: tolerance}
 	}
 	return nil
 }
@@ -93,11 +94,11 @@ func defaultAuthMode(haveKeys, haveSigning bool) string {
 // rejection reason, or "" and the webhook id on success.
 func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string) {
 	id = r.Header.Get(headerWebhookID)
-	err := h.verifier.verify(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
+	err := h.verifier.Verify(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
 	switch {
-	case errors.Is(err, errMissingSignature):
+	case errors.Is(err, standardwebhooks.ErrMissingSignature):
 		return "missing_signature", ""
-	case errors.Is(err, errStaleTimestamp):
+	case errors.Is(err, standardwebhooks.ErrStaleTimestamp):
 		return "stale_timestamp", ""
 	case err != nil:
 		return "bad_signature", ""
@@ -124,20 +125,20 @@ type replayStore interface {
 
 // memoryReplay is the in-process store, shared by every config with the
 // same tolerance so that a reload does not forget the ids seen so far.
-type memoryReplay struct{ c *replayCache }
+type memoryReplay struct{ c *standardwebhooks.ReplayCache }
 
-var memoryReplays sync.Map // tolerance -> *replayCache
+var memoryReplays sync.Map // tolerance -> *standardwebhooks.ReplayCache
 
 func newMemoryReplay(tolerance time.Duration) memoryReplay {
-	c, _ := memoryReplays.LoadOrStore(tolerance, newReplayCache(tolerance, defaultReplayEntries))
-	return memoryReplay{c.(*replayCache)}
+	c, _ := memoryReplays.LoadOrStore(tolerance, standardwebhooks.NewReplayCache(tolerance, standardwebhooks.DefaultReplayEntries))
+	return memoryReplay{c.(*standardwebhooks.ReplayCache)}
 }
 
 func (m memoryReplay) seen(_ context.Context, id string, now time.Time) (bool, error) {
-	return m.c.seen(id, now), nil
+	return m.c.Seen(id, now), nil
 }
 
-func (m memoryReplay) forget(_ context.Context, id string) { m.c.forget(id) }
+func (m memoryReplay) forget(_ context.Context, id string) { m.c.Forget(id) }
 
 // queueReplay keeps the ids in the PostgreSQL queue's database, so that a
 // replay sent to another instance is caught too.
@@ -179,8 +180,8 @@ func (h *Handler) provisionReplay() {
 		return
 	}
 	if h.queue != nil && h.queueDriver == queuePostgres {
-		h.replay = queueReplay{q: h.queue, ttl: 2 * h.verifier.tolerance}
+		h.replay = queueReplay{q: h.queue, ttl: 2 * h.verifier.Tolerance}
 		return
 	}
-	h.replay = newMemoryReplay(h.verifier.tolerance)
+	h.replay = newMemoryReplay(h.verifier.Tolerance)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	reference "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -157,3 +158,11 @@ func TestReplayMemorySharedOnPostgres(t *testing.T) {
 }
 
 func httptestBody(s string) io.ReadCloser { return io.NopCloser(strings.NewReader(s)) }
+
+// referenceWebhook is the Standard Webhooks reference library's signer.
+func referenceWebhook(t testing.TB, secret string) *reference.Webhook {
+	t.Helper()
+	wh, err := reference.NewWebhook(secret)
+	require.NoError(t, err)
+	return wh
+}

@@ -8,6 +8,7 @@ package receivebooking
 import (
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"net/url"
 	"strings"
 	"time"
@@ -128,7 +129,7 @@ type Handler struct {
 	secrets        *secretSet
 	authKey        bool
 	authSig        bool
-	verifier       *signatureVerifier
+	verifier       *standardwebhooks.Verifier
 	replay         replayStore
 	target         *url.URL
 	targetKey      string

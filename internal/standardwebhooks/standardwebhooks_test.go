@@ -1,4 +1,4 @@
-package receivebooking
+package standardwebhooks
 
 import (
 	"bytes"
@@ -33,25 +33,25 @@ var specTime = time.Unix(1614265330, 0)
 // otherSecret is a second, unrelated 32-byte key for rotation tests.
 var otherSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("another-test-key-32-bytes-long!!"))
 
-func mustKey(t testing.TB, s string) signingKey {
+func mustKey(t testing.TB, s string) Key {
 	t.Helper()
-	k, err := parseSigningSecret(s)
+	k, err := ParseSecret(s)
 	require.NoError(t, err)
 	return k
 }
 
 // sign builds a "v1,<base64>" header entry the way a sender would.
-func sign(k signingKey, id, ts string, body []byte) string {
-	return "v1," + base64.StdEncoding.EncodeToString(k.mac(id, ts, body))
+func sign(k Key, id, ts string, body []byte) string {
+	return "v1," + base64.StdEncoding.EncodeToString(k.Sign(id, ts, body))
 }
 
 func fixedClock(t time.Time) func() time.Time { return func() time.Time { return t } }
 
-func specVerifier(t testing.TB, secrets ...string) *signatureVerifier {
+func specVerifier(t testing.TB, secrets ...string) *Verifier {
 	t.Helper()
-	v := &signatureVerifier{tolerance: 5 * time.Minute, now: fixedClock(specTime)}
+	v := &Verifier{Tolerance: 5 * time.Minute, Now: fixedClock(specTime)}
 	for _, s := range secrets {
-		v.keys = append(v.keys, mustKey(t, s))
+		v.Keys = append(v.Keys, mustKey(t, s))
 	}
 	return v
 }
@@ -61,7 +61,7 @@ func TestSignatureSpecVector(t *testing.T) {
 	assert.Equal(t, specSignature, sign(k, specMsgID, specTimestamp, []byte(specPayload)))
 
 	v := specVerifier(t, specSecret)
-	assert.NoError(t, v.verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)))
+	assert.NoError(t, v.Verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)))
 }
 
 func TestSignatureParseSecret(t *testing.T) {
@@ -85,10 +85,10 @@ func TestSignatureParseSecret(t *testing.T) {
 		"asym private": "whsk_" + base64.StdEncoding.EncodeToString(make([]byte, 64)),
 	} {
 		t.Run(name, func(t *testing.T) {
-			k, err := parseSigningSecret(in)
+			k, err := ParseSecret(in)
 			require.Error(t, err)
 			assert.Nil(t, k)
-			assert.ErrorIs(t, err, errInvalidSecret)
+			assert.ErrorIs(t, err, ErrInvalidSecret)
 			body := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(in), "whsec_"), "whpk_")
 			if len(body) > 4 {
 				assert.NotContains(t, err.Error(), body, "error must not echo the secret")
@@ -106,7 +106,7 @@ func TestSignatureKeyRedacted(t *testing.T) {
 		assert.NotContains(t, out, fmt.Sprintf("%x", []byte(k)), verb)
 		assert.NotContains(t, out, strings.TrimPrefix(specSecret, "whsec_"), verb)
 	}
-	out := fmt.Sprintf("%v", []signingKey{k})
+	out := fmt.Sprintf("%v", []Key{k})
 	assert.NotContains(t, out, fmt.Sprintf("%x", []byte(k)))
 }
 
@@ -123,21 +123,21 @@ func TestVerifySignatureHeaderVariants(t *testing.T) {
 		{"valid among others", strings.Join([]string{specOtherSig, "v2," + validB64, specSignature, specOtherSig}, " "), nil},
 		{"valid last after junk", "garbage v1, v1,!!! ,v1 " + specSignature, nil},
 		{"extra spaces", "  " + specOtherSig + "   " + specSignature + "  ", nil},
-		{"tab is not a separator", specOtherSig + "\t" + specSignature, errBadSignature},
-		{"v1a ignored even with matching bytes", "v1a," + validB64, errBadSignature},
-		{"V1 uppercase ignored", "V1," + validB64, errBadSignature},
-		{"only wrong sigs", specOtherSig + " " + specOtherSig, errBadSignature},
-		{"no comma", "v1" + validB64, errBadSignature},
-		{"trailing field", specSignature + ",x", errBadSignature},
-		{"unpadded", strings.TrimSuffix(specSignature, "="), errBadSignature},
-		{"url alphabet", strings.NewReplacer("+", "-", "/", "_").Replace(specSignature), errBadSignature},
-		{"truncated", specSignature[:20], errBadSignature},
-		{"whitespace only", "   ", errBadSignature},
-		{"hex instead of base64", "v1," + fmt.Sprintf("%x", mustKey(t, specSecret).mac(specMsgID, specTimestamp, body)), errBadSignature},
+		{"tab is not a separator", specOtherSig + "\t" + specSignature, ErrBadSignature},
+		{"v1a ignored even with matching bytes", "v1a," + validB64, ErrBadSignature},
+		{"V1 uppercase ignored", "V1," + validB64, ErrBadSignature},
+		{"only wrong sigs", specOtherSig + " " + specOtherSig, ErrBadSignature},
+		{"no comma", "v1" + validB64, ErrBadSignature},
+		{"trailing field", specSignature + ",x", ErrBadSignature},
+		{"unpadded", strings.TrimSuffix(specSignature, "="), ErrBadSignature},
+		{"url alphabet", strings.NewReplacer("+", "-", "/", "_").Replace(specSignature), ErrBadSignature},
+		{"truncated", specSignature[:20], ErrBadSignature},
+		{"whitespace only", "   ", ErrBadSignature},
+		{"hex instead of base64", "v1," + fmt.Sprintf("%x", mustKey(t, specSecret).Sign(specMsgID, specTimestamp, body)), ErrBadSignature},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := v.verify(specMsgID, specTimestamp, tc.header, body)
+			err := v.Verify(specMsgID, specTimestamp, tc.header, body)
 			if tc.want == nil {
 				assert.NoError(t, err)
 			} else {
@@ -155,27 +155,27 @@ func TestVerifySignatureTampering(t *testing.T) {
 	for i := range body {
 		b := bytes.Clone(body)
 		b[i] ^= 0x01
-		assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, b), errBadSignature, "body byte %d", i)
+		assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, b), ErrBadSignature, "body byte %d", i)
 	}
 	for i := range specMsgID {
-		assert.ErrorIs(t, v.verify(flip(specMsgID, i), specTimestamp, specSignature, body), errBadSignature, "id byte %d", i)
+		assert.ErrorIs(t, v.Verify(flip(specMsgID, i), specTimestamp, specSignature, body), ErrBadSignature, "id byte %d", i)
 	}
 	// Changing the timestamp by a second stays inside the window, so only
 	// the signature can catch it.
 	for _, ts := range []string{"1614265331", "1614265329"} {
-		assert.ErrorIs(t, v.verify(specMsgID, ts, specSignature, body), errBadSignature, ts)
+		assert.ErrorIs(t, v.Verify(specMsgID, ts, specSignature, body), ErrBadSignature, ts)
 	}
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, append(bytes.Clone(body), '\n')), errBadSignature)
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, body[:len(body)-1]), errBadSignature)
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, nil), errBadSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, append(bytes.Clone(body), '\n')), ErrBadSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, body[:len(body)-1]), ErrBadSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, nil), ErrBadSignature)
 }
 
 func TestVerifySignatureWrongKey(t *testing.T) {
 	v := specVerifier(t, otherSecret)
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)), errBadSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)), ErrBadSignature)
 
-	none := &signatureVerifier{now: fixedClock(specTime)}
-	assert.ErrorIs(t, none.verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)), errBadSignature,
+	none := &Verifier{Now: fixedClock(specTime)}
+	assert.ErrorIs(t, none.Verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)), ErrBadSignature,
 		"a verifier without keys accepts nothing")
 }
 
@@ -189,16 +189,16 @@ func TestVerifySignatureRotation(t *testing.T) {
 
 	both := specVerifier(t, specSecret, otherSecret)
 	reversed := specVerifier(t, otherSecret, specSecret)
-	for _, v := range []*signatureVerifier{both, reversed} {
-		assert.NoError(t, v.verify(specMsgID, specTimestamp, byOld, body))
-		assert.NoError(t, v.verify(specMsgID, specTimestamp, byNew, body))
-		assert.NoError(t, v.verify(specMsgID, specTimestamp, byNew+" "+byOld, body))
-		assert.NoError(t, v.verify(specMsgID, specTimestamp, byThird+" "+byNew, body))
-		assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, byThird, body), errBadSignature)
+	for _, v := range []*Verifier{both, reversed} {
+		assert.NoError(t, v.Verify(specMsgID, specTimestamp, byOld, body))
+		assert.NoError(t, v.Verify(specMsgID, specTimestamp, byNew, body))
+		assert.NoError(t, v.Verify(specMsgID, specTimestamp, byNew+" "+byOld, body))
+		assert.NoError(t, v.Verify(specMsgID, specTimestamp, byThird+" "+byNew, body))
+		assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, byThird, body), ErrBadSignature)
 	}
 	// Sender signs with both keys during rotation; a receiver that has
 	// only one of them still accepts.
-	assert.NoError(t, specVerifier(t, otherSecret).verify(specMsgID, specTimestamp, byOld+" "+byNew, body))
+	assert.NoError(t, specVerifier(t, otherSecret).Verify(specMsgID, specTimestamp, byOld+" "+byNew, body))
 }
 
 func TestVerifySignatureMissingHeaders(t *testing.T) {
@@ -210,10 +210,10 @@ func TestVerifySignatureMissingHeaders(t *testing.T) {
 		"signature": {specMsgID, specTimestamp, ""},
 		"all":       {"", "", ""},
 	} {
-		assert.ErrorIs(t, v.verify(h[0], h[1], h[2], body), errMissingSignature, name)
+		assert.ErrorIs(t, v.Verify(h[0], h[1], h[2], body), ErrMissingSignature, name)
 	}
 	// Missing headers are reported even when the timestamp would be stale.
-	assert.ErrorIs(t, v.verify(specMsgID, "1", "", body), errMissingSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, "1", "", body), ErrMissingSignature)
 }
 
 func TestVerifySignatureTimestampFormat(t *testing.T) {
@@ -227,7 +227,7 @@ func TestVerifySignatureTimestampFormat(t *testing.T) {
 		k := mustKey(t, specSecret)
 		// Even a signature made over the odd timestamp string must fail.
 		hdr := sign(k, specMsgID, ts, body) + " " + specSignature
-		assert.ErrorIs(t, v.verify(specMsgID, ts, hdr, body), errStaleTimestamp, "%q", ts)
+		assert.ErrorIs(t, v.Verify(specMsgID, ts, hdr, body), ErrStaleTimestamp, "%q", ts)
 	}
 }
 
@@ -235,44 +235,44 @@ func TestVerifySignatureTolerance(t *testing.T) {
 	k := mustKey(t, specSecret)
 	body := []byte(specPayload)
 	now := time.Unix(1_700_000_000, 0)
-	v := &signatureVerifier{keys: []signingKey{k}, tolerance: 5 * time.Minute, now: fixedClock(now)}
+	v := &Verifier{Keys: []Key{k}, Tolerance: 5 * time.Minute, Now: fixedClock(now)}
 	check := func(offset time.Duration) error {
 		ts := strconv.FormatInt(now.Add(offset).Unix(), 10)
-		return v.verify(specMsgID, ts, sign(k, specMsgID, ts, body), body)
+		return v.Verify(specMsgID, ts, sign(k, specMsgID, ts, body), body)
 	}
 	assert.NoError(t, check(0))
 	assert.NoError(t, check(-5*time.Minute), "exactly at the past edge")
 	assert.NoError(t, check(5*time.Minute), "exactly at the future edge")
-	assert.ErrorIs(t, check(-5*time.Minute-time.Second), errStaleTimestamp)
-	assert.ErrorIs(t, check(5*time.Minute+time.Second), errStaleTimestamp)
-	assert.ErrorIs(t, check(-24*time.Hour), errStaleTimestamp)
-	assert.ErrorIs(t, check(24*time.Hour), errStaleTimestamp)
-	assert.ErrorIs(t, v.verify(specMsgID, "0", specSignature, body), errStaleTimestamp)
-	assert.ErrorIs(t, v.verify(specMsgID, strconv.FormatInt(1<<62, 10), specSignature, body), errStaleTimestamp)
+	assert.ErrorIs(t, check(-5*time.Minute-time.Second), ErrStaleTimestamp)
+	assert.ErrorIs(t, check(5*time.Minute+time.Second), ErrStaleTimestamp)
+	assert.ErrorIs(t, check(-24*time.Hour), ErrStaleTimestamp)
+	assert.ErrorIs(t, check(24*time.Hour), ErrStaleTimestamp)
+	assert.ErrorIs(t, v.Verify(specMsgID, "0", specSignature, body), ErrStaleTimestamp)
+	assert.ErrorIs(t, v.Verify(specMsgID, strconv.FormatInt(1<<62, 10), specSignature, body), ErrStaleTimestamp)
 
 	// The clock is consulted on every call.
 	current := now
-	v.now = func() time.Time { return current }
+	v.Now = func() time.Time { return current }
 	ts := strconv.FormatInt(now.Unix(), 10)
 	sig := sign(k, specMsgID, ts, body)
-	require.NoError(t, v.verify(specMsgID, ts, sig, body))
+	require.NoError(t, v.Verify(specMsgID, ts, sig, body))
 	current = now.Add(6 * time.Minute)
-	assert.ErrorIs(t, v.verify(specMsgID, ts, sig, body), errStaleTimestamp)
+	assert.ErrorIs(t, v.Verify(specMsgID, ts, sig, body), ErrStaleTimestamp)
 }
 
 func TestVerifySignatureDefaults(t *testing.T) {
 	k := mustKey(t, specSecret)
 	body := []byte(specPayload)
-	v := &signatureVerifier{keys: []signingKey{k}, now: fixedClock(specTime.Add(4 * time.Minute))}
-	assert.NoError(t, v.verify(specMsgID, specTimestamp, specSignature, body), "zero tolerance means the 5 minute default")
-	v.now = fixedClock(specTime.Add(6 * time.Minute))
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, specSignature, body), errStaleTimestamp)
+	v := &Verifier{Keys: []Key{k}, Now: fixedClock(specTime.Add(4 * time.Minute))}
+	assert.NoError(t, v.Verify(specMsgID, specTimestamp, specSignature, body), "zero tolerance means the 5 minute default")
+	v.Now = fixedClock(specTime.Add(6 * time.Minute))
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, specSignature, body), ErrStaleTimestamp)
 
 	// nil clock means wall time.
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
-	live := &signatureVerifier{keys: []signingKey{k}}
-	assert.NoError(t, live.verify(specMsgID, ts, sign(k, specMsgID, ts, body), body))
-	assert.ErrorIs(t, live.verify(specMsgID, specTimestamp, specSignature, body), errStaleTimestamp)
+	live := &Verifier{Keys: []Key{k}}
+	assert.NoError(t, live.Verify(specMsgID, ts, sign(k, specMsgID, ts, body), body))
+	assert.ErrorIs(t, live.Verify(specMsgID, specTimestamp, specSignature, body), ErrStaleTimestamp)
 }
 
 func TestParseSignatureHeader(t *testing.T) {
@@ -299,99 +299,99 @@ func TestParseSignatureHeader(t *testing.T) {
 	long := strings.Repeat(" ", maxSignatureHeaderLen) + specSignature
 	assert.Empty(t, parseSignatureHeader(long), "over-long header is ignored")
 	v := specVerifier(t, specSecret)
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, long, []byte(specPayload)), errBadSignature)
-	assert.ErrorIs(t, v.verify(specMsgID, specTimestamp, many, []byte(specPayload)), errBadSignature,
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, long, []byte(specPayload)), ErrBadSignature)
+	assert.ErrorIs(t, v.Verify(specMsgID, specTimestamp, many, []byte(specPayload)), ErrBadSignature,
 		"a valid entry past the cap is not considered")
 }
 
 func TestReplayCacheDuplicate(t *testing.T) {
-	c := newReplayCache(5*time.Minute, 10)
+	c := NewReplayCache(5*time.Minute, 10)
 	now := time.Unix(1_700_000_000, 0)
-	assert.False(t, c.seen("msg_1", now))
-	assert.True(t, c.seen("msg_1", now))
-	assert.True(t, c.seen("msg_1", now.Add(time.Minute)))
-	assert.False(t, c.seen("msg_2", now))
-	assert.False(t, c.seen("MSG_1", now), "ids are case-sensitive")
-	assert.Equal(t, 3, c.size())
+	assert.False(t, c.Seen("msg_1", now))
+	assert.True(t, c.Seen("msg_1", now))
+	assert.True(t, c.Seen("msg_1", now.Add(time.Minute)))
+	assert.False(t, c.Seen("msg_2", now))
+	assert.False(t, c.Seen("MSG_1", now), "ids are case-sensitive")
+	assert.Equal(t, 3, c.Len())
 }
 
 func TestReplayCacheExpiry(t *testing.T) {
-	c := newReplayCache(time.Minute, 10) // remembers for 2 minutes
+	c := NewReplayCache(time.Minute, 10) // remembers for 2 minutes
 	t0 := time.Unix(1_700_000_000, 0)
-	require.False(t, c.seen("a", t0))
-	require.False(t, c.seen("b", t0.Add(30*time.Second)))
-	assert.True(t, c.seen("a", t0.Add(2*time.Minute-time.Nanosecond)), "still inside 2*tolerance")
-	assert.False(t, c.seen("a", t0.Add(2*time.Minute)), "forgotten after 2*tolerance")
-	assert.True(t, c.seen("a", t0.Add(2*time.Minute+time.Second)), "and re-recorded")
-	assert.Equal(t, 2, c.size())
+	require.False(t, c.Seen("a", t0))
+	require.False(t, c.Seen("b", t0.Add(30*time.Second)))
+	assert.True(t, c.Seen("a", t0.Add(2*time.Minute-time.Nanosecond)), "still inside 2*tolerance")
+	assert.False(t, c.Seen("a", t0.Add(2*time.Minute)), "forgotten after 2*tolerance")
+	assert.True(t, c.Seen("a", t0.Add(2*time.Minute+time.Second)), "and re-recorded")
+	assert.Equal(t, 2, c.Len())
 
 	// A later call sweeps everything that has expired.
-	assert.False(t, c.seen("c", t0.Add(time.Hour)))
-	assert.Equal(t, 1, c.size())
+	assert.False(t, c.Seen("c", t0.Add(time.Hour)))
+	assert.Equal(t, 1, c.Len())
 
-	d := newReplayCache(0, 0)
-	assert.Equal(t, 2*defaultTolerance, d.ttl)
-	assert.Equal(t, defaultReplayEntries, d.maxEntries)
+	d := NewReplayCache(0, 0)
+	assert.Equal(t, 2*DefaultTolerance, d.ttl)
+	assert.Equal(t, DefaultReplayEntries, d.maxEntries)
 }
 
 func TestReplayCacheBoundEvictsOldest(t *testing.T) {
-	c := newReplayCache(time.Hour, 3)
+	c := NewReplayCache(time.Hour, 3)
 	now := time.Unix(1_700_000_000, 0)
 	for i, id := range []string{"a", "b", "c", "d"} {
-		require.False(t, c.seen(id, now.Add(time.Duration(i)*time.Second)))
+		require.False(t, c.Seen(id, now.Add(time.Duration(i)*time.Second)))
 	}
-	assert.Equal(t, 3, c.size())
-	assert.True(t, c.seen("d", now))
-	assert.True(t, c.seen("b", now), "b survives, a was oldest")
-	assert.False(t, c.seen("a", now), "a was evicted; re-recording evicts b")
-	assert.False(t, c.seen("b", now))
-	assert.Equal(t, 3, c.size())
+	assert.Equal(t, 3, c.Len())
+	assert.True(t, c.Seen("d", now))
+	assert.True(t, c.Seen("b", now), "b survives, a was oldest")
+	assert.False(t, c.Seen("a", now), "a was evicted; re-recording evicts b")
+	assert.False(t, c.Seen("b", now))
+	assert.Equal(t, 3, c.Len())
 
 	for i := range 1000 {
-		c.seen(strconv.Itoa(i), now)
+		c.Seen(strconv.Itoa(i), now)
 	}
-	assert.Equal(t, 3, c.size())
+	assert.Equal(t, 3, c.Len())
 	assert.Len(t, c.byKey, 3, "map and list stay in step")
 }
 
 func TestReplayCacheLongIDsAreHashed(t *testing.T) {
-	c := newReplayCache(time.Minute, 10)
+	c := NewReplayCache(time.Minute, 10)
 	now := time.Unix(1_700_000_000, 0)
 	long := strings.Repeat("x", 1<<20)
-	assert.False(t, c.seen(long+"1", now))
-	assert.False(t, c.seen(long+"2", now))
-	assert.True(t, c.seen(long+"1", now))
-	assert.False(t, c.seen("", now), "empty id is just another key")
-	assert.True(t, c.seen("", now))
+	assert.False(t, c.Seen(long+"1", now))
+	assert.False(t, c.Seen(long+"2", now))
+	assert.True(t, c.Seen(long+"1", now))
+	assert.False(t, c.Seen("", now), "empty id is just another key")
+	assert.True(t, c.Seen("", now))
 }
 
 func TestReplayCacheForget(t *testing.T) {
-	c := newReplayCache(time.Minute, 10)
+	c := NewReplayCache(time.Minute, 10)
 	now := time.Unix(1_700_000_000, 0)
-	require.False(t, c.seen("a", now))
-	c.forget("a")
-	c.forget("never-seen")
-	assert.Equal(t, 0, c.size())
-	assert.False(t, c.seen("a", now), "a retry after forget is accepted")
-	assert.True(t, c.seen("a", now))
+	require.False(t, c.Seen("a", now))
+	c.Forget("a")
+	c.Forget("never-seen")
+	assert.Equal(t, 0, c.Len())
+	assert.False(t, c.Seen("a", now), "a retry after forget is accepted")
+	assert.True(t, c.Seen("a", now))
 }
 
 func TestReplayCacheClockSkew(t *testing.T) {
-	c := newReplayCache(time.Minute, 10)
+	c := NewReplayCache(time.Minute, 10)
 	t0 := time.Unix(1_700_000_000, 0)
-	require.False(t, c.seen("late", t0.Add(time.Minute)))
-	require.False(t, c.seen("early", t0)) // concurrent caller read the clock earlier
-	assert.True(t, c.seen("early", t0.Add(time.Minute)))
-	assert.False(t, c.seen("early", t0.Add(2*time.Minute)), "expired entry behind a newer one is replaced")
-	assert.Equal(t, 2, c.size())
-	assert.False(t, c.seen("late", t0.Add(3*time.Minute)), "late expires on its own schedule")
-	assert.Equal(t, 2, c.size(), "no duplicate entries for one id")
+	require.False(t, c.Seen("late", t0.Add(time.Minute)))
+	require.False(t, c.Seen("early", t0)) // concurrent caller read the clock earlier
+	assert.True(t, c.Seen("early", t0.Add(time.Minute)))
+	assert.False(t, c.Seen("early", t0.Add(2*time.Minute)), "expired entry behind a newer one is replaced")
+	assert.Equal(t, 2, c.Len())
+	assert.False(t, c.Seen("late", t0.Add(3*time.Minute)), "late expires on its own schedule")
+	assert.Equal(t, 2, c.Len(), "no duplicate entries for one id")
 	assert.Len(t, c.byKey, 2)
 }
 
 func TestReplayCacheConcurrent(t *testing.T) {
 	const workers, ids = 8, 500
-	c := newReplayCache(time.Minute, ids*2)
+	c := NewReplayCache(time.Minute, ids*2)
 	now := time.Now()
 	var fresh atomic.Int64
 	var wg sync.WaitGroup
@@ -399,18 +399,18 @@ func TestReplayCacheConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for i := range ids {
 				id := "msg_" + strconv.Itoa((i+w*37)%ids)
-				if !c.seen(id, now.Add(time.Duration(i)*time.Millisecond)) {
+				if !c.Seen(id, now.Add(time.Duration(i)*time.Millisecond)) {
 					fresh.Add(1)
 				}
 				if i%50 == 0 {
-					_ = c.size()
+					_ = c.Len()
 				}
 			}
 		})
 	}
 	wg.Wait()
 	assert.EqualValues(t, ids, fresh.Load(), "each id is fresh exactly once across goroutines")
-	assert.Equal(t, ids, c.size())
+	assert.Equal(t, ids, c.Len())
 }
 
 func TestVerifySignatureConcurrent(t *testing.T) {
@@ -419,7 +419,7 @@ func TestVerifySignatureConcurrent(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for range 200 {
-				assert.NoError(t, v.verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)))
+				assert.NoError(t, v.Verify(specMsgID, specTimestamp, specSignature, []byte(specPayload)))
 			}
 		})
 	}
@@ -475,13 +475,13 @@ func FuzzVerify(f *testing.F) {
 	k := mustKey(f, specSecret)
 	v := specVerifier(f, specSecret)
 	f.Fuzz(func(t *testing.T, id, ts, header string, body []byte) {
-		err := v.verify(id, ts, header, body)
+		err := v.Verify(id, ts, header, body)
 		switch {
 		case err == nil:
-			if !containsSig(parseSignatureHeader(header), k.mac(id, ts, body)) {
+			if !containsSig(parseSignatureHeader(header), k.Sign(id, ts, body)) {
 				t.Fatal("accepted without a matching signature")
 			}
-		case errors.Is(err, errMissingSignature), errors.Is(err, errStaleTimestamp), errors.Is(err, errBadSignature):
+		case errors.Is(err, ErrMissingSignature), errors.Is(err, ErrStaleTimestamp), errors.Is(err, ErrBadSignature):
 		default:
 			t.Fatalf("unexpected error %v", err)
 		}
@@ -491,10 +491,10 @@ func FuzzVerify(f *testing.F) {
 		good := sign(k, id, ts, body)
 		withGood := header + " " + good
 		fits := len(withGood) <= maxSignatureHeaderLen && len(parseSignatureHeader(header)) < maxSignatureEntries
-		if err := v.verify(id, ts, withGood, body); fits && err != nil {
+		if err := v.Verify(id, ts, withGood, body); fits && err != nil {
 			t.Fatalf("valid signature rejected: %v", err)
 		}
-		if err := v.verify(id, ts, good, append(bytes.Clone(body), 'x')); !errors.Is(err, errBadSignature) {
+		if err := v.Verify(id, ts, good, append(bytes.Clone(body), 'x')); !errors.Is(err, ErrBadSignature) {
 			t.Fatalf("tampered body gave %v", err)
 		}
 	})

@@ -3,7 +3,7 @@
 // test-only dependency): signatures it makes verify here, and the other
 // way round.
 
-package receivebooking
+package standardwebhooks
 
 import (
 	"bytes"
@@ -14,23 +14,23 @@ import (
 	"testing"
 	"time"
 
-	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+	reference "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-func referenceWebhook(t testing.TB, secret string) *standardwebhooks.Webhook {
+func referenceWebhook(t testing.TB, secret string) *reference.Webhook {
 	t.Helper()
-	wh, err := standardwebhooks.NewWebhook(secret)
+	wh, err := reference.NewWebhook(secret)
 	require.NoError(t, err)
 	return wh
 }
 
 func referenceHeaders(id, ts, sig string) http.Header {
 	h := http.Header{}
-	h.Set(standardwebhooks.HeaderWebhookID, id)
-	h.Set(standardwebhooks.HeaderWebhookTimestamp, ts)
-	h.Set(standardwebhooks.HeaderWebhookSignature, sig)
+	h.Set(reference.HeaderWebhookID, id)
+	h.Set(reference.HeaderWebhookTimestamp, ts)
+	h.Set(reference.HeaderWebhookSignature, sig)
 	return h
 }
 
@@ -64,7 +64,7 @@ func TestInteropSignMatchesReference(t *testing.T) {
 }
 
 func TestInteropVerifyBothWays(t *testing.T) {
-	ours := &signatureVerifier{keys: []signingKey{mustKey(t, specSecret)}, tolerance: 5 * time.Minute}
+	ours := &Verifier{Keys: []Key{mustKey(t, specSecret)}, Tolerance: 5 * time.Minute}
 	theirs := referenceWebhook(t, specSecret)
 	for i, body := range interopBodies() {
 		id := fmt.Sprintf("msg_interop_%d", i)
@@ -73,13 +73,13 @@ func TestInteropVerifyBothWays(t *testing.T) {
 
 		refSig, err := theirs.Sign(id, now, body)
 		require.NoError(t, err)
-		assert.NoError(t, ours.verify(id, ts, refSig, body), "ours rejects reference signature")
+		assert.NoError(t, ours.Verify(id, ts, refSig, body), "ours rejects reference signature")
 
-		ourSig := sign(ours.keys[0], id, ts, body)
+		ourSig := sign(ours.Keys[0], id, ts, body)
 		assert.NoError(t, theirs.Verify(body, referenceHeaders(id, ts, ourSig)), "reference rejects our signature")
 
 		tampered := append(bytes.Clone(body), '!')
-		assert.ErrorIs(t, ours.verify(id, ts, refSig, tampered), errBadSignature)
+		assert.ErrorIs(t, ours.Verify(id, ts, refSig, tampered), ErrBadSignature)
 		assert.Error(t, theirs.Verify(tampered, referenceHeaders(id, ts, ourSig)))
 	}
 }
@@ -93,10 +93,10 @@ func FuzzInteropVerify(f *testing.F) {
 	f.Add(specMsgID, specTimestamp, specOtherSig+" "+specSignature+",x", []byte(specPayload))
 	f.Add(specMsgID, "01614265330", specSignature, []byte(specPayload))
 	k := mustKey(f, specSecret)
-	ours := &signatureVerifier{keys: []signingKey{k}, tolerance: 5 * time.Minute, now: fixedClock(specTime)}
+	ours := &Verifier{Keys: []Key{k}, Tolerance: 5 * time.Minute, Now: fixedClock(specTime)}
 	theirs := referenceWebhook(f, specSecret)
 	f.Fuzz(func(t *testing.T, id, ts, header string, body []byte) {
-		if ours.verify(id, ts, header, body) == nil {
+		if ours.Verify(id, ts, header, body) == nil {
 			if err := theirs.VerifyIgnoringTimestamp(body, referenceHeaders(id, ts, header)); err != nil {
 				t.Fatalf("we accept, reference rejects: %v", err)
 			}

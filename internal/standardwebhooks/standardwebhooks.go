@@ -1,9 +1,9 @@
-package receivebooking
-
-// Standard Webhooks (https://www.standardwebhooks.com, the scheme Svix
-// uses) signature verification and replay memory. This file is pure
-// standard-library code with no Caddy dependency so it can be tested and
+// Package standardwebhooks verifies Standard Webhooks signatures
+// (https://www.standardwebhooks.com, the scheme Svix uses) and remembers
+// recently seen webhook-ids to refuse replays. It is pure standard-library
+// code with no Caddy dependency, tested against the reference library and
 // fuzzed on its own.
+package standardwebhooks
 
 import (
 	"container/list"
@@ -20,8 +20,8 @@ import (
 )
 
 const (
-	// secretPrefix marks a symmetric Standard Webhooks secret.
-	secretPrefix = "whsec_"
+	// SecretPrefix marks a symmetric Standard Webhooks secret.
+	SecretPrefix = "whsec_"
 
 	// minSigningKeyLen is the spec's minimum for symmetric secrets ("at
 	// least 24 bytes"). The reference libraries accept any length, but a
@@ -29,10 +29,10 @@ const (
 	// The spec's own test secret is exactly 24 bytes.
 	minSigningKeyLen = 24
 
-	// defaultTolerance is the spec libraries' default clock window; it is
+	// DefaultTolerance is the spec libraries' default clock window; it is
 	// used when a verifier is built without one, because a zero window
 	// would reject every real request.
-	defaultTolerance = 5 * time.Minute
+	DefaultTolerance = 5 * time.Minute
 
 	// maxSignatureHeaderLen bounds the parsing work an unauthenticated
 	// client can cause. Real headers hold one or two ~48-byte entries.
@@ -43,56 +43,56 @@ const (
 	// 32-byte constant-time compare, so this is a belt-and-braces bound.
 	maxSignatureEntries = 16
 
-	// defaultReplayEntries bounds replay memory when no size is given:
+	// DefaultReplayEntries bounds replay memory when no size is given:
 	// roughly 200 bytes per entry, so about 20 MB at most.
-	defaultReplayEntries = 100_000
+	DefaultReplayEntries = 100_000
 )
 
 // Sentinel errors returned by verify. They are safe to log: none carries
 // header values or key material.
 var (
-	errMissingSignature = errors.New("missing webhook-id, webhook-timestamp or webhook-signature header")
-	errStaleTimestamp   = errors.New("webhook timestamp is invalid or outside the allowed window")
-	errBadSignature     = errors.New("no matching webhook signature")
-	errInvalidSecret    = errors.New("invalid signing secret")
+	ErrMissingSignature = errors.New("missing webhook-id, webhook-timestamp or webhook-signature header")
+	ErrStaleTimestamp   = errors.New("webhook timestamp is invalid or outside the allowed window")
+	ErrBadSignature     = errors.New("no matching webhook signature")
+	ErrInvalidSecret    = errors.New("invalid signing secret")
 )
 
-// signingKey is a decoded symmetric secret. Its String method redacts the
+// Key is a decoded symmetric secret. Its String method redacts the
 // value so that an accidental %v in a log line cannot leak it.
-type signingKey []byte
+type Key []byte
 
 // String redacts the key for fmt verbs such as %v, %s and %x.
-func (signingKey) String() string { return "signingKey(redacted)" }
+func (Key) String() string { return "Key(redacted)" }
 
 // GoString redacts the key for %#v.
-func (k signingKey) GoString() string { return k.String() }
+func (k Key) GoString() string { return k.String() }
 
-// parseSigningSecret decodes a "whsec_<base64>" secret. A bare base64
+// ParseSecret decodes a "whsec_<base64>" secret. A bare base64
 // string is accepted too, as the reference libraries do. Errors describe
 // what is wrong without echoing any part of the secret.
-func parseSigningSecret(s string) (signingKey, error) {
+func ParseSecret(s string) (Key, error) {
 	s = strings.TrimSpace(s)
 	if strings.HasPrefix(s, "whpk_") || strings.HasPrefix(s, "whsk_") {
-		return nil, fmt.Errorf("%w: asymmetric (ed25519) keys are not supported", errInvalidSecret)
+		return nil, fmt.Errorf("%w: asymmetric (ed25519) keys are not supported", ErrInvalidSecret)
 	}
-	s = strings.TrimPrefix(s, secretPrefix)
+	s = strings.TrimPrefix(s, SecretPrefix)
 	if s == "" {
-		return nil, fmt.Errorf("%w: signing secret is empty", errInvalidSecret)
+		return nil, fmt.Errorf("%w: signing secret is empty", ErrInvalidSecret)
 	}
 	key, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
-		return nil, fmt.Errorf("%w: signing secret is not valid base64", errInvalidSecret)
+		return nil, fmt.Errorf("%w: signing secret is not valid base64", ErrInvalidSecret)
 	}
 	if len(key) < minSigningKeyLen {
 		return nil, fmt.Errorf("%w: signing secret decodes to %d bytes, need at least %d",
-			errInvalidSecret, len(key), minSigningKeyLen)
+			ErrInvalidSecret, len(key), minSigningKeyLen)
 	}
 	return key, nil
 }
 
 // mac returns HMAC-SHA256 over "id.timestamp.body". It streams the parts
 // into the hash so the body is never copied.
-func (k signingKey) mac(id, timestamp string, body []byte) []byte {
+func (k Key) Sign(id, timestamp string, body []byte) []byte {
 	h := hmac.New(sha256.New, k)
 	h.Write([]byte(id))
 	h.Write([]byte{'.'})
@@ -102,26 +102,30 @@ func (k signingKey) mac(id, timestamp string, body []byte) []byte {
 	return h.Sum(nil)
 }
 
-// signatureVerifier checks Standard Webhooks signatures. Several keys may
+// Verifier checks Standard Webhooks signatures. Several keys may
 // be configured so a secret can be rotated without downtime: a request
 // signed by any one of them is accepted.
-type signatureVerifier struct {
-	keys      []signingKey
-	tolerance time.Duration    // allowed clock skew either way; 0 means defaultTolerance
-	now       func() time.Time // injectable clock for tests; nil means time.Now
+type Verifier struct {
+	// Keys are the accepted signing keys; a signature by any one passes.
+	Keys []Key
+	// Tolerance is the allowed clock skew either way. Default:
+	// DefaultTolerance.
+	Tolerance time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
 // verify authenticates a webhook from its three headers and raw body.
 // The timestamp is checked before any HMAC so stale requests cost nothing.
-func (v *signatureVerifier) verify(id, timestamp, sigHeader string, body []byte) error {
+func (v *Verifier) Verify(id, timestamp, sigHeader string, body []byte) error {
 	if id == "" || timestamp == "" || sigHeader == "" {
-		return errMissingSignature
+		return ErrMissingSignature
 	}
 	if !v.timestampOK(timestamp) {
-		return errStaleTimestamp
+		return ErrStaleTimestamp
 	}
 	if !v.signatureOK(id, timestamp, sigHeader, body) {
-		return errBadSignature
+		return ErrBadSignature
 	}
 	return nil
 }
@@ -130,7 +134,7 @@ func (v *signatureVerifier) verify(id, timestamp, sigHeader string, body []byte)
 // (no sign, no leading zeros, no spaces) within the tolerance window.
 // Canonical form matters because the header string itself is signed:
 // it keeps us byte-compatible with libraries that re-format the integer.
-func (v *signatureVerifier) timestampOK(ts string) bool {
+func (v *Verifier) timestampOK(ts string) bool {
 	secs, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil || secs < 0 || strconv.FormatInt(secs, 10) != ts {
 		return false
@@ -145,11 +149,11 @@ func (v *signatureVerifier) timestampOK(ts string) bool {
 // exits early and ORs the results, so timing depends only on the number
 // of entries and keys, not on which (if any) matched. Each key's HMAC is
 // computed once, so a long header costs compares, not HMACs.
-func (v *signatureVerifier) signatureOK(id, ts, sigHeader string, body []byte) bool {
+func (v *Verifier) signatureOK(id, ts, sigHeader string, body []byte) bool {
 	sigs := parseSignatureHeader(sigHeader)
 	match := 0
-	for _, k := range v.keys {
-		want := k.mac(id, ts, body)
+	for _, k := range v.Keys {
+		want := k.Sign(id, ts, body)
 		for _, sig := range sigs {
 			// subtle.ConstantTimeCompare is what hmac.Equal wraps; its int
 			// result lets us accumulate without a data-dependent branch.
@@ -159,18 +163,18 @@ func (v *signatureVerifier) signatureOK(id, ts, sigHeader string, body []byte) b
 	return match == 1
 }
 
-func (v *signatureVerifier) clock() time.Time {
-	if v.now != nil {
-		return v.now()
+func (v *Verifier) clock() time.Time {
+	if v.Now != nil {
+		return v.Now()
 	}
 	return time.Now()
 }
 
-func (v *signatureVerifier) window() time.Duration {
-	if v.tolerance > 0 {
-		return v.tolerance
+func (v *Verifier) window() time.Duration {
+	if v.Tolerance > 0 {
+		return v.Tolerance
 	}
-	return defaultTolerance
+	return DefaultTolerance
 }
 
 // parseSignatureHeader returns the decoded v1 signatures from a
@@ -212,13 +216,13 @@ func decodeV1(entry string) ([]byte, bool) {
 	return sig, true
 }
 
-// replayCache remembers recently accepted webhook-ids so a captured,
+// ReplayCache remembers recently accepted webhook-ids so a captured,
 // validly signed request cannot be replayed inside the timestamp window.
 // Ids are stored as SHA-256 digests so each entry has a fixed size however
 // long the id is. Memory is bounded by maxEntries; when full, the oldest
 // id is dropped first. Callers should record an id only after its
 // signature verified, so unauthenticated traffic cannot flush the cache.
-type replayCache struct {
+type ReplayCache struct {
 	mu         sync.Mutex
 	ttl        time.Duration
 	maxEntries int
@@ -231,19 +235,19 @@ type replayEntry struct {
 	seen time.Time
 }
 
-// newReplayCache returns a cache that remembers ids for 2*tolerance: a
+// NewReplayCache returns a cache that remembers ids for 2*tolerance: a
 // request is accepted while its timestamp is within ±tolerance of now,
 // so the same signed request can arrive anywhere in a 2*tolerance span.
-// maxEntries <= 0 selects defaultReplayEntries; tolerance <= 0 selects
-// defaultTolerance, matching signatureVerifier.
-func newReplayCache(tolerance time.Duration, maxEntries int) *replayCache {
+// maxEntries <= 0 selects DefaultReplayEntries; tolerance <= 0 selects
+// DefaultTolerance, matching Verifier.
+func NewReplayCache(tolerance time.Duration, maxEntries int) *ReplayCache {
 	if tolerance <= 0 {
-		tolerance = defaultTolerance
+		tolerance = DefaultTolerance
 	}
 	if maxEntries <= 0 {
-		maxEntries = defaultReplayEntries
+		maxEntries = DefaultReplayEntries
 	}
-	return &replayCache{
+	return &ReplayCache{
 		ttl:        2 * tolerance,
 		maxEntries: maxEntries,
 		order:      list.New(),
@@ -254,7 +258,7 @@ func newReplayCache(tolerance time.Duration, maxEntries int) *replayCache {
 // seen reports whether id was recorded within the last ttl, and records
 // it if not. Expired entries are evicted from the front first, so the
 // cost is O(1) amortised.
-func (c *replayCache) seen(id string, now time.Time) bool {
+func (c *ReplayCache) Seen(id string, now time.Time) bool {
 	key := sha256.Sum256([]byte(id))
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -275,7 +279,7 @@ func (c *replayCache) seen(id string, now time.Time) bool {
 // forget drops id so a later delivery with the same id is accepted. Use
 // it when processing failed after seen recorded the id, so the sender's
 // retry (same id, new timestamp) is not mistaken for a replay.
-func (c *replayCache) forget(id string) {
+func (c *ReplayCache) Forget(id string) {
 	key := sha256.Sum256([]byte(id))
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -285,23 +289,23 @@ func (c *replayCache) forget(id string) {
 }
 
 // size reports the number of remembered ids (for tests and metrics).
-func (c *replayCache) size() int {
+func (c *ReplayCache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.order.Len()
 }
 
-func (c *replayCache) evictExpired(now time.Time) {
+func (c *ReplayCache) evictExpired(now time.Time) {
 	for el := c.order.Front(); el != nil && c.expired(el, now); el = c.order.Front() {
 		c.remove(el)
 	}
 }
 
-func (c *replayCache) expired(el *list.Element, now time.Time) bool {
+func (c *ReplayCache) expired(el *list.Element, now time.Time) bool {
 	return now.Sub(el.Value.(*replayEntry).seen) >= c.ttl
 }
 
-func (c *replayCache) remove(el *list.Element) {
+func (c *ReplayCache) remove(el *list.Element) {
 	delete(c.byKey, el.Value.(*replayEntry).key)
 	c.order.Remove(el)
 }
