@@ -47,13 +47,15 @@ lint:
 	go vet ./...
 	go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-# Fuzz targets are listed by go test (a package that does not compile
-# fails here, rather than fuzzing nothing).
+# Fuzz targets are listed by go test, package by package (a package that
+# does not compile fails here, rather than fuzzing nothing).
 fuzz:
-	@set -e; list=$$(go test -list '^Fuzz' .); \
-	targets=$$(printf '%s\n' "$$list" | grep '^Fuzz' || true); \
-	if [ -z "$$targets" ]; then echo "no Fuzz targets found" >&2; exit 1; fi; \
-	for t in $$targets; do \
-		echo "== $$t for $(FUZZTIME)"; \
-		go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) .; \
-	done
+	@set -e; found=0; \
+	for pkg in $$(go list ./...); do \
+		list=$$(go test -list '^Fuzz' $$pkg); \
+		for t in $$(printf '%s\n' "$$list" | grep '^Fuzz' || true); do \
+			found=1; echo "== $$pkg $$t for $(FUZZTIME)"; \
+			go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done; \
+	if [ $$found = 0 ]; then echo "no Fuzz targets found" >&2; exit 1; fi

@@ -3,6 +3,7 @@ package receivebooking
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -198,7 +199,7 @@ func (e *adminEnv) expect(method, path string, want int) map[string]any {
 
 func (e *adminEnv) enqueue(booking string, window time.Duration) int64 {
 	e.t.Helper()
-	wh := &webhook{bookingID: json.RawMessage(`"` + booking + `"`), bookingKey: booking, organizationID: "org", eventType: "updated"}
+	wh := &payload.Webhook{BookingID: json.RawMessage(`"` + booking + `"`), BookingKey: booking, OrganizationID: "org", EventType: "updated"}
 	id, _, err := e.qh.enqueue(e.t.Context(), wh, window)
 	require.NoError(e.t, err)
 	return id

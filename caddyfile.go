@@ -1,6 +1,7 @@
 package receivebooking
 
 import (
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"strconv"
 	"strings"
 
@@ -94,8 +95,8 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 			return d.ArgErr()
 		}
 		for _, a := range args {
-			if a != fieldOrganizationID {
-				return d.Errf("require: unsupported field %q (only %q)", a, fieldOrganizationID)
+			if a != payload.FieldOrganizationID {
+				return d.Errf("require: unsupported field %q (only %q)", a, payload.FieldOrganizationID)
 			}
 		}
 		h.Require = args

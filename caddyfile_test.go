@@ -3,6 +3,7 @@ package receivebooking
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -148,7 +149,7 @@ func TestCaddyfileErrors(t *testing.T) {
 			_, err := parseTestCaddyfile(tc.input)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
-			assert.Contains(t, err.Error(), "Testfile:"+itoa(tc.line), "the error names the line: %v", err)
+			assert.Contains(t, err.Error(), "Testfile:"+strconv.Itoa(tc.line), "the error names the line: %v", err)
 		})
 	}
 }

@@ -2,6 +2,7 @@ package receivebooking
 
 import (
 	"context"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"sync"
 	"time"
 )
@@ -14,7 +15,7 @@ import (
 // requests arriving meanwhile share.
 type coalescer struct {
 	mu       sync.Mutex
-	bookings map[bookingKey]*bookingFlights
+	bookings map[payload.Key]*bookingFlights
 }
 
 type bookingFlights struct {
@@ -36,7 +37,7 @@ type flight struct {
 type syncFunc func(ctx context.Context, req syncRequest, requestID string) *syncResult
 
 func newCoalescer() *coalescer {
-	return &coalescer{bookings: make(map[bookingKey]*bookingFlights)}
+	return &coalescer{bookings: make(map[payload.Key]*bookingFlights)}
 }
 
 // do returns the result of a sync that started after this call, shared with
@@ -44,7 +45,7 @@ func newCoalescer() *coalescer {
 // request already waited for that sync. A caller whose ctx ends first gets
 // ctx.Err(); the sync is cancelled once no caller waits for it any more.
 // timeout bounds each sync from the moment it starts.
-func (c *coalescer) do(ctx context.Context, key bookingKey, req syncRequest, requestID string,
+func (c *coalescer) do(ctx context.Context, key payload.Key, req syncRequest, requestID string,
 	timeout time.Duration, fn syncFunc) (res *syncResult, shared bool, err error) {
 	f, shared := c.join(key, req, requestID, timeout, fn)
 	select {
@@ -56,7 +57,7 @@ func (c *coalescer) do(ctx context.Context, key bookingKey, req syncRequest, req
 	}
 }
 
-func (c *coalescer) join(key bookingKey, req syncRequest, requestID string, timeout time.Duration, fn syncFunc) (*flight, bool) {
+func (c *coalescer) join(key payload.Key, req syncRequest, requestID string, timeout time.Duration, fn syncFunc) (*flight, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	bf := c.bookings[key]
@@ -89,7 +90,7 @@ func newFlight(req syncRequest, requestID string) *flight {
 
 // startLocked runs f in the background; when it ends, the next flight of
 // the booking (if any request waits for one) starts.
-func (c *coalescer) startLocked(key bookingKey, bf *bookingFlights, f *flight, timeout time.Duration, fn syncFunc) {
+func (c *coalescer) startLocked(key payload.Key, bf *bookingFlights, f *flight, timeout time.Duration, fn syncFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	f.started, f.cancel = true, cancel
 	req, id := f.req, f.requestID
@@ -100,7 +101,7 @@ func (c *coalescer) startLocked(key bookingKey, bf *bookingFlights, f *flight, t
 	}()
 }
 
-func (c *coalescer) finish(key bookingKey, bf *bookingFlights, f *flight, res *syncResult, timeout time.Duration, fn syncFunc) {
+func (c *coalescer) finish(key payload.Key, bf *bookingFlights, f *flight, res *syncResult, timeout time.Duration, fn syncFunc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f.res = res
@@ -116,7 +117,7 @@ func (c *coalescer) finish(key bookingKey, bf *bookingFlights, f *flight, res *s
 
 // leave withdraws one waiter. A started sync nobody waits for is cancelled;
 // a pending one is dropped.
-func (c *coalescer) leave(key bookingKey, f *flight) {
+func (c *coalescer) leave(key payload.Key, f *flight) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f.waiters--

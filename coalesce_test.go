@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -20,7 +21,7 @@ import (
 
 // nextWaiters is how many callers wait for the booking's next (not yet
 // started) sync; -1 when there is none.
-func nextWaiters(c *coalescer, key bookingKey) int {
+func nextWaiters(c *coalescer, key payload.Key) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	bf := c.bookings[key]
@@ -32,7 +33,7 @@ func nextWaiters(c *coalescer, key bookingKey) int {
 
 // runningWaiters is how many callers wait for the booking's running sync;
 // -1 when none runs.
-func runningWaiters(c *coalescer, key bookingKey) int {
+func runningWaiters(c *coalescer, key payload.Key) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	bf := c.bookings[key]
@@ -69,7 +70,7 @@ func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		serveAsync(t, h, context.Background(), `{"booking_id":"b-1","event_type":"booking.updated"}`, answers)
 	}
-	key := bookingKey{booking: "b-1"}
+	key := payload.Key{Booking: "b-1"}
 	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, key) == 10 }),
 		"the 10 requests wait for one next sync; waiters: %d", nextWaiters(h.coalescer, key))
 	assert.Len(t, up.calls(), 1, "nobody joins the running sync, and the next one waits for it")
@@ -148,7 +149,7 @@ func TestCoalesceStringAndIntegerIDsAreOneBooking(t *testing.T) {
 	serveAsync(t, h, context.Background(), `{"booking_id":"42"}`, answers)
 	waitFor(t, up.arrived, time.Second, "sync A")
 	serveAsync(t, h, context.Background(), `{"booking_id":42}`, answers)
-	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, bookingKey{booking: "42"}) == 1 }))
+	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, payload.Key{Booking: "42"}) == 1 }))
 	close(release)
 	for i := 0; i < 2; i++ {
 		w := <-answers
@@ -179,7 +180,7 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 	release := make(chan struct{})
 	up := newImportStandIn(t, blockUntil(release))
 	h := newTestHandler(t, up.target(), nil)
-	c, key := h.coalescer, bookingKey{booking: "b-1"}
+	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := syncRequest{BookingID: []byte(`"b-1"`)}
 	type result struct {
 		res *syncResult
@@ -229,7 +230,7 @@ func TestCoalesceAllLeaveCancelsRunningSync(t *testing.T) {
 	defer close(release)
 	up := newImportStandIn(t, blockUntil(release))
 	h := newTestHandler(t, up.target(), nil)
-	c, key := h.coalescer, bookingKey{booking: "b-1"}
+	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := syncRequest{BookingID: []byte(`"b-1"`)}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -266,7 +267,7 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 		blockUntil(blockAll)(w, r)
 	})
 	h := newTestHandler(t, up.target(), nil)
-	c, key := h.coalescer, bookingKey{booking: "b-1"}
+	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := syncRequest{BookingID: []byte(`"b-1"`)}
 
 	aDone := make(chan error, 1)
@@ -316,7 +317,7 @@ func TestCoalesceSyncTimeoutBoundsEachSync(t *testing.T) {
 	up := newImportStandIn(t, blockUntil(release))
 	h := newTestHandler(t, up.target(), nil)
 	start := time.Now()
-	res, shared, err := h.coalescer.do(context.Background(), bookingKey{booking: "b-1"},
+	res, shared, err := h.coalescer.do(context.Background(), payload.Key{Booking: "b-1"},
 		syncRequest{BookingID: []byte(`"b-1"`)}, "", 100*time.Millisecond, h.upstream.sync)
 	require.NoError(t, err)
 	assert.False(t, shared)
@@ -331,7 +332,7 @@ func TestCoalesceCallerErrorIsContextError(t *testing.T) {
 	h := newTestHandler(t, up.target(), nil)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	_, _, err := h.coalescer.do(ctx, bookingKey{booking: "b-9"}, syncRequest{BookingID: []byte(`"b-9"`)}, "", time.Second, h.upstream.sync)
+	_, _, err := h.coalescer.do(ctx, payload.Key{Booking: "b-9"}, syncRequest{BookingID: []byte(`"b-9"`)}, "", time.Second, h.upstream.sync)
 	if err != nil {
 		assert.True(t, errors.Is(err, context.DeadlineExceeded), "%v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"strings"
 	"testing"
@@ -27,7 +28,7 @@ var contractMessages = map[string]bool{
 }
 
 // safeIdentifier is an independent statement of what may be logged and
-// forwarded: valid UTF-8, at most maxFieldLen bytes, not blank, and free of
+// forwarded: valid UTF-8, at most payload.MaxFieldLen bytes, not blank, and free of
 // C0/C1 controls, DEL and the JavaScript line separators.
 func safeIdentifier(t *testing.T, name, s string, mayBeEmpty bool) {
 	t.Helper()
@@ -37,7 +38,7 @@ func safeIdentifier(t *testing.T, name, s string, mayBeEmpty bool) {
 		}
 		return
 	}
-	if len(s) > maxFieldLen {
+	if len(s) > payload.MaxFieldLen {
 		t.Fatalf("%s accepted with %d bytes", name, len(s))
 	}
 	if !utf8.ValidString(s) {
@@ -67,14 +68,14 @@ func FuzzParseWebhook(f *testing.F) {
 		f.Add([]byte(s), false)
 	}
 	f.Fuzz(func(t *testing.T, body []byte, requireOrg bool) {
-		wh, err := parseWebhook(body, requireOrg)
+		wh, err := payload.Parse(body, requireOrg)
 		if err != nil {
-			var ie *inputError
+			var ie *payload.InputError
 			if !errors.As(err, &ie) {
 				t.Fatalf("error is not an inputError: %T %v", err, err)
 			}
-			if !contractMessages[ie.msg] || ie.reason == "" {
-				t.Fatalf("error outside the contract: %q (%q)", ie.msg, ie.reason)
+			if !contractMessages[ie.Msg] || ie.Reason == "" {
+				t.Fatalf("error outside the contract: %q (%q)", ie.Msg, ie.Reason)
 			}
 			return
 		}
@@ -86,35 +87,35 @@ func FuzzParseWebhook(f *testing.F) {
 		if err := json.Unmarshal(body, &obj); err != nil {
 			t.Fatalf("accepted a body that is not a JSON object: %v", err)
 		}
-		if wh.bookingKey == "" || len(wh.bookingID) == 0 {
+		if wh.BookingKey == "" || len(wh.BookingID) == 0 {
 			t.Fatal("accepted without a booking_id")
 		}
 		// The literal forwarded upstream re-validates to the same key.
-		lit, text, present, err := idField(wh.bookingID, fieldBookingID, true)
-		if err != nil || !present || text != wh.bookingKey || !bytes.Equal(lit, wh.bookingID) {
-			t.Fatalf("booking_id literal %q does not re-validate: %v %q %v", wh.bookingID, err, text, present)
+		again, err := payload.Parse([]byte(`{"booking_id":`+string(wh.BookingID)+`}`), false)
+		if err != nil || again.BookingKey != wh.BookingKey || !bytes.Equal(again.BookingID, wh.BookingID) {
+			t.Fatalf("booking_id literal %q does not re-validate: %v", wh.BookingID, err)
 		}
 		// And it is what the body said, as a string or an integer.
-		switch wh.bookingID[0] {
+		switch wh.BookingID[0] {
 		case '"':
 			var s string
-			if err := json.Unmarshal(wh.bookingID, &s); err != nil || s != wh.bookingKey {
-				t.Fatalf("string booking_id %q gives key %q", wh.bookingID, wh.bookingKey)
+			if err := json.Unmarshal(wh.BookingID, &s); err != nil || s != wh.BookingKey {
+				t.Fatalf("string booking_id %q gives key %q", wh.BookingID, wh.BookingKey)
 			}
 		default:
-			if !isIntegerLiteral(wh.bookingID) || string(wh.bookingID) != wh.bookingKey {
-				t.Fatalf("numeric booking_id %q gives key %q", wh.bookingID, wh.bookingKey)
+			if strings.Trim(string(wh.BookingID), "-0123456789") != "" || string(wh.BookingID) != wh.BookingKey {
+				t.Fatalf("numeric booking_id %q gives key %q", wh.BookingID, wh.BookingKey)
 			}
 		}
-		if !bytes.Equal(bytes.TrimSpace(obj[fieldBookingID]), wh.bookingID) {
-			t.Fatalf("booking_id %q is not the body's %q", wh.bookingID, obj[fieldBookingID])
+		if !bytes.Equal(bytes.TrimSpace(obj[payload.FieldBookingID]), wh.BookingID) {
+			t.Fatalf("booking_id %q is not the body's %q", wh.BookingID, obj[payload.FieldBookingID])
 		}
-		safeIdentifier(t, "booking_id", wh.bookingKey, false)
-		safeIdentifier(t, "organization_id", wh.organizationID, !requireOrg)
-		safeIdentifier(t, "event_type", wh.eventType, true)
+		safeIdentifier(t, "booking_id", wh.BookingKey, false)
+		safeIdentifier(t, "organization_id", wh.OrganizationID, !requireOrg)
+		safeIdentifier(t, "event_type", wh.EventType, true)
 
 		// What is forwarded marshals to valid JSON carrying the same values.
-		sr := wh.syncRequest()
+		sr := syncRequestOf(wh)
 		sr.SyncMode = "single"
 		out, err := json.Marshal(sr)
 		if err != nil {
@@ -132,20 +133,20 @@ func FuzzParseWebhook(f *testing.F) {
 		if err := json.Unmarshal(out, &back); err != nil {
 			t.Fatalf("forwarded body does not parse: %v", err)
 		}
-		if back.OrganizationID != wh.organizationID || back.EventType != wh.eventType || back.SyncMode != "single" {
+		if back.OrganizationID != wh.OrganizationID || back.EventType != wh.EventType || back.SyncMode != "single" {
 			t.Fatalf("forwarded body changed fields: %s", out)
 		}
 		// encoding/json re-escapes <, > and & inside the literal ("&" is
 		// forwarded as "\u0026"), so compare what it means, not its bytes.
-		again, againKey, _, err := idField(back.BookingID, fieldBookingID, true)
-		if err != nil || againKey != wh.bookingKey || (again[0] == '"') != (wh.bookingID[0] == '"') {
-			t.Fatalf("forwarded booking_id %q differs from %q", back.BookingID, wh.bookingID)
+		fwd, err := payload.Parse([]byte(`{"booking_id":`+string(back.BookingID)+`}`), false)
+		if err != nil || fwd.BookingKey != wh.BookingKey || (fwd.BookingID[0] == '"') != (wh.BookingID[0] == '"') {
+			t.Fatalf("forwarded booking_id %q differs from %q", back.BookingID, wh.BookingID)
 		}
 		// The answer body marshals too.
-		if _, err := json.Marshal(response{Success: true, BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown()}); err != nil {
+		if _, err := json.Marshal(response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown()}); err != nil {
 			t.Fatalf("answer does not marshal: %v", err)
 		}
-		_ = metricEventType(normalizeEventType(wh.eventType))
+		_ = payload.MetricEventType(payload.NormalizeEventType(wh.EventType))
 	})
 }
 

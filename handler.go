@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"mime"
 	"net/http"
 	"os"
@@ -53,7 +54,7 @@ type answer struct {
 	// silent answers are logged and counted but not written: the client
 	// is gone.
 	silent bool
-	wh     *webhook
+	wh     *payload.Webhook
 	res    *syncResult
 }
 
@@ -132,13 +133,13 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 			return reject(http.StatusUnauthorized, "Unauthorized", reason)
 		}
 	}
-	wh, err := parseWebhook(buf.Bytes(), h.requireOrg)
+	wh, err := payload.Parse(buf.Bytes(), h.requireOrg)
 	putBuffer(buf)
 	var a *answer
 	if err != nil {
-		var ie *inputError
+		var ie *payload.InputError
 		errors.As(err, &ie)
-		a = reject(http.StatusBadRequest, ie.msg, ie.reason)
+		a = reject(http.StatusBadRequest, ie.Msg, ie.Reason)
 	} else {
 		a = h.dispatch(r, wh)
 	}
@@ -200,7 +201,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 // the queue's engine, which runs at most one per booking: the webhook is
 // recorded first, then the sender is answered at once (async) or waits for
 // the sync's first attempt (auto).
-func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
+func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook) *answer {
 	switch {
 	case h.queue == nil:
 		return h.syncNow(r, wh)
@@ -214,10 +215,10 @@ func (h *Handler) dispatch(r *http.Request, wh *webhook) *answer {
 
 // syncNow calls import-bookings while the sender waits, sharing the call
 // with other senders of the booking in this instance (the coalescer).
-func (h *Handler) syncNow(r *http.Request, wh *webhook) *answer {
+func (h *Handler) syncNow(r *http.Request, wh *payload.Webhook) *answer {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
-	res, shared, err := h.coalescer.do(ctx, wh.key(), wh.syncRequest(), requestID(r), h.timeout, h.upstream.sync)
+	res, shared, err := h.coalescer.do(ctx, wh.Key(), syncRequestOf(wh), requestID(r), h.timeout, h.upstream.sync)
 	if err != nil && r.Context().Err() != nil {
 		// The sender hung up: nothing to answer, the sync was cancelled
 		// (unless other requests wait for it), and the sender retries.
@@ -237,7 +238,7 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 // synced, 502 when it failed for good, 202 with sync_error when it failed
 // and will be retried, 202 when it is still running at the timeout (it is
 // never cancelled for that: it runs to its end, or to worker_timeout).
-func (h *Handler) recordThenWait(r *http.Request, wh *webhook) *answer {
+func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	deadline := time.Now().Add(h.timeout)
 	wait := make(chan *attemptOutcome, 1)
 	a, req := h.enqueue(r.Context(), wh, wait)
@@ -265,14 +266,15 @@ func (h *Handler) recordThenWait(r *http.Request, wh *webhook) *answer {
 	return a
 }
 
-func (w *webhook) syncRequest() syncRequest {
-	return syncRequest{BookingID: w.bookingID, OrganizationID: w.organizationIDJSON, EventType: w.eventType}
+// syncRequestOf is the import-bookings call for a webhook.
+func syncRequestOf(w *payload.Webhook) syncRequest {
+	return syncRequest{BookingID: w.BookingID, OrganizationID: w.OrganizationIDJSON, EventType: w.EventType}
 }
 
 // syncAnswer answers a sender with a sync's result. What the upstream
 // said passes the handler's scrubber: an upstream that echoes a key must
 // not hand it to the sender.
-func (h *Handler) syncAnswer(wh *webhook, res *syncResult, shared bool) *answer {
+func (h *Handler) syncAnswer(wh *payload.Webhook, res *syncResult, shared bool) *answer {
 	a := &answer{wh: wh, res: res}
 	switch {
 	case res.ok():
@@ -280,7 +282,7 @@ func (h *Handler) syncAnswer(wh *webhook, res *syncResult, shared bool) *answer 
 		if shared {
 			a.outcome = outcomeCoalesced
 		}
-		a.body = response{Success: true, BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.body)}
+		a.body = response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.body)}
 	case res.timedOut:
 		a.status, a.outcome, a.reason = http.StatusGatewayTimeout, outcomeFailed, "timeout"
 		a.body = response{Error: "Sync timed out"}
@@ -295,7 +297,7 @@ func (h *Handler) syncAnswer(wh *webhook, res *syncResult, shared bool) *answer 
 // cannot be recorded: then the sender keeps it and retries. wait, if set,
 // is registered for the outcome of the job's next attempt. The returned
 // request is nil when nothing was recorded.
-func (h *Handler) enqueue(ctx context.Context, wh *webhook, wait chan *attemptOutcome) (*answer, *enqueueReq) {
+func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *attemptOutcome) (*answer, *enqueueReq) {
 	// The record must not be abandoned half-way because the sender hung
 	// up: it is either committed or not, and the answer follows from that.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
@@ -307,7 +309,7 @@ func (h *Handler) enqueue(ctx context.Context, wh *webhook, wait chan *attemptOu
 		err = e.enqueue(ctx, req)
 	}
 	if err != nil {
-		h.logger.Error("recording webhook", zap.String("booking_id", wh.bookingKey), zap.Error(err))
+		h.logger.Error("recording webhook", zap.String("booking_id", wh.BookingKey), zap.Error(err))
 		a := reject(http.StatusServiceUnavailable, "Queue unavailable", "queue_unavailable")
 		a.wh, a.retryAfter, a.outcome = wh, queueRetryAfter, outcomeFailed
 		return a, nil
@@ -318,7 +320,7 @@ func (h *Handler) enqueue(ctx context.Context, wh *webhook, wait chan *attemptOu
 	}
 	a.body = response{
 		Success: true, Accepted: true, Queued: true, Coalesced: &req.coalesced, JobID: req.jobID,
-		BookingID: wh.bookingID, EventType: wh.eventTypeOrUnknown(),
+		BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(),
 	}
 	return a, req
 }
@@ -403,9 +405,9 @@ func (h *Handler) log(r *http.Request, a *answer, d time.Duration) {
 	}
 	if a.wh != nil {
 		fields = append(fields,
-			zap.String("booking_id", a.wh.bookingKey),
-			zap.String("organization_id", a.wh.organizationID),
-			zap.String("event_type", normalizeEventType(a.wh.eventType)))
+			zap.String("booking_id", a.wh.BookingKey),
+			zap.String("organization_id", a.wh.OrganizationID),
+			zap.String("event_type", payload.NormalizeEventType(a.wh.EventType)))
 	}
 	if a.res != nil {
 		fields = append(fields, zap.Int("upstream_status", a.res.status), zap.Duration("upstream_duration", a.res.duration))

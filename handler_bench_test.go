@@ -3,6 +3,7 @@ package receivebooking
 import (
 	"context"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -51,7 +52,7 @@ func BenchmarkParseWebhook(b *testing.B) {
 	body := []byte(`{"booking_id":"123456","event_type":"booking.updated","organization_id":"org-1","data":{"a":[1,2,3],"b":"x"}}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := parseWebhook(body, false); err != nil {
+		if _, err := payload.Parse(body, false); err != nil {
 			b.Fatal(err)
 		}
 	}

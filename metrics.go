@@ -2,6 +2,7 @@ package receivebooking
 
 import (
 	"errors"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"strconv"
 	"sync"
 	"time"
@@ -91,7 +92,7 @@ func (m *metrics) observeAnswer(a *answer) {
 	}
 	event := "other"
 	if a.wh != nil {
-		event = metricEventType(normalizeEventType(a.wh.eventType))
+		event = payload.MetricEventType(payload.NormalizeEventType(a.wh.EventType))
 	}
 	m.webhooks.WithLabelValues(event, a.outcome).Inc()
 	if a.outcome == outcomeRejected || a.reason == "queue_unavailable" {

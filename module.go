@@ -8,6 +8,7 @@ package receivebooking
 import (
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"net/url"
 	"strings"
@@ -262,8 +263,8 @@ func (h *Handler) provisionLimits(repl *caddy.Replacer) error {
 		return err
 	}
 	for _, f := range h.Require {
-		if f != fieldOrganizationID {
-			return fmt.Errorf("require: unsupported field %q (only %q)", f, fieldOrganizationID)
+		if f != payload.FieldOrganizationID {
+			return fmt.Errorf("require: unsupported field %q (only %q)", f, payload.FieldOrganizationID)
 		}
 		h.requireOrg = true
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -451,7 +452,7 @@ func (e *engine) Destruct() error {
 
 // enqueueReq is one webhook waiting to be recorded.
 type enqueueReq struct {
-	wh         *webhook
+	wh         *payload.Webhook
 	route      string
 	notBefore  time.Time
 	acceptedAt time.Time

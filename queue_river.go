@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -316,12 +317,12 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*e
 func groupByBooking(batch []*enqueueReq) [][]*enqueueReq {
 	type key struct {
 		route   string
-		booking bookingKey
+		booking payload.Key
 	}
 	index := make(map[key]int, len(batch))
 	var groups [][]*enqueueReq
 	for _, r := range batch {
-		k := key{r.route, r.wh.key()}
+		k := key{r.route, r.wh.Key()}
 		i, ok := index[k]
 		if !ok {
 			i = len(groups)
@@ -339,8 +340,8 @@ func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, gro
 	first, last := group[0], group[len(group)-1]
 	var waiting sql.NullInt64
 	var mergeable int
-	err := b.db.queryRow(ctx, tx, upsertBooking, first.route, first.wh.organizationID, first.wh.bookingKey,
-		last.wh.eventType).Scan(&waiting, &mergeable)
+	err := b.db.queryRow(ctx, tx, upsertBooking, first.route, first.wh.OrganizationID, first.wh.BookingKey,
+		last.wh.EventType).Scan(&waiting, &mergeable)
 	if err != nil {
 		return false, fmt.Errorf("recording booking: %w", err)
 	}
@@ -365,8 +366,8 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: syncArgs{
-			Route: r.route, BookingID: last.wh.bookingID, BookingKey: r.wh.bookingKey,
-			OrganizationID: r.wh.organizationID, OrganizationIDJSON: r.wh.organizationIDJSON, EventType: last.wh.eventType,
+			Route: r.route, BookingID: last.wh.BookingID, BookingKey: r.wh.BookingKey,
+			OrganizationID: r.wh.OrganizationID, OrganizationIDJSON: r.wh.OrganizationIDJSON, EventType: last.wh.EventType,
 			AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
 		}}
 	}
@@ -381,7 +382,7 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 			b.addWaiter(r)
 		}
 		r := g[0]
-		if err := b.setWaiting(ctx, tx, r.route, r.wh.organizationID, r.wh.bookingKey, id); err != nil {
+		if err := b.setWaiting(ctx, tx, r.route, r.wh.OrganizationID, r.wh.BookingKey, id); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -111,7 +112,7 @@ type testQueueHandle struct {
 	route string
 }
 
-func (h *testQueueHandle) enqueue(ctx context.Context, wh *webhook, window time.Duration) (int64, bool, error) {
+func (h *testQueueHandle) enqueue(ctx context.Context, wh *payload.Webhook, window time.Duration) (int64, bool, error) {
 	now := time.Now()
 	req := &enqueueReq{wh: wh, route: h.route, acceptedAt: now, notBefore: now.Add(window)}
 	err := h.q.enqueue(ctx, req)
@@ -138,8 +139,8 @@ func testQueue(t *testing.T, driver string, up *httptest.Server) *testQueueHandl
 	return &testQueueHandle{q: q, route: defaultRoute}
 }
 
-func testWebhook(id string) *webhook {
-	return &webhook{bookingID: json.RawMessage(`"` + id + `"`), bookingKey: id, organizationID: "org", eventType: "updated"}
+func testWebhook(id string) *payload.Webhook {
+	return &payload.Webhook{BookingID: json.RawMessage(`"` + id + `"`), BookingKey: id, OrganizationID: "org", EventType: "updated"}
 }
 
 func forEachDriver(t *testing.T, fn func(t *testing.T, driver string)) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net"
 	"net/http"
 	"net/url"
@@ -252,4 +253,13 @@ func TestUpstreamSyncCancelled(t *testing.T) {
 	assert.False(t, res.timedOut)
 	assert.False(t, res.ok())
 	waitFor(t, up.cancelled, time.Second, "the stand-in to see the cancellation")
+}
+
+func TestSyncRequestFromWebhook(t *testing.T) {
+	wh, err := payload.Parse([]byte(`{"booking_id":7,"organization_id":"o","event_type":"booking.created"}`), false)
+	require.NoError(t, err)
+	sr := syncRequestOf(wh)
+	assert.Equal(t, `7`, string(sr.BookingID))
+	assert.Equal(t, `"o"`, string(sr.OrganizationID), "organization_id is forwarded as received")
+	assert.Equal(t, "booking.created", sr.EventType)
 }

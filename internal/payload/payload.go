@@ -1,4 +1,8 @@
-package receivebooking
+// Package payload validates EventFlow booking webhooks: one UTF-8 JSON
+// object, no duplicate keys, a booking_id (string or integer) and optional
+// organization_id and event_type, each a bounded identifier without control
+// characters. Rejections carry the contract's exact messages.
+package payload
 
 import (
 	"bytes"
@@ -9,89 +13,90 @@ import (
 )
 
 const (
-	fieldBookingID      = "booking_id"
-	fieldOrganizationID = "organization_id"
-	fieldEventType      = "event_type"
+	FieldBookingID      = "booking_id"
+	FieldOrganizationID = "organization_id"
+	FieldEventType      = "event_type"
 
-	// maxFieldLen bounds every identifier we accept, log and forward.
-	maxFieldLen = 256
+	// MaxFieldLen bounds every identifier we accept, log and forward.
+	MaxFieldLen = 256
 )
 
-// webhook is a validated EventFlow booking webhook.
-type webhook struct {
-	// bookingID is the booking_id JSON literal exactly as received: a
+// Webhook is a validated EventFlow booking webhook.
+type Webhook struct {
+	// BookingID is the booking_id JSON literal exactly as received: a
 	// string or an integer. It is forwarded unchanged.
-	bookingID json.RawMessage
-	// bookingKey is booking_id as text (the string's value, or the
+	BookingID json.RawMessage
+	// BookingKey is booking_id as text (the string's value, or the
 	// integer's digits): "42" and 42 name the same booking.
-	bookingKey     string
-	organizationID string
-	// organizationIDJSON is organization_id as received (string or
+	BookingKey     string
+	OrganizationID string
+	// OrganizationIDJSON is organization_id as received (string or
 	// integer), forwarded unchanged like booking_id.
-	organizationIDJSON json.RawMessage
-	// eventType is the event_type as sent; empty when absent.
-	eventType string
+	OrganizationIDJSON json.RawMessage
+	// EventType is the event_type as sent; empty when absent.
+	EventType string
 }
 
-// key identifies the booking for coalescing.
-func (w *webhook) key() bookingKey {
-	return bookingKey{org: w.organizationID, booking: w.bookingKey}
+// Key identifies the booking for coalescing.
+func (w *Webhook) Key() Key {
+	return Key{Org: w.OrganizationID, Booking: w.BookingKey}
 }
 
-// eventTypeOrUnknown is the event_type for answers: as sent, or "unknown".
-func (w *webhook) eventTypeOrUnknown() string {
-	if w.eventType == "" {
+// EventTypeOrUnknown is the event_type for answers: as sent, or "unknown".
+func (w *Webhook) EventTypeOrUnknown() string {
+	if w.EventType == "" {
 		return "unknown"
 	}
-	return w.eventType
+	return w.EventType
 }
 
-// bookingKey is the coalescing key of a booking.
-type bookingKey struct{ org, booking string }
+// Key is the coalescing key of a booking.
+type Key struct{ Org, Booking string }
 
-// inputError is a client error with the exact message of the contract.
-type inputError struct {
-	msg    string
-	reason string // metrics and log reason
+// InputError is a client error with the exact message of the contract.
+type InputError struct {
+	Msg    string // the answer's error message
+	Reason string // metrics and log reason
 }
 
-func (e *inputError) Error() string { return e.msg }
+func (e *InputError) Error() string { return e.Msg }
 
-var errInvalidJSON = &inputError{msg: "Invalid JSON body", reason: "invalid_json"}
+// ErrInvalidJSON is the answer to a body that is not one JSON object.
+var ErrInvalidJSON = &InputError{Msg: "Invalid JSON body", Reason: "invalid_json"}
 
 func missingField(name string) error {
-	return &inputError{msg: "Missing required field: " + name, reason: "missing_field"}
+	return &InputError{Msg: "Missing required field: " + name, Reason: "missing_field"}
 }
 
 func invalidField(name string) error {
-	return &inputError{msg: "Invalid field: " + name, reason: "invalid_field"}
+	return &InputError{Msg: "Invalid field: " + name, Reason: "invalid_field"}
 }
 
-// parseWebhook validates a webhook body. The body must be one UTF-8 JSON
+// Parse validates a webhook body. The body must be one UTF-8 JSON
 // object with no duplicate top-level keys (parsers disagree on which
 // duplicate wins, so an ambiguous body is refused rather than guessed at)
 // and nothing after it.
-func parseWebhook(body []byte, requireOrg bool) (*webhook, error) {
+func Parse(body []byte, requireOrg bool) (*Webhook, error) {
 	fields, err := topLevelFields(body)
 	if err != nil {
 		return nil, err
 	}
-	wh := &webhook{}
+	wh := &Webhook{}
 	var present bool
-	wh.bookingID, wh.bookingKey, present, err = idField(fields[fieldBookingID], fieldBookingID, true)
+	wh.BookingID, wh.BookingKey, present, err = idField(fields[FieldBookingID], FieldBookingID, true)
 	if err != nil {
 		return nil, err
 	}
 	if !present {
-		return nil, missingField(fieldBookingID)
+		return nil, missingField(FieldBookingID)
 	}
-	if wh.organizationIDJSON, wh.organizationID, present, err = idField(fields[fieldOrganizationID], fieldOrganizationID, true); err != nil {
+	if wh.OrganizationIDJSON, wh.OrganizationID, present, err = idField(fields[FieldOrganizationID], FieldOrganizationID, true); err != nil {
 		return nil, err
 	}
 	if requireOrg && !present {
-		return nil, missingField(fieldOrganizationID)
+		return nil, missingField(FieldOrganizationID)
 	}
-	if _, wh.eventType, _, err = idField(fields[fieldEventType], fieldEventType, false); err != nil {
+	if _, wh.EventType, _, err = idField(fields[FieldEventType], FieldEventType, false); err != nil {
 		return nil, err
 	}
 	return wh, nil
@@ -104,11 +109,11 @@ func parseWebhook(body []byte, requireOrg bool) (*webhook, error) {
 // which keeps the hot path free of allocations for everything we ignore.
 func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
 	if !utf8.Valid(body) || !json.Valid(body) {
-		return nil, errInvalidJSON
+		return nil, ErrInvalidJSON
 	}
 	i := skipSpace(body, 0)
 	if body[i] != '{' {
-		return nil, errInvalidJSON
+		return nil, ErrInvalidJSON
 	}
 	fields := make(map[string]json.RawMessage, 3)
 	var seen keySet
@@ -119,12 +124,12 @@ func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
 		keyEnd := skipValue(body, i)
 		name, err := decodeKey(body[i:keyEnd])
 		if err != nil || !seen.add(name) {
-			return nil, errInvalidJSON
+			return nil, ErrInvalidJSON
 		}
 		valStart := skipSpace(body, skipSpace(body, keyEnd)+1) // past ':'
 		valEnd := skipValue(body, valStart)
 		switch name {
-		case fieldBookingID, fieldOrganizationID, fieldEventType:
+		case FieldBookingID, FieldOrganizationID, FieldEventType:
 			fields[name] = body[valStart:valEnd]
 		}
 		i = valEnd
@@ -222,7 +227,7 @@ func skipString(b []byte, i int) int {
 
 // idField validates an identifier field: absent, null and "" count as
 // missing; otherwise it must be a string (or, when numbers are allowed, an
-// integer) of at most maxFieldLen bytes with no control characters, which
+// integer) of at most MaxFieldLen bytes with no control characters, which
 // keeps it safe to log and to forward.
 func idField(raw json.RawMessage, name string, allowInt bool) (literal json.RawMessage, text string, present bool, err error) {
 	if len(raw) == 0 || string(raw) == "null" || string(raw) == `""` {
@@ -238,7 +243,7 @@ func idField(raw json.RawMessage, name string, allowInt bool) (literal json.RawM
 	default:
 		return nil, "", false, invalidField(name)
 	}
-	if len(text) > maxFieldLen || hasControl(text) || strings.TrimSpace(text) == "" {
+	if len(text) > MaxFieldLen || hasControl(text) || strings.TrimSpace(text) == "" {
 		return nil, "", false, invalidField(name)
 	}
 	return bytes.Clone(raw), text, true, nil
@@ -271,11 +276,11 @@ func hasControl(s string) bool {
 	return false
 }
 
-// normalizeEventType maps the spellings EventFlow and others use for one
+// NormalizeEventType maps the spellings EventFlow and others use for one
 // event onto one name: "created", "booking_created", "booking.created" and
 // "Booking-Created" are all "created". Unknown types keep their normalised
-// form; metricEventType bounds them for labels.
-func normalizeEventType(s string) string {
+// form; MetricEventType bounds them for labels.
+func NormalizeEventType(s string) string {
 	if s == "" {
 		return "unknown"
 	}
@@ -294,7 +299,7 @@ var knownEventTypes = map[string]bool{
 	"offer": true, "offer_created": true, "deleted": true, "unknown": true,
 }
 
-func metricEventType(normalized string) string {
+func MetricEventType(normalized string) string {
 	if knownEventTypes[normalized] {
 		return normalized
 	}

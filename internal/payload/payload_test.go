@@ -1,4 +1,4 @@
-package receivebooking
+package payload
 
 import (
 	"strings"
@@ -106,21 +106,21 @@ func TestParseWebhook(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			wh, err := parseWebhook([]byte(tc.body), tc.requireOrg)
+			wh, err := Parse([]byte(tc.body), tc.requireOrg)
 			if tc.want.err != "" {
 				require.Error(t, err)
-				var ie *inputError
+				var ie *InputError
 				require.ErrorAs(t, err, &ie)
-				assert.Equal(t, tc.want.err, ie.msg)
-				assert.NotEmpty(t, ie.reason)
+				assert.Equal(t, tc.want.err, ie.Msg)
+				assert.NotEmpty(t, ie.Reason)
 				assert.Nil(t, wh)
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tc.want.literal, string(wh.bookingID))
-			assert.Equal(t, tc.want.key, wh.bookingKey)
-			assert.Equal(t, tc.want.org, wh.organizationID)
-			assert.Equal(t, tc.want.event, wh.eventType)
+			assert.Equal(t, tc.want.literal, string(wh.BookingID))
+			assert.Equal(t, tc.want.key, wh.BookingKey)
+			assert.Equal(t, tc.want.org, wh.OrganizationID)
+			assert.Equal(t, tc.want.event, wh.EventType)
 		})
 	}
 }
@@ -156,13 +156,13 @@ func TestParseWebhookDeepNesting(t *testing.T) {
 		closer := map[string]string{"[": "]", "{\"a\":": "}"}[open]
 		deep := `{"booking_id":"b-1","x":` + strings.Repeat(open, 100000) + `1` + strings.Repeat(closer, 100000) + `}`
 		start := time.Now()
-		_, err := parseWebhook([]byte(deep), false)
+		_, err := Parse([]byte(deep), false)
 		assert.EqualError(t, err, "Invalid JSON body")
 		assert.Less(t, time.Since(start), 500*time.Millisecond)
 	}
 	// Unbalanced: only openings.
 	start := time.Now()
-	_, err := parseWebhook([]byte(`{"booking_id":"b-1","x":`+strings.Repeat("[", 100000)), false)
+	_, err := Parse([]byte(`{"booking_id":"b-1","x":`+strings.Repeat("[", 100000)), false)
 	assert.EqualError(t, err, "Invalid JSON body")
 	assert.Less(t, time.Since(start), 500*time.Millisecond)
 }
@@ -172,23 +172,19 @@ func TestParseWebhookDeepNesting(t *testing.T) {
 func TestParseWebhookManyKeysIsLinear(t *testing.T) {
 	body := `{` + manyKeys(50000) + `,"booking_id":"b-1"}`
 	start := time.Now()
-	wh, err := parseWebhook([]byte(body), false)
+	wh, err := Parse([]byte(body), false)
 	require.NoError(t, err)
-	assert.Equal(t, "b-1", wh.bookingKey)
+	assert.Equal(t, "b-1", wh.BookingKey)
 	assert.Less(t, time.Since(start), time.Second)
 }
 
 func TestWebhookHelpers(t *testing.T) {
-	wh, err := parseWebhook([]byte(`{"booking_id":7,"organization_id":"o"}`), false)
+	wh, err := Parse([]byte(`{"booking_id":7,"organization_id":"o"}`), false)
 	require.NoError(t, err)
-	assert.Equal(t, bookingKey{org: "o", booking: "7"}, wh.key())
-	assert.Equal(t, "unknown", wh.eventTypeOrUnknown())
-	wh.eventType = "booking.created"
-	assert.Equal(t, "booking.created", wh.eventTypeOrUnknown())
-	sr := wh.syncRequest()
-	assert.Equal(t, `7`, string(sr.BookingID))
-	assert.Equal(t, `"o"`, string(sr.OrganizationID), "organization_id is forwarded as received")
-	assert.Equal(t, "booking.created", sr.EventType)
+	assert.Equal(t, Key{Org: "o", Booking: "7"}, wh.Key())
+	assert.Equal(t, "unknown", wh.EventTypeOrUnknown())
+	wh.EventType = "booking.created"
+	assert.Equal(t, "booking.created", wh.EventTypeOrUnknown())
 }
 
 func TestNormalizeEventType(t *testing.T) {
@@ -216,23 +212,23 @@ func TestNormalizeEventType(t *testing.T) {
 		"booking":           "booking",
 	}
 	for in, want := range cases {
-		assert.Equal(t, want, normalizeEventType(in), "%q", in)
+		assert.Equal(t, want, NormalizeEventType(in), "%q", in)
 	}
 }
 
 func TestMetricEventType(t *testing.T) {
 	for _, known := range []string{"created", "updated", "confirmed", "cancelled", "offer", "offer_created", "deleted", "unknown"} {
-		assert.Equal(t, known, metricEventType(known))
+		assert.Equal(t, known, MetricEventType(known))
 	}
 	for _, in := range []string{"something_else", "booking", "x", strings.Repeat("a", 256), "canceled", "Created", "created "} {
-		assert.Equal(t, "other", metricEventType(in), "%q", in)
+		assert.Equal(t, "other", MetricEventType(in), "%q", in)
 	}
 	// Through normalisation, every spelling of a known event is bounded
 	// to its name, and anything else to "other".
-	assert.Equal(t, "created", metricEventType(normalizeEventType("Booking-Created")))
-	assert.Equal(t, "cancelled", metricEventType(normalizeEventType("booking.canceled")))
-	assert.Equal(t, "unknown", metricEventType(normalizeEventType("")))
-	assert.Equal(t, "other", metricEventType(normalizeEventType("booking.exploded")))
+	assert.Equal(t, "created", MetricEventType(NormalizeEventType("Booking-Created")))
+	assert.Equal(t, "cancelled", MetricEventType(NormalizeEventType("booking.canceled")))
+	assert.Equal(t, "unknown", MetricEventType(NormalizeEventType("")))
+	assert.Equal(t, "other", MetricEventType(NormalizeEventType("booking.exploded")))
 }
 
 func TestHasControl(t *testing.T) {
