@@ -3,6 +3,7 @@ package receivebooking
 import (
 	"context"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -130,7 +131,7 @@ func TestSigningSecretErrorsNameTheFieldNotTheValue(t *testing.T) {
 // TestReplayMemorySharedOnPostgres: two instances on one PostgreSQL
 // database share the webhook-ids they have seen.
 func TestReplayMemorySharedOnPostgres(t *testing.T) {
-	dsn := freshPostgresDSN(t)
+	dsn := testkit.FreshPostgresDSN(t)
 	open := func(name string) *engineRef {
 		rq := &resolvedQueue{driver: queuePostgres, location: dsn, workerSettings: workerSettings{workers: 1, maxAttempts: 1, workerTimeout: time.Second}}
 		ref := newEngineRef()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -21,59 +22,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// These tests run the real Caddy binary, built with xcaddy as .ci/run
-// builds it (or RB_CADDY_BIN), so that a process can be killed with
-// SIGKILL and restarted on the same queue.
+// These tests run the real Caddy binary (testkit.CaddyBinary: RB_CADDY_BIN,
+// or built with xcaddy as .ci/run builds it), so that a process can be
+// killed with SIGKILL and restarted on the same queue.
 
-var (
-	caddyBinOnce sync.Once
-	caddyBin     string
-	caddyBinErr  error
-	// caddyBinDir is the temporary directory of a binary built here,
-	// removed by TestMain.
-	caddyBinDir string
-)
-
-func caddyBinary(t *testing.T) string {
-	t.Helper()
-	caddyBinOnce.Do(func() {
-		if bin := os.Getenv("RB_CADDY_BIN"); bin != "" {
-			caddyBin = bin
-			return
-		}
-		repo, err := os.Getwd()
-		if err != nil {
-			caddyBinErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "rb-caddy-")
-		if err != nil {
-			caddyBinErr = err
-			return
-		}
-		caddyBinDir = dir
-		xcaddy := filepath.Join(goEnv("GOPATH"), "bin", "xcaddy")
-		if _, err := os.Stat(xcaddy); err != nil {
-			if out, err := exec.Command("go", "install", "github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5").CombinedOutput(); err != nil {
-				caddyBinErr = fmt.Errorf("installing xcaddy: %v: %s", err, out)
-				return
-			}
-		}
-		caddyBin = filepath.Join(dir, "caddy")
-		cmd := exec.Command(xcaddy, "build", "v2.11.9", "--output", caddyBin,
-			"--with", "github.com/bookingwebhook/caddy-receive-booking@v0.0.0-00010101000000-000000000000="+repo)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			caddyBinErr = fmt.Errorf("xcaddy build: %v: %s", err, out)
-		}
-	})
-	require.NoError(t, caddyBinErr)
-	return caddyBin
-}
-
-func goEnv(name string) string {
-	out, _ := exec.Command("go", "env", name).Output()
-	return strings.TrimSpace(string(out))
-}
+func caddyBinary(t *testing.T) string { return testkit.CaddyBinary(t) }
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -398,7 +351,7 @@ func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
 		mode async
 		coalesce_window 0
 		queue postgres %s
-	}`, e2eSecret, stub.URL, freshPostgresDSN(t))
+	}`, e2eSecret, stub.URL, testkit.FreshPostgresDSN(t))
 	first := startCaddy(t, dataDir, directive)
 	var accepted acceptLog
 	sendWebhooks(1, 1, 1, func(int) string { return first.url }, &accepted, nil)
@@ -425,7 +378,7 @@ func TestTwoInstancesPostgres(t *testing.T) {
 	}
 	stub := newSyncStub(t, 200*time.Millisecond)
 	stub.up.Store(true)
-	dsn := freshPostgresDSN(t)
+	dsn := testkit.FreshPostgresDSN(t)
 	directive := fmt.Sprintf(`receive_booking {
 		secret %s
 		target %s

@@ -9,6 +9,7 @@ package receivebooking
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -100,7 +101,7 @@ func TestProbeOneSyncPerBooking(t *testing.T) {
 		}
 		return http.StatusOK, fmt.Sprintf(`{"success":true,"booking_id":%q,"outcome":"applied"}`, c.booking)
 	})
-	dsn := freshPostgresDSN(t)
+	dsn := testkit.FreshPostgresDSN(t)
 	directive := func(workers int) string {
 		return fmt.Sprintf(`receive_booking {
 		secret %s
@@ -300,7 +301,7 @@ func (g *tcpGate) close() {
 // are accepted without a restart.
 func TestPostgresDownAtStart(t *testing.T) {
 	stand := newStandIn(t, 0)
-	dsn := freshPostgresDSN(t)
+	dsn := testkit.FreshPostgresDSN(t)
 	cfg, err := pgx.ParseConfig(dsn)
 	require.NoError(t, err)
 	gate := &tcpGate{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), backend: fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)}
@@ -427,7 +428,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 // in an admin answer.
 func TestNoSecretLeavesTheEngine(t *testing.T) {
 	const signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-	dsn := freshPostgresDSN(t)
+	dsn := testkit.FreshPostgresDSN(t)
 	cfg, err := pgx.ParseConfig(dsn)
 	require.NoError(t, err)
 	secrets := []string{e2eTargetKey, e2eSecret, signing, strings.TrimPrefix(signing, "whsec_"), cfg.Password, dsn}

@@ -1,6 +1,7 @@
 package receivebooking
 
 import (
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"os"
 	"testing"
 )
@@ -16,8 +17,6 @@ func TestMain(m *testing.M) {
 	os.Setenv("XDG_CONFIG_HOME", dir)
 	code := m.Run()
 	os.RemoveAll(dir)
-	if caddyBinDir != "" {
-		os.RemoveAll(caddyBinDir)
-	}
+	testkit.RemoveBuilt()
 	os.Exit(code)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -90,7 +91,7 @@ func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream)
 		if rq.driver == queueSQLite {
 			rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
 		} else {
-			rq.location = freshPostgresDSN(t)
+			rq.location = testkit.FreshPostgresDSN(t)
 		}
 	}
 	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))

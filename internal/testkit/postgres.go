@@ -1,4 +1,4 @@
-package receivebooking
+package testkit
 
 import (
 	"context"
@@ -12,11 +12,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// postgresDSN is the DSN of the test PostgreSQL server, which scripts/test.sh
-// (make test) starts and exports as RB_TEST_POSTGRES_DSN. Without it the
-// PostgreSQL tests fail rather than skip: a run that silently left out
-// PostgreSQL would look green while testing less.
-func postgresDSN(t testing.TB) string {
+// PostgresDSN is the DSN of the test PostgreSQL server, which
+// scripts/test.sh (make test) starts and exports as RB_TEST_POSTGRES_DSN.
+// Without it the PostgreSQL tests fail rather than skip: a run that
+// silently left out PostgreSQL would look green while testing less.
+func PostgresDSN(t testing.TB) string {
 	t.Helper()
 	dsn := os.Getenv("RB_TEST_POSTGRES_DSN")
 	if dsn == "" {
@@ -26,23 +26,21 @@ func postgresDSN(t testing.TB) string {
 	return dsn
 }
 
-// freshPostgresDSN creates an empty database rb_<random> on the test server,
-// owned by the DSN's role (rb), and returns its DSN, so that each test has a
-// database of its own. The database is dropped when the test ends, WITH
-// (FORCE) so that connections a test left open do not keep it; cleanups run
-// last-registered first, so those the test registers after this call (pools,
+// FreshPostgresDSN creates an empty database rb_<random> on the test
+// server, owned by the DSN's role, and returns its DSN, so that each test
+// has a database of its own. It is dropped when the test ends, WITH
+// (FORCE) so that connections a test left open do not keep it; cleanups
+// run last-registered first, so those registered after this call (pools,
 // queues) have run by then.
-func freshPostgresDSN(t testing.TB) string {
+func FreshPostgresDSN(t testing.TB) string {
 	t.Helper()
-	base := postgresDSN(t)
+	base := PostgresDSN(t)
 	u, err := url.Parse(base)
 	if err != nil {
 		t.Fatalf("parsing RB_TEST_POSTGRES_DSN: %v", err)
 	}
 	// Lower case letters and digits only: no quoting needed in SQL.
 	name := fmt.Sprintf("rb_%016x", rand.Uint64())
-
-	// exec runs one statement on the server's base database.
 	exec := func(sql string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -54,7 +52,6 @@ func freshPostgresDSN(t testing.TB) string {
 		_, err = conn.Exec(ctx, sql)
 		return err
 	}
-
 	if err := exec("CREATE DATABASE " + name); err != nil {
 		t.Fatalf("creating test database %s: %v", name, err)
 	}

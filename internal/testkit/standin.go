@@ -1,0 +1,242 @@
+// Package testkit holds the test helpers every package's tests share: one
+// import-bookings stand-in, one throwaway PostgreSQL database per test, one
+// way to build the Caddy binary. It is imported only by tests.
+package testkit
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Path is the stand-in's import-bookings path.
+const Path = "/functions/v1/import-bookings"
+
+// Call is one request the stand-in received.
+type Call struct {
+	Method, Path, RawQuery, RemoteAddr string
+	Header                             http.Header
+	Body                               string
+	// Booking is the request's booking_id as text ("42" for 42).
+	Booking   string
+	RequestID string
+	Start     time.Time
+	End       time.Time
+	// Status is what it answered; Cancelled that the caller had hung up
+	// by the time the answer was written.
+	Status    int
+	Cancelled bool
+}
+
+// Responder answers one call. It may block (it holds the call in flight)
+// and should return when r's context ends if it models a caller-bound
+// call.
+type Responder func(w http.ResponseWriter, r *http.Request, c *Call)
+
+// StandIn is import-bookings on a real loopback HTTP server. Like the real
+// Edge Function it works for Delay on every call and goes on to its end
+// when its caller hangs up (a Responder may choose otherwise); it records
+// every call and counts the calls in flight, per booking and in total, so
+// that "one sync per booking at a time" is probed at the far end.
+type StandIn struct {
+	*httptest.Server
+	delay   atomic.Int64
+	respond atomic.Pointer[Responder]
+
+	// Arrived receives each call when it has been recorded; Cancelled each
+	// call whose caller had gone when it was answered.
+	Arrived   chan *Call
+	Cancelled chan *Call
+
+	mu            sync.Mutex
+	calls         []*Call
+	inFlight      map[string]int
+	total         int
+	maxPerBooking int
+	maxTotal      int
+}
+
+// NewStandIn starts a stand-in that answers the success envelope.
+func NewStandIn(t testing.TB) *StandIn {
+	t.Helper()
+	s := &StandIn{inFlight: map[string]int{}, Arrived: make(chan *Call, 4096), Cancelled: make(chan *Call, 4096)}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Target is the stand-in's import-bookings URL.
+func (s *StandIn) Target() string { return s.URL + Path }
+
+// SetDelay makes every later call work for d before it answers.
+func (s *StandIn) SetDelay(d time.Duration) { s.delay.Store(int64(d)) }
+
+// Respond makes every later call answer with f; nil restores the success
+// envelope.
+func (s *StandIn) Respond(f Responder) {
+	if f == nil {
+		s.respond.Store(nil)
+		return
+	}
+	s.respond.Store(&f)
+}
+
+// Answer makes every later call answer with the status and body f chooses.
+func (s *StandIn) Answer(f func(c *Call) (int, string)) {
+	s.Respond(func(w http.ResponseWriter, _ *http.Request, c *Call) {
+		status, body := f(c)
+		writeJSON(w, status, body)
+	})
+}
+
+func (s *StandIn) serve(w http.ResponseWriter, r *http.Request) {
+	raw, _ := io.ReadAll(r.Body)
+	c := &Call{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, RemoteAddr: r.RemoteAddr,
+		Header: r.Header.Clone(), Body: string(raw), Booking: bookingOf(raw), RequestID: r.Header.Get("X-Request-Id"),
+		Start: time.Now()}
+	s.mu.Lock()
+	s.calls = append(s.calls, c)
+	s.inFlight[c.Booking]++
+	s.total++
+	s.maxPerBooking = max(s.maxPerBooking, s.inFlight[c.Booking])
+	s.maxTotal = max(s.maxTotal, s.total)
+	s.mu.Unlock()
+	s.Arrived <- c
+	if d := time.Duration(s.delay.Load()); d > 0 {
+		time.Sleep(d) // the work goes on whether or not the caller waits
+	}
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	if f := s.respond.Load(); f != nil {
+		(*f)(rec, r, c)
+	} else {
+		writeJSON(rec, http.StatusOK, Envelope(c, "applied"))
+	}
+	gone := r.Context().Err() != nil
+	s.mu.Lock()
+	s.inFlight[c.Booking]--
+	s.total--
+	c.End, c.Status, c.Cancelled = time.Now(), rec.status, gone
+	s.mu.Unlock()
+	if gone {
+		s.Cancelled <- c
+	}
+}
+
+// Envelope is import-bookings' answer for a call with the given outcome.
+func Envelope(c *Call, outcome string) string {
+	var req struct {
+		BookingID      json.RawMessage `json:"booking_id"`
+		OrganizationID json.RawMessage `json:"organization_id"`
+	}
+	_ = json.Unmarshal([]byte(c.Body), &req)
+	org := req.OrganizationID
+	if org == nil {
+		org = json.RawMessage(`null`)
+	}
+	ok := outcome == "applied" || outcome == "already_current"
+	return fmt.Sprintf(`{"success":%t,"queued":false,"completed":%t,"sync_mode":"single","booking_id":%s,"organization_id":%s,"outcome":%q}`,
+		ok, ok, req.BookingID, org, outcome)
+}
+
+func bookingOf(body []byte) string {
+	var req struct {
+		BookingID json.RawMessage `json:"booking_id"`
+	}
+	_ = json.Unmarshal(body, &req)
+	var s string
+	if json.Unmarshal(req.BookingID, &s) == nil {
+		return s
+	}
+	return string(req.BookingID)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// JSON answers with a fixed status and JSON body.
+func JSON(status int, body string) Responder {
+	return Typed(status, "application/json", body)
+}
+
+// Typed answers with a fixed status, content type and body.
+func Typed(status int, contentType, body string) Responder {
+	return func(w http.ResponseWriter, _ *http.Request, _ *Call) {
+		w.Header().Set("Content-Type", contentType)
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+	}
+}
+
+// BlockUntil holds each call until release is closed (then answers the
+// success envelope), the caller hangs up, or a safety limit passes, so that
+// a broken test never hangs.
+func BlockUntil(release <-chan struct{}) Responder {
+	return func(w http.ResponseWriter, r *http.Request, c *Call) {
+		select {
+		case <-release:
+			writeJSON(w, http.StatusOK, Envelope(c, "applied"))
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// Calls returns copies of the calls received so far.
+func (s *StandIn) Calls() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Call, len(s.calls))
+	for i, c := range s.calls {
+		out[i] = *c
+	}
+	return out
+}
+
+// CallsFor returns the calls for one booking.
+func (s *StandIn) CallsFor(booking string) []Call {
+	var out []Call
+	for _, c := range s.Calls() {
+		if c.Booking == booking {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// MaxInFlight returns the most calls seen in flight at once for one
+// booking, and for all bookings together.
+func (s *StandIn) MaxInFlight() (perBooking, total int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxPerBooking, s.maxTotal
+}
+
+// SyncedAfter reports whether booking has a call that started after t and
+// was answered with a 2xx.
+func (s *StandIn) SyncedAfter(booking string, t time.Time) bool {
+	for _, c := range s.CallsFor(booking) {
+		if c.Start.After(t) && c.Status/100 == 2 && !c.End.IsZero() {
+			return true
+		}
+	}
+	return false
+}
