@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/riverqueue/river/rivertype"
 )
@@ -491,7 +493,7 @@ func adminErr(err error, q *adminQueue) error {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	body, err := marshalJSON(v)
+	body, err := payload.MarshalJSON(v)
 	if err != nil {
 		return err
 	}

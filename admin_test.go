@@ -3,7 +3,6 @@ package receivebooking
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
@@ -102,7 +104,7 @@ type adminEnv struct {
 	bodies strings.Builder
 }
 
-func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream) (*engine, *resolvedQueue) {
+func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream.Client) (*engine, *resolvedQueue) {
 	t.Helper()
 	rq := &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 2, maxAttempts: 1, workerTimeout: 5 * time.Second}}
 	return openTestQueue(t, rq, routes), rq
@@ -113,8 +115,8 @@ func newAdminEnv(t *testing.T, driver string) *adminEnv {
 	up := newAdminUpstream(t)
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
-	up0 := newUpstream(u, adminTargetKey, nil)
-	q, _ := openAdminQueue(t, driver, map[string]*upstream{defaultRoute: up0})
+	up0 := upstream.New(u, adminTargetKey, userAgent, nil)
+	q, _ := openAdminQueue(t, driver, map[string]*upstream.Client{defaultRoute: up0})
 	q.scrub.Set("test", adminTargetKey)
 	t.Cleanup(up.release) // before the queue stops: no sync stays held
 	e := &adminEnv{t: t, q: q, up: up, qh: &testQueueHandle{q: q, route: defaultRoute}}

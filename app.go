@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -35,7 +37,7 @@ type App struct {
 // engineUse is what this config's handlers need from one database's engine.
 type engineUse struct {
 	rq      *resolvedQueue
-	routes  map[string]*upstream
+	routes  map[string]*upstream.Client
 	secrets []string
 	ref     *engineRef
 	// first describes the handler that declared the settings, for
@@ -72,20 +74,20 @@ func loadApp(ctx caddy.Context) (*App, error) {
 // queue rq under route name, calling up, and that secrets must never leave
 // the engine. Handlers sharing a database must agree on its worker
 // settings, and a route name means one target and key.
-func (a *App) use(who string, rq *resolvedQueue, route string, up *upstream, secrets []string) (*engineRef, error) {
+func (a *App) use(who string, rq *resolvedQueue, route string, up *upstream.Client, secrets []string) (*engineRef, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	key := rq.poolKey()
 	u := a.uses[key]
 	if u == nil {
-		u = &engineUse{rq: rq, routes: map[string]*upstream{}, ref: newEngineRef(), first: who}
+		u = &engineUse{rq: rq, routes: map[string]*upstream.Client{}, ref: newEngineRef(), first: who}
 		a.uses[key] = u
 	}
 	if diff := u.rq.settingsDiff(rq); diff != "" {
 		return nil, fmt.Errorf("queue %s: %s and %s share it but set different %s; give them the same settings",
 			rq.describe(), u.first, who, diff)
 	}
-	if other, ok := u.routes[route]; ok && !other.sameTarget(up) {
+	if other, ok := u.routes[route]; ok && !other.SameTarget(up) {
 		return nil, fmt.Errorf("route %q: two handlers on queue %s use it with different targets or keys; give each target its own route name",
 			route, rq.describe())
 	}

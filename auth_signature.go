@@ -6,11 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"

@@ -3,7 +3,6 @@ package receivebooking
 import (
 	"context"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 
 	"github.com/caddyserver/caddy/v2"
 	reference "github.com/standard-webhooks/standard-webhooks/libraries/go"

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -194,7 +196,7 @@ func TestE2EContract(t *testing.T) {
 		assert.Equal(t, e2eTargetKey, c.header.Get("Apikey"))
 		assert.Equal(t, "application/json", c.header.Get("Content-Type"))
 		assert.True(t, strings.HasPrefix(c.header.Get("User-Agent"), "caddy-receive-booking/"))
-		assert.NotEmpty(t, c.header.Get(headerRequestID), "Caddy's request ID travels upstream")
+		assert.NotEmpty(t, c.header.Get(upstream.HeaderRequestID), "Caddy's request ID travels upstream")
 		assert.Empty(t, c.header.Get("X-Api-Key"), "the caller's credentials are never forwarded")
 	})
 	t.Run("upstream says failure", func(t *testing.T) {
@@ -343,7 +345,7 @@ func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	callsOf := func(booking string) (n int) {
 		for _, c := range up.calls() {
 			if strings.Contains(c.body, `"`+booking+`"`) {
-				require.True(t, strings.HasPrefix(c.header.Get(headerRequestID), "job-"), "every sync is a queued job's")
+				require.True(t, strings.HasPrefix(c.header.Get(upstream.HeaderRequestID), "job-"), "every sync is a queued job's")
 				n++
 			}
 		}

@@ -1,9 +1,10 @@
 package receivebooking
 
 import (
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"strconv"
 	"strings"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"

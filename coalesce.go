@@ -2,9 +2,11 @@ package receivebooking
 
 import (
 	"context"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"sync"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 )
 
 // coalescer shares upstream syncs between concurrent requests for one
@@ -25,16 +27,16 @@ type bookingFlights struct {
 
 // flight is one upstream sync and the requests waiting for its result.
 type flight struct {
-	req       syncRequest
+	req       upstream.Request
 	requestID string
 	waiters   int
 	started   bool
 	cancel    context.CancelFunc
 	done      chan struct{}
-	res       *syncResult
+	res       *upstream.Result
 }
 
-type syncFunc func(ctx context.Context, req syncRequest, requestID string) *syncResult
+type syncFunc func(ctx context.Context, req upstream.Request, requestID string) *upstream.Result
 
 func newCoalescer() *coalescer {
 	return &coalescer{bookings: make(map[payload.Key]*bookingFlights)}
@@ -45,8 +47,8 @@ func newCoalescer() *coalescer {
 // request already waited for that sync. A caller whose ctx ends first gets
 // ctx.Err(); the sync is cancelled once no caller waits for it any more.
 // timeout bounds each sync from the moment it starts.
-func (c *coalescer) do(ctx context.Context, key payload.Key, req syncRequest, requestID string,
-	timeout time.Duration, fn syncFunc) (res *syncResult, shared bool, err error) {
+func (c *coalescer) do(ctx context.Context, key payload.Key, req upstream.Request, requestID string,
+	timeout time.Duration, fn syncFunc) (res *upstream.Result, shared bool, err error) {
 	f, shared := c.join(key, req, requestID, timeout, fn)
 	select {
 	case <-f.done:
@@ -57,7 +59,7 @@ func (c *coalescer) do(ctx context.Context, key payload.Key, req syncRequest, re
 	}
 }
 
-func (c *coalescer) join(key payload.Key, req syncRequest, requestID string, timeout time.Duration, fn syncFunc) (*flight, bool) {
+func (c *coalescer) join(key payload.Key, req upstream.Request, requestID string, timeout time.Duration, fn syncFunc) (*flight, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	bf := c.bookings[key]
@@ -84,7 +86,7 @@ func (c *coalescer) join(key payload.Key, req syncRequest, requestID string, tim
 	return f, shared
 }
 
-func newFlight(req syncRequest, requestID string) *flight {
+func newFlight(req upstream.Request, requestID string) *flight {
 	return &flight{req: req, requestID: requestID, done: make(chan struct{})}
 }
 
@@ -101,7 +103,7 @@ func (c *coalescer) startLocked(key payload.Key, bf *bookingFlights, f *flight, 
 	}()
 }
 
-func (c *coalescer) finish(key payload.Key, bf *bookingFlights, f *flight, res *syncResult, timeout time.Duration, fn syncFunc) {
+func (c *coalescer) finish(key payload.Key, bf *bookingFlights, f *flight, res *upstream.Result, timeout time.Duration, fn syncFunc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f.res = res

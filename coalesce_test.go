@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -181,15 +183,15 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 	up := newImportStandIn(t, blockUntil(release))
 	h := newTestHandler(t, up.target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
-	req := syncRequest{BookingID: []byte(`"b-1"`)}
+	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 	type result struct {
-		res *syncResult
+		res *upstream.Result
 		err error
 	}
 	do := func(ctx context.Context) <-chan result {
 		out := make(chan result, 1)
 		go func() {
-			res, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.sync)
+			res, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.Sync)
 			out <- result{res, err}
 		}()
 		return out
@@ -217,7 +219,7 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 	close(release)
 	r := <-first
 	require.NoError(t, r.err)
-	assert.True(t, r.res.ok())
+	assert.True(t, r.res.OK())
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(c) }))
 	time.Sleep(50 * time.Millisecond)
 	assert.Len(t, up.calls(), 1, "the dropped next sync never ran")
@@ -231,12 +233,12 @@ func TestCoalesceAllLeaveCancelsRunningSync(t *testing.T) {
 	up := newImportStandIn(t, blockUntil(release))
 	h := newTestHandler(t, up.target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
-	req := syncRequest{BookingID: []byte(`"b-1"`)}
+	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.sync)
+		_, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.Sync)
 		done <- err
 	}()
 	waitFor(t, up.arrived, time.Second, "sync A")
@@ -268,11 +270,11 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 	})
 	h := newTestHandler(t, up.target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
-	req := syncRequest{BookingID: []byte(`"b-1"`)}
+	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 
 	aDone := make(chan error, 1)
 	go func() {
-		_, _, err := c.do(context.Background(), key, req, "", 2*time.Second, h.upstream.sync)
+		_, _, err := c.do(context.Background(), key, req, "", 2*time.Second, h.upstream.Sync)
 		aDone <- err
 	}()
 	waitFor(t, up.arrived, time.Second, "sync A")
@@ -283,7 +285,7 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		ctxs[i] = cancel
 		go func() {
-			_, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.sync)
+			_, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.Sync)
 			bDone <- err
 		}()
 	}
@@ -318,11 +320,11 @@ func TestCoalesceSyncTimeoutBoundsEachSync(t *testing.T) {
 	h := newTestHandler(t, up.target(), nil)
 	start := time.Now()
 	res, shared, err := h.coalescer.do(context.Background(), payload.Key{Booking: "b-1"},
-		syncRequest{BookingID: []byte(`"b-1"`)}, "", 100*time.Millisecond, h.upstream.sync)
+		upstream.Request{BookingID: []byte(`"b-1"`)}, "", 100*time.Millisecond, h.upstream.Sync)
 	require.NoError(t, err)
 	assert.False(t, shared)
-	assert.True(t, res.timedOut, "%+v", res)
-	assert.False(t, res.ok())
+	assert.True(t, res.TimedOut, "%+v", res)
+	assert.False(t, res.OK())
 	assert.Less(t, time.Since(start), time.Second)
 	waitFor(t, up.cancelled, time.Second, "the timed-out sync to be cancelled")
 }
@@ -332,7 +334,7 @@ func TestCoalesceCallerErrorIsContextError(t *testing.T) {
 	h := newTestHandler(t, up.target(), nil)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	_, _, err := h.coalescer.do(ctx, payload.Key{Booking: "b-9"}, syncRequest{BookingID: []byte(`"b-9"`)}, "", time.Second, h.upstream.sync)
+	_, _, err := h.coalescer.do(ctx, payload.Key{Booking: "b-9"}, upstream.Request{BookingID: []byte(`"b-9"`)}, "", time.Second, h.upstream.Sync)
 	if err != nil {
 		assert.True(t, errors.Is(err, context.DeadlineExceeded), "%v", err)
 	}

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"strings"
 	"testing"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 )
 
 // Fuzz targets for what an unauthenticated sender controls: the webhook
@@ -119,10 +120,10 @@ func FuzzParseWebhook(f *testing.F) {
 		sr.SyncMode = "single"
 		out, err := json.Marshal(sr)
 		if err != nil {
-			t.Fatalf("syncRequest does not marshal: %v", err)
+			t.Fatalf("upstream.Request does not marshal: %v", err)
 		}
 		if !json.Valid(out) {
-			t.Fatalf("syncRequest marshals to invalid JSON: %q", out)
+			t.Fatalf("upstream.Request marshals to invalid JSON: %q", out)
 		}
 		var back struct {
 			BookingID      json.RawMessage `json:"booking_id"`

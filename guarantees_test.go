@@ -9,7 +9,6 @@ package receivebooking
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"mime"
 	"net/http"
 	"os"
@@ -14,11 +13,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 const (
@@ -55,7 +58,7 @@ type answer struct {
 	// is gone.
 	silent bool
 	wh     *payload.Webhook
-	res    *syncResult
+	res    *upstream.Result
 }
 
 // response is the JSON body of every answer; fields are omitted when unset.
@@ -218,14 +221,14 @@ func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook) *answer {
 func (h *Handler) syncNow(r *http.Request, wh *payload.Webhook) *answer {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
-	res, shared, err := h.coalescer.do(ctx, wh.Key(), syncRequestOf(wh), requestID(r), h.timeout, h.upstream.sync)
+	res, shared, err := h.coalescer.do(ctx, wh.Key(), syncRequestOf(wh), requestID(r), h.timeout, h.upstream.Sync)
 	if err != nil && r.Context().Err() != nil {
 		// The sender hung up: nothing to answer, the sync was cancelled
 		// (unless other requests wait for it), and the sender retries.
 		return &answer{outcome: outcomeFailed, reason: "client_gone", wh: wh, silent: true}
 	}
 	if err != nil {
-		res = &syncResult{timedOut: true, err: errors.New("timed out")}
+		res = &upstream.Result{TimedOut: true, Err: errors.New("timed out")}
 	}
 	return h.syncAnswer(wh, res, shared)
 }
@@ -267,28 +270,28 @@ func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 }
 
 // syncRequestOf is the import-bookings call for a webhook.
-func syncRequestOf(w *payload.Webhook) syncRequest {
-	return syncRequest{BookingID: w.BookingID, OrganizationID: w.OrganizationIDJSON, EventType: w.EventType}
+func syncRequestOf(w *payload.Webhook) upstream.Request {
+	return upstream.Request{BookingID: w.BookingID, OrganizationID: w.OrganizationIDJSON, EventType: w.EventType}
 }
 
 // syncAnswer answers a sender with a sync's result. What the upstream
 // said passes the handler's scrubber: an upstream that echoes a key must
 // not hand it to the sender.
-func (h *Handler) syncAnswer(wh *payload.Webhook, res *syncResult, shared bool) *answer {
+func (h *Handler) syncAnswer(wh *payload.Webhook, res *upstream.Result, shared bool) *answer {
 	a := &answer{wh: wh, res: res}
 	switch {
-	case res.ok():
+	case res.OK():
 		a.status, a.outcome = http.StatusOK, outcomeSynced
 		if shared {
 			a.outcome = outcomeCoalesced
 		}
-		a.body = response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.body)}
-	case res.timedOut:
+		a.body = response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.Body)}
+	case res.TimedOut:
 		a.status, a.outcome, a.reason = http.StatusGatewayTimeout, outcomeFailed, "timeout"
 		a.body = response{Error: "Sync timed out"}
 	default:
 		a.status, a.outcome, a.reason = http.StatusBadGateway, outcomeFailed, "upstream"
-		a.body = response{Error: "Sync failed", UpstreamStatus: res.status, Details: scrubDetails(h.scrub, res.details())}
+		a.body = response{Error: "Sync failed", UpstreamStatus: res.Status, Details: scrubDetails(h.scrub, res.Details())}
 	}
 	return a
 }
@@ -353,7 +356,7 @@ func scrubDetails(s *scrub.Scrubber, d any) any {
 }
 
 func (h *Handler) write(w http.ResponseWriter, a *answer) {
-	body, err := marshalJSON(a.body)
+	body, err := payload.MarshalJSON(a.body)
 	if err != nil {
 		body = []byte(`{"error":"Internal error"}`)
 		a.status = http.StatusInternalServerError
@@ -410,9 +413,9 @@ func (h *Handler) log(r *http.Request, a *answer, d time.Duration) {
 			zap.String("event_type", payload.NormalizeEventType(a.wh.EventType)))
 	}
 	if a.res != nil {
-		fields = append(fields, zap.Int("upstream_status", a.res.status), zap.Duration("upstream_duration", a.res.duration))
-		if !a.res.ok() {
-			fields = append(fields, zap.String("error", a.res.describe()))
+		fields = append(fields, zap.Int("upstream_status", a.res.Status), zap.Duration("upstream_duration", a.res.Duration))
+		if !a.res.OK() {
+			fields = append(fields, zap.String("error", a.res.Describe()))
 		}
 	}
 	if a.body.JobID != 0 {

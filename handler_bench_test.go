@@ -3,12 +3,13 @@ package receivebooking
 import (
 	"context"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"

@@ -586,7 +586,7 @@ func TestServeHTTPClientGone(t *testing.T) {
 
 	waitFor(t, up.cancelled, time.Second, "import-bookings to see its request cancelled")
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }), "the coalescer forgets the booking")
-	h.upstream.client.CloseIdleConnections()
+	h.upstream.CloseIdleConnections()
 	up.CloseClientConnections()
 	n, ok := goroutinesSettle(baseline, time.Second)
 	assert.True(t, ok, "goroutines: %d after, %d before", n, baseline)

@@ -1,9 +1,10 @@
 package receivebooking
 
 import (
-	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"os"
 	"testing"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 )
 
 // TestMain keeps Caddy's data and config directories (where the default

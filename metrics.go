@@ -2,10 +2,12 @@ package receivebooking
 
 import (
 	"errors"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,12 +102,12 @@ func (m *metrics) observeAnswer(a *answer) {
 	}
 }
 
-func (m *metrics) observeUpstream(res *syncResult) {
+func (m *metrics) observeUpstream(res *upstream.Result) {
 	if m == nil {
 		return
 	}
-	m.upstreamReqs.WithLabelValues(strconv.Itoa(res.status)).Inc()
-	m.upstreamLatency.Observe(res.duration.Seconds())
+	m.upstreamReqs.WithLabelValues(strconv.Itoa(res.Status)).Inc()
+	m.upstreamLatency.Observe(res.Duration.Seconds())
 }
 
 func (m *metrics) observeSyncLag(acceptedAt time.Time) {

@@ -8,21 +8,27 @@ package receivebooking
 import (
 	"errors"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 // version is sent upstream in the User-Agent header.
 const version = "0.1.0"
+
+// userAgent is what every call to import-bookings sends as User-Agent.
+const userAgent = "caddy-receive-booking/" + version
 
 const (
 	defaultTimeout     = 12 * time.Second
@@ -149,7 +155,7 @@ type Handler struct {
 	secretValues []string
 	scrub        *scrub.Scrubber
 
-	upstream *upstream
+	upstream *upstream.Client
 	// coalescer shares syncs between waiting senders when there is no
 	// queue (sync mode); with a queue every sync goes through the engine.
 	coalescer *coalescer
@@ -185,7 +191,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
-	h.upstream = newUpstream(h.target, h.targetKey, h.metrics)
+	h.upstream = upstream.New(h.target, h.targetKey, userAgent, h.metrics.observeUpstream)
 	if err := h.provisionQueue(ctx, repl); err != nil {
 		return err
 	}

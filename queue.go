@@ -11,16 +11,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 const (
@@ -267,7 +270,7 @@ type backendBox struct{ backend }
 // engineUser is one config's routes on the engine.
 type engineUser struct {
 	app    *App
-	routes map[string]*upstream
+	routes map[string]*upstream.Client
 }
 
 // newEngine starts connecting in the background and returns at once.
@@ -335,7 +338,7 @@ func (e *engine) detach(a *App, _ *engineUse) {
 // upstreamFor is the route's upstream in the newest config that has it:
 // jobs name a route, not a URL, so a changed target takes effect for every
 // pending job.
-func (e *engine) upstreamFor(route string) *upstream {
+func (e *engine) upstreamFor(route string) *upstream.Client {
 	if route == "" {
 		route = defaultRoute
 	}

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"log/slog"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 
@@ -522,7 +524,7 @@ func (h scrubHandler) WithGroup(name string) slog.Handler {
 // waits for the booking, which then carries the sync and this one
 // completes as superseded. It returns the error River should record, or
 // the database's error.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *syncResult, jobErr error) (record, err error) {
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *upstream.Result, jobErr error) (record, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return nil, err

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,11 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 // gatedUpstream is an import-bookings stand-in whose calls can be held
@@ -85,7 +88,7 @@ func (u *gatedUpstream) callsFor(id string) []callSpan {
 // openTestQueue starts a real engine on a SQLite file in a temporary
 // directory, or on a fresh PostgreSQL database, with routes registered as
 // a config's handlers would, and waits until it is connected.
-func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream) *engine {
+func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream.Client) *engine {
 	t.Helper()
 	if rq.location == "" {
 		if rq.driver == queueSQLite {
@@ -97,7 +100,7 @@ func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream)
 	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
 	t.Cleanup(func() { assert.NoError(t, e.Destruct()) })
 	if routes == nil {
-		routes = map[string]*upstream{}
+		routes = map[string]*upstream.Client{}
 	}
 	e.attach(&App{}, &engineUse{rq: rq, routes: routes})
 	<-e.ready
@@ -135,7 +138,7 @@ func testQueue(t *testing.T, driver string, up *httptest.Server) *testQueueHandl
 	t.Helper()
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
-	routes := map[string]*upstream{defaultRoute: newUpstream(u, "tk", nil)}
+	routes := map[string]*upstream.Client{defaultRoute: upstream.New(u, "tk", userAgent, nil)}
 	q := openTestQueue(t, &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second}}, routes)
 	return &testQueueHandle{q: q, route: defaultRoute}
 }
@@ -277,7 +280,7 @@ func TestRetryPolicyBackoff(t *testing.T) {
 func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
 	var sc scrub.Scrubber
 	sc.Set("test", "tk-key")
-	err := jobError(&syncResult{status: 429, text: "slow down tk-key", retryAfter: 120 * time.Second}, &sc)
+	err := jobError(&upstream.Result{Status: 429, Text: "slow down tk-key", RetryAfter: 120 * time.Second}, &sc)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "tk-key", "the upstream key is scrubbed from job errors")
 	job := &rivertype.JobRow{Attempt: 1, Errors: []rivertype.AttemptError{{Attempt: 1, Error: err.Error()}}}
@@ -287,9 +290,9 @@ func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
 	job.Errors[0].Error = "upstream status 503 (retry after 99999s)"
 	assert.WithinDuration(t, time.Now().Add(retryCap), retryPolicy{}.NextRetry(job), 2*time.Second, "capped")
 
-	assert.True(t, isCancel(jobError(&syncResult{status: 404}, &sc)), "a 404 is permanent")
-	assert.False(t, isCancel(jobError(&syncResult{status: 408}, &sc)))
-	assert.NoError(t, jobError(&syncResult{status: 200, body: json.RawMessage(`{"success":true}`)}, &sc))
+	assert.True(t, isCancel(jobError(&upstream.Result{Status: 404}, &sc)), "a 404 is permanent")
+	assert.False(t, isCancel(jobError(&upstream.Result{Status: 408}, &sc)))
+	assert.NoError(t, jobError(&upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`)}, &sc))
 }
 
 // TestQueueUnavailableAnswers503: when the webhook cannot be recorded (the
@@ -303,7 +306,7 @@ func TestQueueUnavailableAnswers503(t *testing.T) {
 	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
 	t.Cleanup(func() { _ = e.Destruct() })
 	u, _ := url.Parse(up.URL)
-	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: newUpstream(u, "", nil), route: defaultRoute}
+	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: upstream.New(u, "", userAgent, nil), route: defaultRoute}
 	h.queue = newEngineRef()
 	h.queue.bind(e)
 	a, req := h.enqueue(context.Background(), testWebhook("b9"), nil)

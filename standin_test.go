@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 )
 
 // standInCall is one call import-bookings received.
@@ -65,7 +67,7 @@ func (s *standIn) serve(w http.ResponseWriter, r *http.Request) {
 	if json.Unmarshal(req.BookingID, &booking) != nil {
 		booking = string(req.BookingID)
 	}
-	c := &standInCall{booking: booking, requestID: r.Header.Get(headerRequestID), header: r.Header.Clone(),
+	c := &standInCall{booking: booking, requestID: r.Header.Get(upstream.HeaderRequestID), header: r.Header.Clone(),
 		body: string(raw), start: time.Now()}
 	s.mu.Lock()
 	s.calls = append(s.calls, c)

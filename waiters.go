@@ -7,12 +7,16 @@ package receivebooking
 // claims the booking, so an attempt that was already running when a webhook
 // merged into its job never answers for that webhook.
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+)
 
 // attemptOutcome is how one attempt of a queued sync ended, as a waiting
 // sender is told.
 type attemptOutcome struct {
-	res *syncResult
+	res *upstream.Result
 	// final: no retry follows (success, a permanent failure, or the last
 	// attempt).
 	final bool

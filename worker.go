@@ -9,11 +9,14 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
 	"github.com/riverqueue/river/rivertype"
 	"go.uber.org/zap"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 const (
@@ -58,14 +61,14 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 	// The senders waiting for this job are answered by this attempt.
 	waiting := e.waiters.take(job.ID)
 	up := e.upstreamFor(job.Args.Route)
-	var res *syncResult
+	var res *upstream.Result
 	var jobErr error
 	if up == nil {
-		res = &syncResult{err: errors.New("no receive_booking handler has this job's route")}
+		res = &upstream.Result{Err: errors.New("no receive_booking handler has this job's route")}
 		jobErr = fmt.Errorf("no receive_booking handler is configured for route %q", job.Args.route())
 	} else {
-		req := syncRequest{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
-		res = up.sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
+		req := upstream.Request{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
+		res = up.Sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
 		jobErr = jobError(res, &e.scrub)
 	}
 	// Record the outcome even if the job's own deadline just passed.
@@ -85,7 +88,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 }
 
 // outcomeOf is what a waiting sender is told of an attempt.
-func outcomeOf(job *river.Job[syncArgs], res *syncResult, jobErr error) *attemptOutcome {
+func outcomeOf(job *river.Job[syncArgs], res *upstream.Result, jobErr error) *attemptOutcome {
 	out := &attemptOutcome{res: res}
 	switch {
 	case jobErr == nil:
@@ -98,11 +101,11 @@ func outcomeOf(job *river.Job[syncArgs], res *syncResult, jobErr error) *attempt
 	return out
 }
 
-func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syncResult, jobErr error) {
+func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *upstream.Result, jobErr error) {
 	fields := []zap.Field{
 		zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt),
 		zap.String("booking_id", job.Args.BookingKey), zap.String("organization_id", job.Args.OrganizationID),
-		zap.Int("upstream_status", res.status), zap.Duration("upstream_duration", res.duration),
+		zap.Int("upstream_status", res.Status), zap.Duration("upstream_duration", res.Duration),
 	}
 	if jobErr == nil {
 		w.b.q.logger.Info("booking synced", fields...)
@@ -116,33 +119,33 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *syn
 // fix it), a plain error (retried) otherwise. The text passes the engine's
 // scrubber: an upstream may echo a key, a secret or a password. The
 // upstream's Retry-After rides along in the message for the retry policy.
-func jobError(res *syncResult, s *scrub.Scrubber) error {
-	if res.ok() {
+func jobError(res *upstream.Result, s *scrub.Scrubber) error {
+	if res.OK() {
 		return nil
 	}
-	msg := s.String(res.describe())
-	if res.err == nil {
+	msg := s.String(res.Describe())
+	if res.Err == nil {
 		if d := detailsText(res, s); d != "" {
 			msg += ": " + d
 		}
 	}
-	if res.permanent() {
+	if res.Permanent() {
 		return river.JobCancel(errors.New(msg))
 	}
-	if res.retryAfter > 0 {
-		msg += fmt.Sprintf(" (retry after %ds)", int(res.retryAfter.Seconds()))
+	if res.RetryAfter > 0 {
+		msg += fmt.Sprintf(" (retry after %ds)", int(res.RetryAfter.Seconds()))
 	}
 	return errors.New(msg)
 }
 
 // detailsText is the start of the upstream's answer, scrubbed before it is
 // cut (a secret cut in half would pass the scrubber).
-func detailsText(res *syncResult, s *scrub.Scrubber) string {
-	text := res.text
-	if res.body != nil {
-		text = string(res.body)
+func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
+	text := res.Text
+	if res.Body != nil {
+		text = string(res.Body)
 	}
-	return truncateText([]byte(s.String(text)), maxErrorDetails)
+	return upstream.TruncateText([]byte(s.String(text)), maxErrorDetails)
 }
 
 // retryPolicy is exponential backoff with jitter: the first retry after

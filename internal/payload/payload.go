@@ -305,3 +305,16 @@ func MetricEventType(normalized string) string {
 	}
 	return "other"
 }
+
+// MarshalJSON encodes v without Go's HTML escaping, so that JSON passed
+// through (the booking_id literal, the upstream's answer) keeps every byte
+// as received: "&" stays "&", not "\u0026".
+func MarshalJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

@@ -1,4 +1,7 @@
-package receivebooking
+// Package upstream calls import-bookings: one single-booking sync per
+// call, with the service-role key sent to the target only, a bounded
+// answer read, and every outcome described by a Result (no error escapes).
+package upstream
 
 import (
 	"bytes"
@@ -14,30 +17,35 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 )
 
 const (
 	// maxUpstreamBody bounds how much of an import-bookings answer is read.
 	maxUpstreamBody = 1 << 20
-	// maxDetailsText is how much of a non-JSON answer is passed on.
-	maxDetailsText = 2 << 10
+	// MaxDetailsText is how much of a non-JSON answer is passed on.
+	MaxDetailsText = 2 << 10
 
-	headerRequestID = "X-Request-Id"
+	HeaderRequestID = "X-Request-Id"
 
 	// maxRetryAfterSeconds bounds a Retry-After header: a week.
 	maxRetryAfterSeconds = 7 * 24 * 3600
 )
 
-// upstream calls import-bookings. One per handler, so that connections are
+// Client calls import-bookings. One per handler, so that connections are
 // reused across webhooks.
-type upstream struct {
+type Client struct {
 	target    string
 	targetKey string
+	userAgent string
 	client    *http.Client
-	metrics   *metrics
+	observe   func(*Result)
 }
 
-func newUpstream(target *url.URL, key string, m *metrics) *upstream {
+// New returns a client of the target that sends key (as "Authorization:
+// Bearer" and "apikey") and userAgent; observe, if set, sees every result.
+func New(target *url.URL, key, userAgent string, observe func(*Result)) *Client {
 	transport := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
@@ -51,84 +59,86 @@ func newUpstream(target *url.URL, key string, m *metrics) *upstream {
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
-	return &upstream{
+	return &Client{
 		target:    target.String(),
 		targetKey: key,
 		// No client timeout: every call carries a context deadline, which
 		// is the one the sender or the worker can afford.
-		client:  &http.Client{Transport: transport},
-		metrics: m,
+		client:    &http.Client{Transport: transport},
+		observe:   observe,
+		userAgent: userAgent,
 	}
 }
 
-// sameTarget reports whether o calls the same URL with the same key.
-func (u *upstream) sameTarget(o *upstream) bool {
+// SameTarget reports whether o calls the same URL with the same key.
+func (u *Client) SameTarget(o *Client) bool {
 	return u.target == o.target && u.targetKey == o.targetKey
 }
 
-// syncRequest is the body import-bookings expects for a single-booking sync.
-type syncRequest struct {
+// Request is the body import-bookings expects for a single-booking sync.
+type Request struct {
 	BookingID      json.RawMessage `json:"booking_id"`
 	SyncMode       string          `json:"syncMode"`
 	OrganizationID json.RawMessage `json:"organization_id,omitempty"`
 	EventType      string          `json:"event_type,omitempty"`
 }
 
-// syncResult is what one call to import-bookings came to.
-type syncResult struct {
-	// status is the upstream HTTP status; 0 when no answer arrived.
-	status int
-	// body is the upstream answer when it is JSON.
-	body json.RawMessage
-	// text is the start of a non-JSON answer.
-	text string
-	// err is the transport failure, scrubbed of URLs and keys.
-	err error
-	// timedOut is set when the deadline passed before an answer.
-	timedOut bool
-	// retryAfter is the upstream's Retry-After, if any.
-	retryAfter time.Duration
-	duration   time.Duration
+// Result is what one call to import-bookings came to.
+type Result struct {
+	// Status is the upstream HTTP status; 0 when no answer arrived.
+	Status int
+	// Body is the upstream answer when it is JSON.
+	Body json.RawMessage
+	// Text is the start of a non-JSON answer.
+	Text string
+	// Err is the transport failure, scrubbed of URLs and keys.
+	Err error
+	// TimedOut is set when the deadline passed before an answer.
+	TimedOut bool
+	// RetryAfter is the upstream's Retry-After, if any.
+	RetryAfter time.Duration
+	// Duration is how long the call took.
+	Duration time.Duration
 }
 
 // ok reports a successful sync: a 2xx JSON answer that does not say
 // "success": false.
-func (r *syncResult) ok() bool {
-	return r.err == nil && r.status >= 200 && r.status < 300 && r.body != nil && !saysFailure(r.body)
+func (r *Result) OK() bool {
+	return r.Err == nil && r.Status >= 200 && r.Status < 300 && r.Body != nil && !saysFailure(r.Body)
 }
 
 // permanent reports an upstream rejection that no retry will fix: a 4xx
 // other than 408 and 429.
-func (r *syncResult) permanent() bool {
-	return r.err == nil && r.status >= 400 && r.status < 500 &&
-		r.status != http.StatusRequestTimeout && r.status != http.StatusTooManyRequests
+func (r *Result) Permanent() bool {
+	return r.Err == nil && r.Status >= 400 && r.Status < 500 &&
+		r.Status != http.StatusRequestTimeout && r.Status != http.StatusTooManyRequests
 }
 
 // details is what an answer or a job error says about the failure.
-func (r *syncResult) details() any {
+func (r *Result) Details() any {
 	switch {
-	case r.err != nil:
-		return r.err.Error()
-	case r.body != nil:
-		return r.body
+	case r.Err != nil:
+		return r.Err.Error()
+	case r.Body != nil:
+		return r.Body
 	default:
-		return r.text
+		return r.Text
 	}
 }
 
 // describe is a one-line account of a failed sync, for logs and job errors.
-func (r *syncResult) describe() string {
+func (r *Result) Describe() string {
 	switch {
-	case r.timedOut:
+	case r.TimedOut:
 		return "upstream timed out"
-	case r.err != nil:
-		return "upstream unreachable: " + r.err.Error()
-	case r.status >= 200 && r.status < 300 && r.body == nil:
-		return fmt.Sprintf("upstream status %d with a non-JSON body", r.status)
-	case r.status >= 200 && r.status < 300:
-		return fmt.Sprintf("upstream status %d reporting \"success\": false", r.status)
+	case r.Err != nil:
+		return "upstream unreachable: " + r.Err.Error()
+	case r.Status >= 200 && r.Status < 300 && r.Body == nil:
+		return fmt.Sprintf("upstream status %d with a non-JSON body", r.Status)
+	case r.Status >= 200 && r.Status < 300:
+		return fmt.Sprintf("upstream status %d reporting \"success\": false", r.Status)
 	default:
-		return fmt.Sprintf("upstream status %d", r.status)
+		return fmt.Sprintf("upstream status %d", r.Status)
 	}
 }
 
@@ -144,70 +154,59 @@ func saysFailure(body json.RawMessage) bool {
 
 // sync asks import-bookings to sync one booking. It never returns an error:
 // every outcome is described by the result.
-func (u *upstream) sync(ctx context.Context, req syncRequest, requestID string) *syncResult {
+func (u *Client) Sync(ctx context.Context, req Request, requestID string) *Result {
 	start := time.Now()
 	res := u.do(ctx, req, requestID)
-	res.duration = time.Since(start)
-	u.metrics.observeUpstream(res)
+	res.Duration = time.Since(start)
+	if u.observe != nil {
+		u.observe(res)
+	}
 	return res
 }
 
-func (u *upstream) do(ctx context.Context, sr syncRequest, requestID string) *syncResult {
+func (u *Client) do(ctx context.Context, sr Request, requestID string) *Result {
 	sr.SyncMode = "single"
-	payload, err := marshalJSON(sr)
+	payload, err := payload.MarshalJSON(sr)
 	if err != nil {
-		return &syncResult{err: errors.New("encoding sync request")}
+		return &Result{Err: errors.New("encoding sync request")}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.target, bytes.NewReader(payload))
 	if err != nil {
-		return &syncResult{err: errors.New("building sync request")}
+		return &Result{Err: errors.New("building sync request")}
 	}
 	u.setHeaders(req.Header, requestID)
 	resp, err := u.client.Do(req)
 	if err != nil {
-		return &syncResult{err: scrubError(err), timedOut: errors.Is(err, context.DeadlineExceeded)}
+		return &Result{Err: scrubError(err), TimedOut: errors.Is(err, context.DeadlineExceeded)}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
-	res := &syncResult{status: resp.StatusCode, retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
+	res := &Result{Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
 	if err != nil {
-		res.err = scrubError(err)
-		res.timedOut = errors.Is(err, context.DeadlineExceeded)
+		res.Err = scrubError(err)
+		res.TimedOut = errors.Is(err, context.DeadlineExceeded)
 		return res
 	}
 	if len(raw) <= maxUpstreamBody && json.Valid(raw) {
-		res.body = raw
+		res.Body = raw
 	} else {
-		res.text = truncateText(raw, maxDetailsText)
+		res.Text = TruncateText(raw, MaxDetailsText)
 	}
 	// Drain a little so the connection can be reused.
 	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 	return res
 }
 
-// marshalJSON encodes v without Go's HTML escaping, so that JSON passed
-// through (the booking_id literal, the upstream's answer) keeps every byte
-// as received: "&" stays "&", not "\u0026".
-func marshalJSON(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
-
-func (u *upstream) setHeaders(h http.Header, requestID string) {
+func (u *Client) setHeaders(h http.Header, requestID string) {
 	h.Set("Content-Type", "application/json")
 	h.Set("Accept", "application/json")
-	h.Set("User-Agent", "caddy-receive-booking/"+version)
+	h.Set("User-Agent", u.userAgent)
 	if u.targetKey != "" {
 		h.Set("Authorization", "Bearer "+u.targetKey)
 		h.Set("Apikey", u.targetKey)
 	}
 	if requestID != "" {
-		h.Set(headerRequestID, requestID)
+		h.Set(HeaderRequestID, requestID)
 	}
 }
 
@@ -230,7 +229,7 @@ func scrubError(err error) error {
 // truncateText cuts b to at most n bytes of valid UTF-8: invalid bytes are
 // replaced first (U+FFFD is 3 bytes), then the text is cut on a rune
 // boundary.
-func truncateText(b []byte, n int) string {
+func TruncateText(b []byte, n int) string {
 	s := strings.ToValidUTF8(string(b[:min(len(b), 4*n)]), "\uFFFD")
 	if len(s) <= n {
 		return s
@@ -260,3 +259,6 @@ func parseRetryAfter(v string) time.Duration {
 	}
 	return 0
 }
+
+// CloseIdleConnections closes the client's idle keep-alive connections.
+func (u *Client) CloseIdleConnections() { u.client.CloseIdleConnections() }
