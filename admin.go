@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/riverqueue/river/rivertype"
@@ -41,7 +42,7 @@ func init() {
 type AdminAPI struct {
 	// engines lists the queues to serve; nil: the running config's
 	// (tests set it to serve queues without a running Caddy).
-	engines func() []*engine
+	engines func() []*queue.Engine
 }
 
 // CaddyModule returns the Caddy module information.
@@ -64,12 +65,6 @@ var jobStates = map[string]rivertype.JobState{
 	"completed": rivertype.JobStateCompleted, "discarded": rivertype.JobStateDiscarded,
 	"retryable": rivertype.JobStateRetryable, "running": rivertype.JobStateRunning,
 	"scheduled": rivertype.JobStateScheduled,
-}
-
-// replayableStates are the states of jobs that may be replayed: failed,
-// or waiting for their next attempt (a replay runs it now).
-var replayableStates = map[rivertype.JobState]bool{
-	rivertype.JobStateDiscarded: true, rivertype.JobStateCancelled: true, rivertype.JobStateRetryable: true,
 }
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -120,7 +115,7 @@ func (a *AdminAPI) serveQueue(w http.ResponseWriter, r *http.Request, fn queueFu
 	if err != nil {
 		return err
 	}
-	b, err := e.current()
+	b, err := e.Jobs()
 	if err != nil {
 		return apiError(http.StatusServiceUnavailable, err.Error()) // scrubbed by the engine
 	}
@@ -139,14 +134,14 @@ func adminCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // adminQueue is one engine and its reachable database, for one request.
 type adminQueue struct {
-	e       *engine
-	backend backend
+	e       *queue.Engine
+	backend queue.JobStore
 }
 
 // pickQueue returns the running config's queue named by ?queue=, or else
 // its first one.
-func (a *AdminAPI) pickQueue(r *http.Request) (*engine, error) {
-	var qs []*engine
+func (a *AdminAPI) pickQueue(r *http.Request) (*queue.Engine, error) {
+	var qs []*queue.Engine
 	if a.engines != nil {
 		qs = a.engines()
 	} else if app := activeApp(); app != nil {
@@ -160,7 +155,7 @@ func (a *AdminAPI) pickQueue(r *http.Request) (*engine, error) {
 		return qs[0], nil
 	}
 	for _, q := range qs {
-		if q.key == name {
+		if q.ID() == name {
 			return q, nil
 		}
 	}
@@ -194,7 +189,7 @@ type attemptView struct {
 }
 
 func newJobView(job *rivertype.JobRow, q *adminQueue, withHistory bool) jobView {
-	var args syncArgs
+	var args queue.Args
 	_ = json.Unmarshal(job.EncodedArgs, &args)
 	v := jobView{
 		ID: job.ID, State: string(job.State), BookingKey: args.BookingKey,
@@ -218,7 +213,7 @@ func newJobView(job *rivertype.JobRow, q *adminQueue, withHistory bool) jobView 
 
 // adminScrub removes every secret the engine knows from a text the admin
 // API returns.
-func adminScrub(q *adminQueue, s string) string { return q.e.scrub.String(s) }
+func adminScrub(q *adminQueue, s string) string { return q.e.Scrub(s) }
 
 // listJobs answers a page of jobs in one state, in ascending id order.
 // next_after (the last id) is present when the page is full.
@@ -237,7 +232,7 @@ func (a *AdminAPI) listJobs(ctx context.Context, q *adminQueue, r *http.Request)
 	}
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	jobs, err := q.backend.listJobs(ctx, []rivertype.JobState{state}, int(limit), after, bookingParam(r))
+	jobs, err := q.backend.ListJobs(ctx, []rivertype.JobState{state}, int(limit), after, bookingParam(r))
 	if err != nil {
 		return nil, err
 	}
@@ -271,7 +266,7 @@ func withJobID(raw string, fn jobFunc) queueFunc {
 }
 
 func (a *AdminAPI) getJob(ctx context.Context, q *adminQueue, id int64) (any, error) {
-	job, err := q.backend.getJob(ctx, id)
+	job, err := q.backend.GetJob(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -280,15 +275,15 @@ func (a *AdminAPI) getJob(ctx context.Context, q *adminQueue, id int64) (any, er
 
 // retryOne replays one failed job now, by the coalescing rule.
 func (a *AdminAPI) retryOne(ctx context.Context, q *adminQueue, id int64) (any, error) {
-	job, err := q.backend.getJob(ctx, id)
+	job, err := q.backend.GetJob(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if !replayableStates[job.State] {
+	if !queue.ReplayableStates[job.State] {
 		return nil, apiError(http.StatusConflict,
 			fmt.Sprintf("job %d is %s: only discarded, cancelled or retryable jobs are replayed", id, job.State))
 	}
-	return q.backend.replayJob(ctx, id)
+	return q.backend.ReplayJob(ctx, id)
 }
 
 // retryMany replays every job in a replayable state (of one booking, with
@@ -301,7 +296,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	if err != nil {
 		return nil, err
 	}
-	if !replayableStates[state] {
+	if !queue.ReplayableStates[state] {
 		return nil, apiError(http.StatusBadRequest, "state: expected discarded, cancelled or retryable")
 	}
 	var out struct {
@@ -318,7 +313,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	}
 	for after := int64(0); ; {
 		lctx, cancel := adminCtx(ctx)
-		jobs, err := q.backend.listJobs(lctx, []rivertype.JobState{state}, maxListLimit, after, booking)
+		jobs, err := q.backend.ListJobs(lctx, []rivertype.JobState{state}, maxListLimit, after, booking)
 		cancel()
 		if err != nil {
 			return nil, partial(err)
@@ -327,7 +322,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 			after = j.ID
 			res, err := replayIfReplayable(ctx, q, j.ID)
 			switch {
-			case errors.Is(err, errNotReplayable), errors.Is(err, rivertype.ErrNotFound), errors.Is(err, rivertype.ErrJobRunning):
+			case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, rivertype.ErrNotFound), errors.Is(err, rivertype.ErrJobRunning):
 				out.Skipped++
 			case err != nil:
 				return nil, partial(err)
@@ -344,26 +339,24 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	}
 }
 
-var errNotReplayable = errors.New("job not in a replayable state")
-
 // replayIfReplayable reads the job's state again just before replaying
 // it: a retryable job may have started since the page was listed.
-func replayIfReplayable(ctx context.Context, q *adminQueue, id int64) (*replayResult, error) {
+func replayIfReplayable(ctx context.Context, q *adminQueue, id int64) (*queue.ReplayResult, error) {
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	job, err := q.backend.getJob(ctx, id)
+	job, err := q.backend.GetJob(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if !replayableStates[job.State] {
-		return nil, errNotReplayable
+	if !queue.ReplayableStates[job.State] {
+		return nil, queue.ErrNotReplayable
 	}
-	return q.backend.replayJob(ctx, id)
+	return q.backend.ReplayJob(ctx, id)
 }
 
 // deleteJob drops a job; a running one cannot be (409).
 func (a *AdminAPI) deleteJob(ctx context.Context, q *adminQueue, id int64) (any, error) {
-	job, err := q.backend.deleteJob(ctx, id)
+	job, err := q.backend.DeleteJob(ctx, id)
 	if errors.Is(err, rivertype.ErrJobRunning) {
 		return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is running and cannot be deleted", id))
 	}
@@ -379,14 +372,14 @@ func (a *AdminAPI) deleteJob(ctx context.Context, q *adminQueue, id int64) (any,
 func (a *AdminAPI) stats(ctx context.Context, q *adminQueue, _ *http.Request) (any, error) {
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	s, err := q.e.stats(ctx)
+	s, err := q.e.Stats(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return struct {
 		Queue string `json:"queue"`
-		*queueStats
-	}{q.e.key, s}, nil
+		*queue.Stats
+	}{q.e.ID(), s}, nil
 }
 
 // health answers 200 when the queue can record webhooks (its database is
@@ -416,10 +409,10 @@ func (a *AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	// Unhealthy whenever a webhook could not be recorded now: the
 	// database is away, or a write does not commit (a full disk).
-	if err := q.health(ctx); err != nil {
+	if err := q.Health(ctx); err != nil {
 		return unhealthy(err.Error()) // scrubbed by the engine
 	}
-	s, err := q.stats(ctx)
+	s, err := q.Stats(ctx)
 	if err != nil {
 		return unhealthy("queue unreachable: " + err.Error())
 	}
@@ -429,8 +422,8 @@ func (a *AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, struct {
 		Status string `json:"status"`
 		Queue  string `json:"queue"`
-		*queueStats
-	}{"ok", q.key, s})
+		*queue.Stats
+	}{"ok", q.ID(), s})
 }
 
 // stateParam reads ?state=, discarded by default.

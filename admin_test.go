@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
@@ -96,7 +97,8 @@ func (u *adminUpstream) callsFor(booking string) int {
 // look for secrets in them.
 type adminEnv struct {
 	t      *testing.T
-	q      *engine
+	q      *queue.Engine
+	dsn    string
 	qh     *testQueueHandle
 	up     *adminUpstream
 	srv    *httptest.Server
@@ -104,9 +106,9 @@ type adminEnv struct {
 	bodies strings.Builder
 }
 
-func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream.Client) (*engine, *resolvedQueue) {
+func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream.Client) (*queue.Engine, *queue.Config) {
 	t.Helper()
-	rq := &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 2, maxAttempts: 1, workerTimeout: 5 * time.Second}}
+	rq := &queue.Config{Driver: driver, Settings: queue.Settings{Workers: 2, MaxAttempts: 1, WorkerTimeout: 5 * time.Second}}
 	return openTestQueue(t, rq, routes), rq
 }
 
@@ -116,10 +118,10 @@ func newAdminEnv(t *testing.T, driver string) *adminEnv {
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
 	up0 := upstream.New(u, adminTargetKey, userAgent, nil)
-	q, _ := openAdminQueue(t, driver, map[string]*upstream.Client{defaultRoute: up0})
-	q.scrub.Set("test", adminTargetKey)
+	q, rq := openAdminQueue(t, driver, map[string]*upstream.Client{queue.DefaultRoute: up0})
+	q.Attach("secrets", nil, []string{adminTargetKey}, rq.Settings)
 	t.Cleanup(up.release) // before the queue stops: no sync stays held
-	e := &adminEnv{t: t, q: q, up: up, qh: &testQueueHandle{q: q, route: defaultRoute}}
+	e := &adminEnv{t: t, q: q, dsn: rq.Location, up: up, qh: &testQueueHandle{q: q, route: queue.DefaultRoute}}
 	e.srv = newAdminServer(t, q)
 	return e
 }
@@ -127,11 +129,11 @@ func newAdminEnv(t *testing.T, driver string) *adminEnv {
 // newAdminServer mounts AdminAPI's routes as Caddy's admin endpoint does,
 // and writes their errors as it does: only an unwrapped caddy.APIError
 // keeps its status; its message is written as {"error": "..."}.
-func newAdminServer(t *testing.T, engines ...*engine) *httptest.Server {
+func newAdminServer(t *testing.T, engines ...*queue.Engine) *httptest.Server {
 	mux := http.NewServeMux()
 	api := new(AdminAPI) // as Caddy instantiates it, but serving these queues
-	api.engines = func() []*engine {
-		slices.SortFunc(engines, func(a, b *engine) int { return strings.Compare(a.key, b.key) })
+	api.engines = func() []*queue.Engine {
+		slices.SortFunc(engines, func(a, b *queue.Engine) int { return strings.Compare(a.ID(), b.ID()) })
 		return engines
 	}
 	var mod caddy.Module = api
@@ -184,7 +186,7 @@ func (e *adminEnv) call(method, path string) (int, map[string]any, http.Header) 
 	if strings.Contains(path, "?") {
 		sep = "&"
 	}
-	status, out, hdr, raw := doAdmin(e.t, e.srv.URL, method, path+sep+"queue="+url.QueryEscape(e.q.key))
+	status, out, hdr, raw := doAdmin(e.t, e.srv.URL, method, path+sep+"queue="+url.QueryEscape(e.q.ID()))
 	e.mu.Lock()
 	e.bodies.WriteString(raw)
 	e.mu.Unlock()
@@ -241,7 +243,7 @@ func adminJobID(j map[string]any) int64 { return int64(j["id"].(float64)) }
 // health; and every error answer. No answer may carry the upstream key or
 // the database password.
 func TestAdminAPI(t *testing.T) {
-	for _, driver := range []string{queueSQLite, queuePostgres} {
+	for _, driver := range []string{queue.SQLite, queue.Postgres} {
 		t.Run(driver, func(t *testing.T) { runAdminScenario(t, driver) })
 	}
 }
@@ -250,10 +252,10 @@ func runAdminScenario(t *testing.T, driver string) {
 	e := newAdminEnv(t, driver)
 	secrets := []string{adminTargetKey}
 	leak := adminTargetKey
-	if driver == queuePostgres {
+	if driver == queue.Postgres {
 		// The upstream's answer, kept in the job's error, quotes the
 		// database password: the admin API must scrub it.
-		secrets = append(secrets, adminPGPass, e.q.rq.location)
+		secrets = append(secrets, adminPGPass, e.dsn)
 		leak += " " + adminPGPass
 	}
 
@@ -351,7 +353,7 @@ func runAdminScenario(t *testing.T, driver string) {
 	}
 
 	stats := e.expect(http.MethodGet, "/receive_booking/stats", 200)
-	assert.Equal(t, e.q.key, stats["queue"])
+	assert.Equal(t, e.q.ID(), stats["queue"])
 	counts := stats["counts"].(map[string]any)
 	for state, n := range map[string]float64{"completed": 5, "cancelled": 0, "discarded": 0, "available": 0, "running": 0} {
 		assert.Equal(t, n, counts[state], state)
@@ -457,10 +459,10 @@ func TestAdminAPINoQueue(t *testing.T) {
 // TestAdminAPISeveralQueues: the first queue (by key) by default, another
 // one with ?queue=.
 func TestAdminAPISeveralQueues(t *testing.T) {
-	qa, _ := openAdminQueue(t, queueSQLite, nil)
-	qb, _ := openAdminQueue(t, queueSQLite, nil)
+	qa, _ := openAdminQueue(t, queue.SQLite, nil)
+	qb, _ := openAdminQueue(t, queue.SQLite, nil)
 	first, second := qa, qb
-	if second.key < first.key {
+	if second.ID() < first.ID() {
 		first, second = second, first
 	}
 	// A job for a target no handler serves fails, and is discarded.
@@ -475,15 +477,15 @@ func TestAdminAPISeveralQueues(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, "%s: %v", path, out)
 		return out
 	}
-	assert.Equal(t, first.key, get("/receive_booking/stats")["queue"])
-	assert.Equal(t, second.key, get("/receive_booking/stats?queue=" + second.key)["queue"])
-	assert.Equal(t, first.key, get("/receive_booking/health")["queue"])
+	assert.Equal(t, first.ID(), get("/receive_booking/stats")["queue"])
+	assert.Equal(t, second.ID(), get("/receive_booking/stats?queue=" + second.ID())["queue"])
+	assert.Equal(t, first.ID(), get("/receive_booking/health")["queue"])
 	require.Eventually(t, func() bool {
-		jobs, _ := get("/receive_booking/jobs?queue=" + second.key)["jobs"].([]any)
+		jobs, _ := get("/receive_booking/jobs?queue=" + second.ID())["jobs"].([]any)
 		return len(jobs) == 1 && adminJobID(jobs[0].(map[string]any)) == id
 	}, adminWait, adminPoll)
 	assert.Empty(t, get("/receive_booking/jobs")["jobs"], "the first queue has none")
-	job := get(fmt.Sprintf("/receive_booking/jobs/%d?queue=%s", id, second.key))
+	job := get(fmt.Sprintf("/receive_booking/jobs/%d?queue=%s", id, second.ID()))
 	assert.Contains(t, job["last_error"], "no receive_booking handler")
 }
 
@@ -506,7 +508,7 @@ func TestAdminAPIThroughCaddy(t *testing.T) {
 		coalesce_window 0
 		queue sqlite %s
 	}`, e2eSecret, up.URL, e2eTargetKey, path))
-	key := (&resolvedQueue{driver: queueSQLite, location: path}).poolKey()
+	key := (&queue.Config{Driver: queue.SQLite, Location: path}).Key()
 	const admin = "http://localhost:2999"
 	var bodies strings.Builder
 	call := func(method, p string, want int) map[string]any {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,10 +37,11 @@ type App struct {
 
 // engineUse is what this config's handlers need from one database's engine.
 type engineUse struct {
-	rq      *resolvedQueue
-	routes  map[string]*upstream.Client
-	secrets []string
-	ref     *engineRef
+	rq       *queue.Config
+	routes   map[string]*upstream.Client
+	secrets  []string
+	ref      *engineRef
+	observer queue.Observer // the metrics, if on
 	// first describes the handler that declared the settings, for
 	// conflict errors.
 	first string
@@ -74,25 +76,28 @@ func loadApp(ctx caddy.Context) (*App, error) {
 // queue rq under route name, calling up, and that secrets must never leave
 // the engine. Handlers sharing a database must agree on its worker
 // settings, and a route name means one target and key.
-func (a *App) use(who string, rq *resolvedQueue, route string, up *upstream.Client, secrets []string) (*engineRef, error) {
+func (a *App) use(who string, rq *queue.Config, route string, up *upstream.Client, secrets []string, m *metrics) (*engineRef, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	key := rq.poolKey()
+	key := rq.Key()
 	u := a.uses[key]
 	if u == nil {
 		u = &engineUse{rq: rq, routes: map[string]*upstream.Client{}, ref: newEngineRef(), first: who}
 		a.uses[key] = u
 	}
-	if diff := u.rq.settingsDiff(rq); diff != "" {
+	if diff := u.rq.SettingsDiff(rq); diff != "" {
 		return nil, fmt.Errorf("queue %s: %s and %s share it but set different %s; give them the same settings",
-			rq.describe(), u.first, who, diff)
+			rq.Describe(), u.first, who, diff)
 	}
 	if other, ok := u.routes[route]; ok && !other.SameTarget(up) {
 		return nil, fmt.Errorf("route %q: two handlers on queue %s use it with different targets or keys; give each target its own route name",
-			route, rq.describe())
+			route, rq.Describe())
 	}
 	u.routes[route] = up
 	u.secrets = append(u.secrets, secrets...)
+	if m != nil {
+		u.observer = m
+	}
 	return u.ref, nil
 }
 
@@ -105,13 +110,14 @@ func (a *App) Start() error {
 	for _, key := range a.keys() {
 		u := a.uses[key]
 		val, _, err := queuePool.LoadOrNew(key, func() (caddy.Destructor, error) {
-			return newEngine(key, u.rq, a.logger.Named("queue")), nil
+			return queue.New(u.rq, a.logger.Named("queue")), nil
 		})
 		if err != nil {
 			return err
 		}
-		e := val.(*engine)
-		e.attach(a, u)
+		e := val.(*queue.Engine)
+		e.Attach(a, u.routes, u.secrets, u.rq.Settings)
+		e.SetObserver(u.observer)
 		u.ref.bind(e)
 	}
 	return nil
@@ -126,7 +132,7 @@ func (a *App) Stop() error {
 	for _, key := range a.keys() {
 		u := a.uses[key]
 		if e := u.ref.get(); e != nil {
-			e.detach(a, u)
+			e.Detach(a)
 		}
 		if _, err := queuePool.Delete(key); err != nil {
 			errs = append(errs, err.Error())
@@ -148,10 +154,10 @@ func (a *App) keys() []string {
 }
 
 // engines returns the engines this config runs, ordered by key.
-func (a *App) engines() []*engine {
+func (a *App) engines() []*queue.Engine {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []*engine
+	var out []*queue.Engine
 	for _, key := range a.keys() {
 		if e := a.uses[key].ref.get(); e != nil {
 			out = append(out, e)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 
 	"github.com/caddyserver/caddy/v2"
@@ -153,21 +154,21 @@ func (s queueReplay) seen(ctx context.Context, id string, now time.Time) (bool, 
 	if err != nil {
 		return false, err
 	}
-	return b.replaySeen(ctx, replayKey(id), now, now.Add(s.ttl))
+	return b.ReplaySeen(ctx, replayKey(id), now, now.Add(s.ttl))
 }
 
 func (s queueReplay) forget(ctx context.Context, id string) {
 	if b, err := s.backend(ctx); err == nil {
-		_ = b.replayForget(ctx, replayKey(id))
+		_ = b.ReplayForget(ctx, replayKey(id))
 	}
 }
 
-func (s queueReplay) backend(ctx context.Context) (backend, error) {
+func (s queueReplay) backend(ctx context.Context) (queue.ReplayMemory, error) {
 	e, err := s.q.wait(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return e.current()
+	return e.Replays()
 }
 
 func replayKey(id string) string {
@@ -180,7 +181,7 @@ func (h *Handler) provisionReplay() {
 	if !h.authSig {
 		return
 	}
-	if h.queue != nil && h.queueDriver == queuePostgres {
+	if h.queue != nil && h.queueDriver == queue.Postgres {
 		h.replay = queueReplay{q: h.queue, ttl: 2 * h.verifier.Tolerance}
 		return
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 
 	"github.com/caddyserver/caddy/v2"
@@ -134,7 +135,7 @@ func TestSigningSecretErrorsNameTheFieldNotTheValue(t *testing.T) {
 func TestReplayMemorySharedOnPostgres(t *testing.T) {
 	dsn := testkit.FreshPostgresDSN(t)
 	open := func(name string) *engineRef {
-		rq := &resolvedQueue{driver: queuePostgres, location: dsn, workerSettings: workerSettings{workers: 1, maxAttempts: 1, workerTimeout: time.Second}}
+		rq := &queue.Config{Driver: queue.Postgres, Location: dsn, Settings: queue.Settings{Workers: 1, MaxAttempts: 1, WorkerTimeout: time.Second}}
 		ref := newEngineRef()
 		ref.bind(openTestQueue(t, rq, nil))
 		return ref

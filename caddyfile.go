@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -118,13 +119,13 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		args := d.RemainingArgs()
 		q := h.queueConfig()
 		switch {
-		case len(args) == 1 && args[0] == queueSQLite, len(args) == 2 && args[0] == queueSQLite:
-			q.Driver = queueSQLite
+		case len(args) == 1 && args[0] == queue.SQLite, len(args) == 2 && args[0] == queue.SQLite:
+			q.Driver = queue.SQLite
 			if len(args) == 2 {
 				q.Path = args[1]
 			}
-		case len(args) == 2 && args[0] == queuePostgres:
-			q.Driver, q.DSN = queuePostgres, args[1]
+		case len(args) == 2 && args[0] == queue.Postgres:
+			q.Driver, q.DSN = queue.Postgres, args[1]
 		default:
 			return d.Errf("queue: expected \"sqlite [<path>]\" or \"postgres <dsn>\"")
 		}

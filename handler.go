@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
@@ -243,23 +244,22 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 // never cancelled for that: it runs to its end, or to worker_timeout).
 func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	deadline := time.Now().Add(h.timeout)
-	wait := make(chan *attemptOutcome, 1)
+	wait := make(chan *queue.Outcome, 1)
 	a, req := h.enqueue(r.Context(), wh, wait)
 	if req == nil {
 		return a
 	}
-	e := h.queue.get()
-	defer e.waiters.remove(req.jobID, wait)
+	defer h.queue.get().StopWaiting(req.JobID, wait)
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case out := <-wait:
-		if out.err == "" || out.final {
-			sa := h.syncAnswer(wh, out.res, req.coalesced)
-			sa.body.JobID = req.jobID
+		if out.Err == "" || out.Final {
+			sa := h.syncAnswer(wh, out.Result, req.Coalesced)
+			sa.body.JobID = req.JobID
 			return sa
 		}
-		a.body.SyncError = out.err
+		a.body.SyncError = out.Err
 	case <-timer.C:
 		a.body.SyncError = stillRunning
 	case <-r.Context().Done():
@@ -300,16 +300,16 @@ func (h *Handler) syncAnswer(wh *payload.Webhook, res *upstream.Result, shared b
 // cannot be recorded: then the sender keeps it and retries. wait, if set,
 // is registered for the outcome of the job's next attempt. The returned
 // request is nil when nothing was recorded.
-func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *attemptOutcome) (*answer, *enqueueReq) {
+func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *queue.Outcome) (*answer, *queue.Entry) {
 	// The record must not be abandoned half-way because the sender hung
 	// up: it is either committed or not, and the answer follows from that.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
 	defer cancel()
 	now := time.Now()
-	req := &enqueueReq{wh: wh, route: h.route, acceptedAt: now, notBefore: now.Add(h.coalesceWindow), wait: wait}
+	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(h.coalesceWindow), Wait: wait}
 	e, err := h.queue.wait(ctx)
 	if err == nil {
-		err = e.enqueue(ctx, req)
+		err = e.Record(ctx, req)
 	}
 	if err != nil {
 		h.logger.Error("recording webhook", zap.String("booking_id", wh.BookingKey), zap.Error(err))
@@ -318,11 +318,11 @@ func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *a
 		return a, nil
 	}
 	a := &answer{status: http.StatusAccepted, wh: wh, outcome: outcomeQueued}
-	if req.coalesced {
+	if req.Coalesced {
 		a.outcome = outcomeCoalesced
 	}
 	a.body = response{
-		Success: true, Accepted: true, Queued: true, Coalesced: &req.coalesced, JobID: req.jobID,
+		Success: true, Accepted: true, Queued: true, Coalesced: &req.Coalesced, JobID: req.JobID,
 		BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(),
 	}
 	return a, req

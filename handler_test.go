@@ -6,17 +6,23 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -860,4 +866,29 @@ func TestServeHTTPLogging(t *testing.T) {
 	assert.Equal(t, "org-1", lines[0].ContextMap()["organization_id"])
 	assert.EqualValues(t, 500, lines[10].ContextMap()["upstream_status"])
 	assert.EqualValues(t, 0, lines[12].ContextMap()["upstream_status"], "unreachable: no upstream status")
+}
+
+// TestQueueUnavailableAnswers503: when the webhook cannot be recorded (the
+// queue's file cannot be opened) the sender is told to retry, and nothing
+// is claimed as accepted.
+func TestQueueUnavailableAnswers503(t *testing.T) {
+	up := testkit.NewStandIn(t)
+	// A directory where the file should be: the engine cannot open it.
+	dir := t.TempDir()
+	rq := &queue.Config{Driver: queue.SQLite, Location: dir, Settings: queue.Settings{Workers: 1, MaxAttempts: 1, WorkerTimeout: time.Second}}
+	e := queue.New(rq, zaptest.NewLogger(t))
+	t.Cleanup(func() { _ = e.Destruct() })
+	u, _ := url.Parse(up.URL)
+	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: upstream.New(u, "", userAgent, nil), route: queue.DefaultRoute}
+	h.queue = newEngineRef()
+	h.queue.bind(e)
+	a, req := h.enqueue(context.Background(), testWebhook("b9"), nil)
+	assert.Nil(t, req)
+	assert.Equal(t, http.StatusServiceUnavailable, a.status)
+	assert.Equal(t, "Queue unavailable", a.body.Error)
+	assert.Equal(t, queueRetryAfter, a.retryAfter)
+	w := httptest.NewRecorder()
+	h.write(w, a)
+	assert.Equal(t, queueRetryAfter, w.Header().Get("Retry-After"))
+	assert.JSONEq(t, `{"error":"Queue unavailable"}`, w.Body.String())
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
@@ -117,11 +118,17 @@ func (m *metrics) observeSyncLag(acceptedAt time.Time) {
 	m.syncLag.Observe(time.Since(acceptedAt).Seconds())
 }
 
-func (m *metrics) setQueueStats(s *queueStats) {
+// Synced observes a queued sync's lag (queue.Observer).
+func (m *metrics) Synced(acceptedAt time.Time) { m.observeSyncLag(acceptedAt) }
+
+// Sampled sets the queue gauges (queue.Observer).
+func (m *metrics) Sampled(s *queue.Stats) { m.setQueueStats(s) }
+
+func (m *metrics) setQueueStats(s *queue.Stats) {
 	if m == nil || s == nil {
 		return
 	}
-	for _, state := range statsStates {
+	for _, state := range queue.StatsStates {
 		m.queueJobs.WithLabelValues(state).Set(float64(s.Counts[state]))
 	}
 	m.queueOldest.Set(s.OldestPendingSeconds)

@@ -7,15 +7,22 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 	"github.com/caddyserver/caddy/v2"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 )
 
 // Shared by the unit tests of ServeHTTP, the coalescer and the logging.
@@ -240,4 +247,42 @@ func goroutinesSettle(limit int, d time.Duration) (int, bool) {
 		return n <= limit
 	})
 	return n, ok
+}
+
+// openTestQueue starts a real engine on a SQLite file in a temporary
+// directory, or on a fresh PostgreSQL database, with routes registered as
+// a config's handlers would, and waits until it is connected.
+func openTestQueue(t *testing.T, rq *queue.Config, routes map[string]*upstream.Client) *queue.Engine {
+	t.Helper()
+	if rq.Location == "" {
+		if rq.Driver == queue.SQLite {
+			rq.Location = filepath.Join(t.TempDir(), "queue.sqlite3")
+		} else {
+			rq.Location = testkit.FreshPostgresDSN(t)
+		}
+	}
+	e := queue.New(rq, zaptest.NewLogger(t))
+	t.Cleanup(func() { assert.NoError(t, e.Destruct()) })
+	e.Attach(t, routes, nil, rq.Settings)
+	require.Eventually(t, func() bool { return e.Health(t.Context()) == nil }, 15*time.Second, 10*time.Millisecond,
+		"the queue connects")
+	return e
+}
+
+// testQueueHandle records webhooks on an engine under one route, as a
+// handler does.
+type testQueueHandle struct {
+	q     *queue.Engine
+	route string
+}
+
+func (h *testQueueHandle) enqueue(ctx context.Context, wh *payload.Webhook, window time.Duration) (int64, bool, error) {
+	now := time.Now()
+	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(window)}
+	err := h.q.Record(ctx, req)
+	return req.JobID, req.Coalesced, err
+}
+
+func testWebhook(id string) *payload.Webhook {
+	return &payload.Webhook{BookingID: json.RawMessage(`"` + id + `"`), BookingKey: id, OrganizationID: "org", EventType: "updated"}
 }

@@ -266,3 +266,6 @@ func ClosedPortURL(t testing.TB) string {
 	_ = l.Close()
 	return "http://" + addr
 }
+
+// WriteJSON answers with a status and a JSON body.
+func WriteJSON(w http.ResponseWriter, status int, body string) { writeJSON(w, status, body) }

@@ -1,4 +1,4 @@
-package receivebooking
+package queue
 
 // Waiting senders: in auto mode a sender whose webhook is recorded waits
 // for the outcome of the first attempt of its job that starts after the
@@ -13,33 +13,33 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 )
 
-// attemptOutcome is how one attempt of a queued sync ended, as a waiting
+// Outcome is how one attempt of a queued sync ended, as a waiting
 // sender is told.
-type attemptOutcome struct {
-	res *upstream.Result
-	// final: no retry follows (success, a permanent failure, or the last
+type Outcome struct {
+	Result *upstream.Result
+	// Final: no retry follows (success, a permanent failure, or the last
 	// attempt).
-	final bool
-	// err is the failure's scrubbed description; "" on success.
-	err string
+	Final bool
+	// Err is the failure's scrubbed description; "" on success.
+	Err string
 }
 
 type waiters struct {
 	mu      sync.Mutex
-	pending map[int64][]chan *attemptOutcome
+	pending map[int64][]chan *Outcome
 }
 
-func (w *waiters) init() { w.pending = make(map[int64][]chan *attemptOutcome) }
+func (w *waiters) init() { w.pending = make(map[int64][]chan *Outcome) }
 
 // add registers ch for the next attempt of job id to start.
-func (w *waiters) add(id int64, ch chan *attemptOutcome) {
+func (w *waiters) add(id int64, ch chan *Outcome) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending[id] = append(w.pending[id], ch)
 }
 
 // remove withdraws ch (its sender stopped waiting) if it was not taken.
-func (w *waiters) remove(id int64, ch chan *attemptOutcome) {
+func (w *waiters) remove(id int64, ch chan *Outcome) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	chs := w.pending[id]
@@ -57,7 +57,7 @@ func (w *waiters) remove(id int64, ch chan *attemptOutcome) {
 }
 
 // take hands the waiters of job id to the attempt that has just claimed it.
-func (w *waiters) take(id int64) []chan *attemptOutcome {
+func (w *waiters) take(id int64) []chan *Outcome {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	chs := w.pending[id]
@@ -67,7 +67,7 @@ func (w *waiters) take(id int64) []chan *attemptOutcome {
 
 // deliver tells every waiter the outcome; a waiter that left is skipped
 // (its channel has room for one value, so this never blocks).
-func deliver(chs []chan *attemptOutcome, out *attemptOutcome) {
+func deliver(chs []chan *Outcome, out *Outcome) {
 	for _, ch := range chs {
 		select {
 		case ch <- out:

@@ -1,6 +1,6 @@
 //go:build unix
 
-package receivebooking
+package queue
 
 import (
 	"errors"

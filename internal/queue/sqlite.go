@@ -1,4 +1,4 @@
-package receivebooking
+package queue
 
 import (
 	"context"
@@ -23,8 +23,8 @@ type sqliteDialect struct {
 	lock *os.File
 }
 
-func openSQLite(ctx context.Context, rq *resolvedQueue, q *engine) (backend, error) {
-	path := rq.location
+func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
+	path := rq.Location
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating queue directory: %w", err)
 	}
@@ -51,7 +51,7 @@ func openSQLite(ctx context.Context, rq *resolvedQueue, q *engine) (backend, err
 	return b, nil
 }
 
-func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *engine) (backend, error) {
+func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend, error) {
 	driver := riversqlite.New(d.db)
 	migrator, err := rivermigrate.New(driver, nil)
 	if err != nil {

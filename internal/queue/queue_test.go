@@ -1,15 +1,13 @@
-package receivebooking
+package queue
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"path/filepath"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,83 +24,55 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
-// gatedUpstream is an import-bookings stand-in whose calls can be held
-// open, and which records when each call for a booking started and ended
-// and how many ran at once per booking.
+// gatedUpstream is the testkit stand-in whose calls can be held open
+// (each receive from gate lets one finish) and whose status can change.
 type gatedUpstream struct {
-	*httptest.Server
-	gate        chan struct{} // receive to let one held call finish; nil: no hold
-	mu          sync.Mutex
-	calls       map[string][]callSpan
-	inFlight    map[string]int
-	maxInFlight int
-	started     chan string
-	status      atomic.Int32
+	*testkit.StandIn
+	gate   chan struct{}
+	status atomic.Int32
 }
 
-type callSpan struct{ start, end time.Time }
-
 func newGatedUpstream(t testing.TB, hold bool) *gatedUpstream {
-	u := &gatedUpstream{calls: map[string][]callSpan{}, inFlight: map[string]int{}, started: make(chan string, 1000)}
+	u := &gatedUpstream{StandIn: testkit.NewStandIn(t)}
 	u.status.Store(200)
 	if hold {
 		u.gate = make(chan struct{})
 	}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			BookingID json.RawMessage `json:"booking_id"`
-		}
-		b, _ := io.ReadAll(r.Body)
-		_ = json.Unmarshal(b, &req)
-		id := string(req.BookingID)
-		start := time.Now()
-		u.mu.Lock()
-		u.inFlight[id]++
-		u.maxInFlight = max(u.maxInFlight, u.inFlight[id])
-		u.mu.Unlock()
-		u.started <- id
+	u.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
 		if u.gate != nil {
 			select {
 			case <-u.gate:
 			case <-r.Context().Done():
 			}
 		}
-		u.mu.Lock()
-		u.inFlight[id]--
-		u.calls[id] = append(u.calls[id], callSpan{start, time.Now()})
-		u.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(int(u.status.Load()))
-		fmt.Fprintf(w, `{"success":true,"booking_id":%s,"outcome":"updated"}`, req.BookingID)
-	}))
-	t.Cleanup(u.Close)
+		testkit.WriteJSON(w, int(u.status.Load()), testkit.Envelope(c, "applied"))
+	})
 	return u
 }
 
-func (u *gatedUpstream) callsFor(id string) []callSpan {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]callSpan(nil), u.calls[id]...)
+// callsFor returns the calls for a booking given as its JSON literal.
+func (u *gatedUpstream) callsFor(literal string) []testkit.Call {
+	return u.CallsFor(strings.Trim(literal, `"`))
 }
 
 // openTestQueue starts a real engine on a SQLite file in a temporary
 // directory, or on a fresh PostgreSQL database, with routes registered as
 // a config's handlers would, and waits until it is connected.
-func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream.Client) *engine {
+func openTestQueue(t *testing.T, rq *Config, routes map[string]*upstream.Client) *Engine {
 	t.Helper()
-	if rq.location == "" {
-		if rq.driver == queueSQLite {
-			rq.location = filepath.Join(t.TempDir(), "queue.sqlite3")
+	if rq.Location == "" {
+		if rq.Driver == SQLite {
+			rq.Location = filepath.Join(t.TempDir(), "queue.sqlite3")
 		} else {
-			rq.location = testkit.FreshPostgresDSN(t)
+			rq.Location = testkit.FreshPostgresDSN(t)
 		}
 	}
-	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
+	e := New(rq, zaptest.NewLogger(t))
 	t.Cleanup(func() { assert.NoError(t, e.Destruct()) })
 	if routes == nil {
 		routes = map[string]*upstream.Client{}
 	}
-	e.attach(&App{}, &engineUse{rq: rq, routes: routes})
+	e.Attach(t, routes, nil, rq.Settings)
 	<-e.ready
 	_, err := e.current()
 	require.NoError(t, err)
@@ -112,15 +82,15 @@ func openTestQueue(t *testing.T, rq *resolvedQueue, routes map[string]*upstream.
 // testQueueHandle enqueues webhooks on an engine under one route, as a
 // handler does.
 type testQueueHandle struct {
-	q     *engine
+	q     *Engine
 	route string
 }
 
 func (h *testQueueHandle) enqueue(ctx context.Context, wh *payload.Webhook, window time.Duration) (int64, bool, error) {
 	now := time.Now()
-	req := &enqueueReq{wh: wh, route: h.route, acceptedAt: now, notBefore: now.Add(window)}
-	err := h.q.enqueue(ctx, req)
-	return req.jobID, req.coalesced, err
+	req := &Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(window)}
+	err := h.q.Record(ctx, req)
+	return req.JobID, req.Coalesced, err
 }
 
 // backend is the engine's connected backend.
@@ -134,13 +104,13 @@ func (h *testQueueHandle) backend() backend {
 
 // testQueue opens a real queue (SQLite file or PostgreSQL database) with
 // an upstream registered for the default route, as a handler would.
-func testQueue(t *testing.T, driver string, up *httptest.Server) *testQueueHandle {
+func testQueue(t *testing.T, driver string, up *testkit.StandIn) *testQueueHandle {
 	t.Helper()
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
-	routes := map[string]*upstream.Client{defaultRoute: upstream.New(u, "tk", userAgent, nil)}
-	q := openTestQueue(t, &resolvedQueue{driver: driver, workerSettings: workerSettings{workers: 4, maxAttempts: 3, workerTimeout: 10 * time.Second}}, routes)
-	return &testQueueHandle{q: q, route: defaultRoute}
+	routes := map[string]*upstream.Client{DefaultRoute: upstream.New(u, "tk", "test", nil)}
+	q := openTestQueue(t, &Config{Driver: driver, Settings: Settings{Workers: 4, MaxAttempts: 3, WorkerTimeout: 10 * time.Second}}, routes)
+	return &testQueueHandle{q: q, route: DefaultRoute}
 }
 
 func testWebhook(id string) *payload.Webhook {
@@ -148,7 +118,7 @@ func testWebhook(id string) *payload.Webhook {
 }
 
 func forEachDriver(t *testing.T, fn func(t *testing.T, driver string)) {
-	for _, d := range []string{queueSQLite, queuePostgres} {
+	for _, d := range []string{SQLite, Postgres} {
 		t.Run(d, func(t *testing.T) { fn(t, d) })
 	}
 }
@@ -158,7 +128,7 @@ func forEachDriver(t *testing.T, fn func(t *testing.T, driver string)) {
 func TestQueueBurstMergesIntoWaitingSync(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, driver string) {
 		up := newGatedUpstream(t, false)
-		qh := testQueue(t, driver, up.Server)
+		qh := testQueue(t, driver, up.StandIn)
 		ctx := context.Background()
 		var first int64
 		for i := range 20 {
@@ -184,12 +154,12 @@ func TestQueueBurstMergesIntoWaitingSync(t *testing.T) {
 func TestQueueWebhookDuringRunningSyncCausesOneMore(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, driver string) {
 		up := newGatedUpstream(t, true)
-		qh := testQueue(t, driver, up.Server)
+		qh := testQueue(t, driver, up.StandIn)
 		ctx := context.Background()
 		first, _, err := qh.enqueue(ctx, testWebhook("b2"), 0)
 		require.NoError(t, err)
 		select {
-		case <-up.started:
+		case <-up.Arrived:
 		case <-time.After(10 * time.Second):
 			t.Fatal("first sync never started")
 		}
@@ -205,21 +175,22 @@ func TestQueueWebhookDuringRunningSyncCausesOneMore(t *testing.T) {
 		}
 		// The follow-up must wait for the running sync: nothing else starts.
 		select {
-		case id := <-up.started:
-			t.Fatalf("a second sync of %s started while the first ran", id)
+		case id := <-up.Arrived:
+			t.Fatalf("a second sync of %s started while the first ran", id.Booking)
 		case <-time.After(1500 * time.Millisecond):
 		}
 		up.gate <- struct{}{} // finish the first
 		select {
-		case <-up.started:
+		case <-up.Arrived:
 		case <-time.After(15 * time.Second):
 			t.Fatal("follow-up sync never started")
 		}
 		up.gate <- struct{}{}
 		require.Eventually(t, func() bool { return len(up.callsFor(`"b2"`)) == 2 }, 10*time.Second, 20*time.Millisecond)
 		calls := up.callsFor(`"b2"`)
-		assert.False(t, calls[1].start.Before(calls[0].end), "the follow-up starts after the first sync ended")
-		assert.Equal(t, 1, up.maxInFlight)
+		assert.False(t, calls[1].Start.Before(calls[0].End), "the follow-up starts after the first sync ended")
+		perBooking, _ := up.MaxInFlight()
+		assert.Equal(t, 1, perBooking)
 	})
 }
 
@@ -228,7 +199,7 @@ func TestQueueWebhookDuringRunningSyncCausesOneMore(t *testing.T) {
 func TestQueueRetriesThenSucceeds(t *testing.T) {
 	up := newGatedUpstream(t, false)
 	up.status.Store(503)
-	qh := testQueue(t, queueSQLite, up.Server)
+	qh := testQueue(t, SQLite, up.StandIn)
 	ctx := context.Background()
 	id, _, err := qh.enqueue(ctx, testWebhook("b3"), 0)
 	require.NoError(t, err)
@@ -237,7 +208,7 @@ func TestQueueRetriesThenSucceeds(t *testing.T) {
 	// River keeps a job that retries within seconds "available" with a
 	// future scheduled_at, and a later one "retryable".
 	require.Eventually(t, func() bool {
-		job, err := qh.backend().getJob(ctx, id)
+		job, err := qh.backend().GetJob(ctx, id)
 		return err == nil && (job.State == "retryable" || job.State == "available")
 	}, 5*time.Second, 20*time.Millisecond)
 	again, coalesced, err := qh.enqueue(ctx, testWebhook("b3"), 0)
@@ -245,7 +216,7 @@ func TestQueueRetriesThenSucceeds(t *testing.T) {
 	assert.True(t, coalesced, "a webhook merges into a sync waiting for its retry")
 	assert.Equal(t, id, again)
 	require.Eventually(t, func() bool { return len(up.callsFor(`"b3"`)) == 2 }, 20*time.Second, 50*time.Millisecond)
-	job, err := qh.backend().getJob(ctx, id)
+	job, err := qh.backend().GetJob(ctx, id)
 	require.NoError(t, err)
 	require.Len(t, job.Errors, 1)
 	assert.Contains(t, job.Errors[0].Error, "upstream status 503")
@@ -256,12 +227,12 @@ func TestQueueRetriesThenSucceeds(t *testing.T) {
 func TestQueuePermanentFailureIsCancelled(t *testing.T) {
 	up := newGatedUpstream(t, false)
 	up.status.Store(400)
-	qh := testQueue(t, queueSQLite, up.Server)
+	qh := testQueue(t, SQLite, up.StandIn)
 	ctx := context.Background()
 	id, _, err := qh.enqueue(ctx, testWebhook("b4"), 0)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
-		job, err := qh.backend().getJob(ctx, id)
+		job, err := qh.backend().GetJob(ctx, id)
 		return err == nil && job.State == "cancelled"
 	}, 10*time.Second, 20*time.Millisecond)
 	assert.Len(t, up.callsFor(`"b4"`), 1)
@@ -295,29 +266,18 @@ func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
 	assert.NoError(t, jobError(&upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`)}, &sc))
 }
 
-// TestQueueUnavailableAnswers503: when the webhook cannot be recorded (the
-// queue's file cannot be opened) the sender is told to retry, and nothing
-// is claimed as accepted.
-func TestQueueUnavailableAnswers503(t *testing.T) {
-	up := newGatedUpstream(t, false)
-	// A directory where the file should be: the engine cannot open it.
-	dir := t.TempDir()
-	rq := &resolvedQueue{driver: queueSQLite, location: dir, workerSettings: workerSettings{workers: 1, maxAttempts: 1, workerTimeout: time.Second}}
-	e := newEngine(rq.poolKey(), rq, zaptest.NewLogger(t))
+// TestQueueUnavailable: a queue whose file cannot be opened refuses to
+// record (nothing is claimed as accepted), and its health says why.
+func TestQueueUnavailable(t *testing.T) {
+	rq := &Config{Driver: SQLite, Location: t.TempDir(), Settings: Settings{Workers: 1, MaxAttempts: 1, WorkerTimeout: time.Second}}
+	e := New(rq, zaptest.NewLogger(t))
 	t.Cleanup(func() { _ = e.Destruct() })
-	u, _ := url.Parse(up.URL)
-	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: upstream.New(u, "", userAgent, nil), route: defaultRoute}
-	h.queue = newEngineRef()
-	h.queue.bind(e)
-	a, req := h.enqueue(context.Background(), testWebhook("b9"), nil)
-	assert.Nil(t, req)
-	assert.Equal(t, http.StatusServiceUnavailable, a.status)
-	assert.Equal(t, "Queue unavailable", a.body.Error)
-	assert.Equal(t, queueRetryAfter, a.retryAfter)
-	w := httptest.NewRecorder()
-	h.write(w, a)
-	assert.Equal(t, queueRetryAfter, w.Header().Get("Retry-After"))
-	assert.JSONEq(t, `{"error":"Queue unavailable"}`, w.Body.String())
+	req := &Entry{Webhook: testWebhook("b9"), Route: DefaultRoute}
+	err := e.Record(context.Background(), req)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "queue unavailable")
+	assert.Zero(t, req.JobID)
+	assert.ErrorContains(t, e.Health(context.Background()), "queue unavailable")
 }
 
 // TestQueueOutageRecovers: import-bookings answers 503 for a while, then
@@ -329,7 +289,7 @@ func TestQueueOutageRecovers(t *testing.T) {
 	const outage = 6 * time.Second
 	up := newGatedUpstream(t, false)
 	up.status.Store(503)
-	qh := testQueue(t, queueSQLite, up.Server)
+	qh := testQueue(t, SQLite, up.StandIn)
 	ctx := context.Background()
 	var ids []int64
 	for i := range 20 {
@@ -341,7 +301,7 @@ func TestQueueOutageRecovers(t *testing.T) {
 	up.status.Store(200)
 	require.Eventually(t, func() bool {
 		for _, id := range ids {
-			job, err := qh.backend().getJob(ctx, id)
+			job, err := qh.backend().GetJob(ctx, id)
 			if err != nil || job.State != "completed" {
 				return false
 			}
@@ -351,11 +311,11 @@ func TestQueueOutageRecovers(t *testing.T) {
 	calls := up.callsFor(`"o0"`)
 	require.GreaterOrEqual(t, len(calls), 2)
 	for i := 1; i < len(calls); i++ {
-		gap := calls[i].start.Sub(calls[i-1].start)
+		gap := calls[i].Start.Sub(calls[i-1].Start)
 		assert.GreaterOrEqual(t, gap, retryBase/2, "retry %d came %s after the one before", i, gap)
 		t.Logf("o0 attempt %d after %s", i+1, gap.Round(100*time.Millisecond))
 	}
-	stats, err := qh.q.stats(ctx)
+	stats, err := qh.q.Stats(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, stats.Counts["discarded"], "no dead letters for a temporary outage")
 	assert.Zero(t, stats.Counts["cancelled"])

@@ -1,4 +1,4 @@
-package receivebooking
+package queue
 
 import (
 	"context"
@@ -27,9 +27,9 @@ import (
 // same database (the Supabase project's own database, say).
 const riverQueueName = "receive_booking"
 
-// syncArgs is one queued booking sync. Webhooks for the same booking that
+// Args is one queued booking sync. Webhooks for the same booking that
 // arrive before it starts merge into it.
-type syncArgs struct {
+type Args struct {
 	// Route names the handler route whose target the sync calls (jobs
 	// recorded before routes existed have none: the default route).
 	Route          string          `json:"route,omitempty"`
@@ -46,47 +46,47 @@ type syncArgs struct {
 }
 
 // route is the job's route, the default one for older jobs.
-func (a *syncArgs) route() string {
+func (a *Args) route() string {
 	if a.Route == "" {
-		return defaultRoute
+		return DefaultRoute
 	}
 	return a.Route
 }
 
 // Kind is the River job kind.
-func (syncArgs) Kind() string { return "receive_booking_sync" }
+func (Args) Kind() string { return "receive_booking_sync" }
 
 // InsertOpts puts every sync on our own River queue.
-func (syncArgs) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: riverQueueName} }
+func (Args) InsertOpts() river.InsertOpts { return river.InsertOpts{Queue: riverQueueName} }
 
 // intake is the queue as the engine feeds and watches it.
 type intake interface {
-	insertBatch(ctx context.Context, batch []*enqueueReq) error
-	stats(ctx context.Context) (*queueStats, error)
+	insertBatch(ctx context.Context, batch []*Entry) error
+	stats(ctx context.Context) (*Stats, error)
 	// probe commits a small write: it fails when no webhook could be
 	// recorded (the database is away, the disk is full).
 	probe(ctx context.Context) error
 	// restartWorkers (re)starts River's workers with these settings; jobs
 	// running under the old ones finish first.
-	restartWorkers(s workerSettings) error
+	restartWorkers(s Settings) error
 	close(ctx context.Context) error
 }
 
-// jobStore is the queue as the admin API sees it.
-type jobStore interface {
-	listJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error)
-	getJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
-	replayJob(ctx context.Context, id int64) (*replayResult, error)
-	deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+// JobStore is the queue as the admin API sees it.
+type JobStore interface {
+	ListJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error)
+	GetJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+	ReplayJob(ctx context.Context, id int64) (*ReplayResult, error)
+	DeleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
 }
 
-// replayMemory is the webhook-id store of signed webhooks, shared by the
+// ReplayMemory is the webhook-id store of signed webhooks, shared by the
 // instances on one database.
-type replayMemory interface {
+type ReplayMemory interface {
 	// replaySeen records a webhook-id (hashed) until expires, and reports
 	// whether it was already recorded and unexpired.
-	replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error)
-	replayForget(ctx context.Context, key string) error
+	ReplaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error)
+	ReplayForget(ctx context.Context, key string) error
 	// prune drops expired webhook-ids.
 	prune(ctx context.Context, now time.Time) error
 }
@@ -95,12 +95,12 @@ type replayMemory interface {
 // and PostgreSQL alike.
 type backend interface {
 	intake
-	jobStore
-	replayMemory
+	JobStore
+	ReplayMemory
 }
 
-// replayResult says what a replay of a failed job came to.
-type replayResult struct {
+// ReplayResult says what a replay of a failed job came to.
+type ReplayResult struct {
 	JobID     int64 `json:"job_id"`
 	Coalesced bool  `json:"coalesced"`
 }
@@ -142,7 +142,7 @@ type rowsIter interface {
 type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	driver TDriver
 	db     dialect[TTx]
-	q      *engine
+	q      *Engine
 	// clientID names this instance to River (PostgreSQL: stable across
 	// restarts, see instanceID); "" lets River choose.
 	clientID string
@@ -150,7 +150,7 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	// in a new one while the old one finishes its jobs.
 	client      atomic.Pointer[river.Client[TTx]]
 	maxAttempts atomic.Int64
-	settings    workerSettings // of client; the engine serialises restarts
+	settings    Settings // of client; the engine serialises restarts
 }
 
 // cl is the current River client.
@@ -162,12 +162,12 @@ func (b *riverBackend[TDriver, TTx]) cl() *river.Client[TTx] { return b.client.L
 // import-bookings would go on with it while its retry started beside it).
 // Every sync claims its booking first, so the two clients never run one
 // booking at once.
-func (b *riverBackend[TDriver, TTx]) restartWorkers(s workerSettings) error {
+func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
 	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.workerTimeout}); err != nil {
+	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.WorkerTimeout}); err != nil {
 		return err
 	}
-	cfg := newRiverConfig(s, b.q.rq.driver, workers, b.q)
+	cfg := newRiverConfig(s, b.q.rq.Driver, workers, b.q)
 	cfg.ID = b.clientID
 	c, err := river.NewClient(b.driver, cfg)
 	if err != nil {
@@ -176,13 +176,13 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s workerSettings) error {
 	// The client outlives the context of any one config: it is stopped
 	// explicitly.
 	if err := c.Start(context.Background()); err != nil {
-		return fmt.Errorf("starting queue workers: %w", err)
+		return fmt.Errorf("starting queue Workers: %w", err)
 	}
-	b.maxAttempts.Store(int64(s.maxAttempts))
+	b.maxAttempts.Store(int64(s.MaxAttempts))
 	prev := b.settings
 	b.settings = s
 	if old := b.client.Swap(c); old != nil {
-		go stopClient(old, b.q.logger, prev.workerTimeout+5*time.Second)
+		go stopClient(old, b.q.logger, prev.WorkerTimeout+5*time.Second)
 	}
 	return nil
 }
@@ -259,22 +259,22 @@ const (
 // job that has just failed and declared it will retry.
 const mergeableStates = `'available','scheduled','retryable','pending','running'`
 
-func newRiverConfig(s workerSettings, driver string, workers *river.Workers, e *engine) *river.Config {
+func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine) *river.Config {
 	cfg := &river.Config{
 		// River's own lines go through the engine's scrubber, under the
 		// module's logger.
 		Logger:  slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
-		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: s.workers}},
+		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: s.Workers}},
 		Workers: workers,
 		// PostgreSQL announces new jobs (LISTEN/NOTIFY); SQLite has no
 		// such thing: poll often, it is one indexed query.
 		FetchCooldown:     10 * time.Millisecond,
 		FetchPollInterval: 50 * time.Millisecond,
-		JobTimeout:        s.workerTimeout,
+		JobTimeout:        s.WorkerTimeout,
 		// A sync that was running when a process died is run again once
 		// it has been running longer than any sync may.
-		RescueStuckJobsAfter: s.workerTimeout + 15*time.Second,
-		MaxAttempts:          s.maxAttempts,
+		RescueStuckJobsAfter: s.WorkerTimeout + 15*time.Second,
+		MaxAttempts:          s.MaxAttempts,
 		RetryPolicy:          retryPolicy{},
 		// Keep finished jobs as the operator's history: completed ones a
 		// day, cancelled (permanent failures) a week, discarded (out of
@@ -283,7 +283,7 @@ func newRiverConfig(s workerSettings, driver string, workers *river.Workers, e *
 		CancelledJobRetentionPeriod: 7 * 24 * time.Hour,
 		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
 	}
-	if driver == queuePostgres {
+	if driver == Postgres {
 		cfg.FetchCooldown, cfg.FetchPollInterval = 50*time.Millisecond, time.Second
 	}
 	return cfg
@@ -293,13 +293,13 @@ func newRiverConfig(s workerSettings, driver string, workers *river.Workers, e *
 // grouped by booking: a group merges into the booking's waiting sync if it
 // has one, or else becomes one new job; all new jobs are inserted with one
 // statement.
-func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*enqueueReq) error {
+func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*Entry) error {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer b.db.rollback(ctx, tx)
-	var fresh [][]*enqueueReq
+	var fresh [][]*Entry
 	for _, group := range groupByBooking(batch) {
 		merged, err := b.mergeGroup(ctx, tx, group)
 		if err != nil {
@@ -316,15 +316,15 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*e
 }
 
 // groupByBooking groups webhooks by booking, in order of first arrival.
-func groupByBooking(batch []*enqueueReq) [][]*enqueueReq {
+func groupByBooking(batch []*Entry) [][]*Entry {
 	type key struct {
 		route   string
 		booking payload.Key
 	}
 	index := make(map[key]int, len(batch))
-	var groups [][]*enqueueReq
+	var groups [][]*Entry
 	for _, r := range batch {
-		k := key{r.route, r.wh.Key()}
+		k := key{r.Route, r.Webhook.Key()}
 		i, ok := index[k]
 		if !ok {
 			i = len(groups)
@@ -338,12 +338,12 @@ func groupByBooking(batch []*enqueueReq) [][]*enqueueReq {
 
 // mergeGroup records a booking's webhooks and merges them into its waiting
 // sync, if it has one that has not started.
-func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, group []*enqueueReq) (bool, error) {
+func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, group []*Entry) (bool, error) {
 	first, last := group[0], group[len(group)-1]
 	var waiting sql.NullInt64
 	var mergeable int
-	err := b.db.queryRow(ctx, tx, upsertBooking, first.route, first.wh.OrganizationID, first.wh.BookingKey,
-		last.wh.EventType).Scan(&waiting, &mergeable)
+	err := b.db.queryRow(ctx, tx, upsertBooking, first.Route, first.Webhook.OrganizationID, first.Webhook.BookingKey,
+		last.Webhook.EventType).Scan(&waiting, &mergeable)
 	if err != nil {
 		return false, fmt.Errorf("recording booking: %w", err)
 	}
@@ -351,7 +351,7 @@ func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, gro
 		return false, nil
 	}
 	for _, r := range group {
-		r.jobID, r.coalesced = waiting.Int64, true
+		r.JobID, r.Coalesced = waiting.Int64, true
 		b.addWaiter(r)
 	}
 	return true, nil
@@ -359,7 +359,7 @@ func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, gro
 
 // insertJobs inserts one job for each group and makes it the booking's
 // waiting sync; later webhooks of a group merge into it.
-func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*enqueueReq) error {
+func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry) error {
 	if len(groups) == 0 {
 		return nil
 	}
@@ -367,10 +367,10 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 	opts := &river.InsertOpts{MaxAttempts: int(b.maxAttempts.Load())}
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
-		params[i] = river.InsertManyParams{InsertOpts: opts, Args: syncArgs{
-			Route: r.route, BookingID: last.wh.BookingID, BookingKey: r.wh.BookingKey,
-			OrganizationID: r.wh.OrganizationID, OrganizationIDJSON: r.wh.OrganizationIDJSON, EventType: last.wh.EventType,
-			AcceptedAt: r.acceptedAt.UTC(), NotBefore: r.notBefore.UTC(),
+		params[i] = river.InsertManyParams{InsertOpts: opts, Args: Args{
+			Route: r.Route, BookingID: last.Webhook.BookingID, BookingKey: r.Webhook.BookingKey,
+			OrganizationID: r.Webhook.OrganizationID, OrganizationIDJSON: r.Webhook.OrganizationIDJSON, EventType: last.Webhook.EventType,
+			AcceptedAt: r.AcceptedAt.UTC(), NotBefore: r.NotBefore.UTC(),
 		}}
 	}
 	res, err := b.cl().InsertManyTx(ctx, tx, params)
@@ -380,11 +380,11 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 	for i, g := range groups {
 		id := res[i].Job.ID
 		for j, r := range g {
-			r.jobID, r.coalesced = id, j > 0
+			r.JobID, r.Coalesced = id, j > 0
 			b.addWaiter(r)
 		}
 		r := g[0]
-		if err := b.setWaiting(ctx, tx, r.route, r.wh.OrganizationID, r.wh.BookingKey, id); err != nil {
+		if err := b.setWaiting(ctx, tx, r.Route, r.Webhook.OrganizationID, r.Webhook.BookingKey, id); err != nil {
 			return err
 		}
 	}
@@ -395,9 +395,9 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 // inside the recording transaction: the job cannot be claimed before the
 // commit, so the attempt that answers the sender starts after its webhook
 // was recorded. A failed commit withdraws the waiter (commitBatch).
-func (b *riverBackend[TDriver, TTx]) addWaiter(r *enqueueReq) {
-	if r.wait != nil {
-		b.q.waiters.add(r.jobID, r.wait)
+func (b *riverBackend[TDriver, TTx]) addWaiter(r *Entry) {
+	if r.Wait != nil {
+		b.q.waiters.add(r.JobID, r.Wait)
 	}
 }
 
@@ -421,7 +421,7 @@ type bookingRow struct {
 	running   sql.NullInt64
 }
 
-func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a *syncArgs) (*bookingRow, error) {
+func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a *Args) (*bookingRow, error) {
 	// The row may be gone (a job replayed by an operator after its row
 	// was cleaned up): recreate it.
 	if err := b.db.exec(ctx, tx, `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
@@ -443,7 +443,7 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 // booking is running (then it must wait). It takes the job out of the
 // waiting slot, so that webhooks from now on cause a new sync after it.
 // It returns the latest event type seen for the booking.
-func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[syncArgs]) (eventType string, ok bool, err error) {
+func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args]) (eventType string, ok bool, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return "", false, err
@@ -524,7 +524,7 @@ func (h scrubHandler) WithGroup(name string) slog.Handler {
 // waits for the booking, which then carries the sync and this one
 // completes as superseded. It returns the error River should record, or
 // the database's error.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[syncArgs], res *upstream.Result, jobErr error) (record, err error) {
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error) (record, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return nil, err
@@ -581,12 +581,12 @@ func isCancel(err error) bool {
 	return errors.As(err, &c)
 }
 
-func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*queueStats, error) {
+func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) {
 	counts, err := b.countByState(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("counting jobs: %w", err)
 	}
-	s := &queueStats{Counts: counts}
+	s := &Stats{Counts: counts}
 	// The rows are closed by now: on SQLite the one connection is free.
 	oldest, err := b.cl().JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
 		States(rivertype.JobStateAvailable, rivertype.JobStateRetryable, rivertype.JobStateScheduled, rivertype.JobStateRunning).
@@ -616,8 +616,8 @@ func (b *riverBackend[TDriver, TTx]) countByState(ctx context.Context) (map[stri
 		return nil, err
 	}
 	defer rows.Close()
-	counts := make(map[string]int64, len(statsStates))
-	for _, st := range statsStates {
+	counts := make(map[string]int64, len(StatsStates))
+	for _, st := range StatsStates {
 		counts[st] = 0
 	}
 	for rows.Next() {
@@ -631,14 +631,14 @@ func (b *riverBackend[TDriver, TTx]) countByState(ctx context.Context) (map[stri
 	return counts, rows.Err()
 }
 
-func (b *riverBackend[TDriver, TTx]) listJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error) {
+func (b *riverBackend[TDriver, TTx]) ListJobs(ctx context.Context, states []rivertype.JobState, limit int, after int64, bookingKey string) ([]*rivertype.JobRow, error) {
 	p := river.NewJobListParams().Queues(riverQueueName).States(states...).
 		OrderBy(river.JobListOrderByID, river.SortOrderAsc).First(limit)
 	if after > 0 {
 		p = p.Where("id > @after", river.NamedArgs{"after": after})
 	}
 	if bookingKey != "" {
-		p = p.Where(jsonArgExpr(b.q.rq.driver, "booking_key")+" = @booking", river.NamedArgs{"booking": bookingKey})
+		p = p.Where(jsonArgExpr(b.q.rq.Driver, "booking_key")+" = @booking", river.NamedArgs{"booking": bookingKey})
 	}
 	res, err := b.cl().JobList(ctx, p)
 	if err != nil {
@@ -649,17 +649,17 @@ func (b *riverBackend[TDriver, TTx]) listJobs(ctx context.Context, states []rive
 
 // jsonArgExpr reads a field of a job's args in SQL.
 func jsonArgExpr(driver, field string) string {
-	if driver == queueSQLite {
+	if driver == SQLite {
 		return "args ->> '$." + field + "'"
 	}
 	return "args ->> '" + field + "'"
 }
 
-func (b *riverBackend[TDriver, TTx]) getJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
+func (b *riverBackend[TDriver, TTx]) GetJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
 	return b.cl().JobGet(ctx, id)
 }
 
-func (b *riverBackend[TDriver, TTx]) deleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
+func (b *riverBackend[TDriver, TTx]) DeleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
 	return b.cl().JobDelete(ctx, id)
 }
 
@@ -667,12 +667,12 @@ func (b *riverBackend[TDriver, TTx]) deleteJob(ctx context.Context, id int64) (*
 // booking already has a waiting sync, the replay merges into it (and the
 // old job is deleted, its work being done by that sync); otherwise the job
 // itself becomes available again, keeping its history.
-func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*replayResult, error) {
+func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*ReplayResult, error) {
 	job, err := b.cl().JobGet(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	var args syncArgs
+	var args Args
 	if err := json.Unmarshal(job.EncodedArgs, &args); err != nil {
 		return nil, fmt.Errorf("reading job args: %w", err)
 	}
@@ -689,14 +689,14 @@ func (b *riverBackend[TDriver, TTx]) replayJob(ctx context.Context, id int64) (*
 	if err := b.db.queryRow(ctx, tx, `SELECT state FROM river_job WHERE id = $1`+b.db.lockSuffix(), id).Scan(&state); err != nil {
 		return nil, fmt.Errorf("reading job state: %w", err)
 	}
-	if !replayableStates[rivertype.JobState(state)] {
-		return nil, errNotReplayable
+	if !ReplayableStates[rivertype.JobState(state)] {
+		return nil, ErrNotReplayable
 	}
 	row, err := b.lockBooking(ctx, tx, &args)
 	if err != nil {
 		return nil, err
 	}
-	res := &replayResult{JobID: id}
+	res := &ReplayResult{JobID: id}
 	if row.waiting.Valid && row.waiting.Int64 != id {
 		merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable)
 		if err != nil {
@@ -743,7 +743,7 @@ func (b *riverBackend[TDriver, TTx]) probe(ctx context.Context) error {
 	return b.db.commit(ctx, tx)
 }
 
-func (b *riverBackend[TDriver, TTx]) replaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error) {
+func (b *riverBackend[TDriver, TTx]) ReplaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error) {
 	rows, err := b.db.queryRows(ctx, recordWebhookID, key, expires.UnixNano(), now.UnixNano())
 	if err != nil {
 		return false, err
@@ -753,7 +753,7 @@ func (b *riverBackend[TDriver, TTx]) replaySeen(ctx context.Context, key string,
 	return !inserted, rows.Err()
 }
 
-func (b *riverBackend[TDriver, TTx]) replayForget(ctx context.Context, key string) error {
+func (b *riverBackend[TDriver, TTx]) ReplayForget(ctx context.Context, key string) error {
 	return b.execPool(ctx, `DELETE FROM receive_booking_webhook_id WHERE id_hash = $1`, key)
 }
 
@@ -775,3 +775,12 @@ func (b *riverBackend[TDriver, TTx]) execPool(ctx context.Context, query string,
 func rebindSQLite(q string) string {
 	return strings.ReplaceAll(q, "$", "?")
 }
+
+// ReplayableStates are the states of jobs that may be replayed: failed,
+// or waiting for their next attempt (a replay runs it now).
+var ReplayableStates = map[rivertype.JobState]bool{
+	rivertype.JobStateDiscarded: true, rivertype.JobStateCancelled: true, rivertype.JobStateRetryable: true,
+}
+
+// ErrNotReplayable says a job left the replayable states.
+var ErrNotReplayable = errors.New("job not in a replayable state")

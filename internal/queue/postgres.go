@@ -1,4 +1,4 @@
-package receivebooking
+package queue
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
@@ -27,15 +26,15 @@ type pgDialect struct {
 	pool *pgxpool.Pool
 }
 
-func openPostgres(ctx context.Context, rq *resolvedQueue, q *engine) (backend, error) {
-	cfg, err := pgxpool.ParseConfig(rq.location)
+func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
+	cfg, err := pgxpool.ParseConfig(rq.Location)
 	if err != nil {
 		// pgx's parse errors can quote the DSN: say only what is wrong.
 		return nil, errors.New("queue postgres: the DSN is not a valid connection string")
 	}
 	// Workers, batchers, the admin API and River's own services; a reload
 	// may raise workers without reopening the pool.
-	cfg.MaxConns = int32(max(rq.workers, 32) + 8)
+	cfg.MaxConns = int32(max(rq.Workers, 32) + 8)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("queue postgres: %w", err)
@@ -49,12 +48,12 @@ func openPostgres(ctx context.Context, rq *resolvedQueue, q *engine) (backend, e
 	return b, nil
 }
 
-func newPostgresBackend(ctx context.Context, d *pgDialect, q *engine) (backend, error) {
+func newPostgresBackend(ctx context.Context, d *pgDialect, q *Engine) (backend, error) {
 	driver := riverpgxv5.New(d.pool)
 	if err := migratePostgres(ctx, d, driver); err != nil {
 		return nil, err
 	}
-	id := instanceID(q.key)
+	id := instanceID(q.rq.DataDir, q.key)
 	if err := recoverOwnJobs(ctx, d, id); err != nil {
 		return nil, err
 	}
@@ -93,9 +92,9 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 // instanceID names this Caddy instance to River, the same across restarts:
 // the host, plus a hash of Caddy's data directory and the queue, so that
 // two instances on one host (each with its own data directory) differ.
-func instanceID(queueKey string) string {
+func instanceID(dataDir, queueKey string) string {
 	host, _ := os.Hostname()
-	sum := sha256.Sum256([]byte(caddy.AppDataDir() + "\x00" + queueKey))
+	sum := sha256.Sum256([]byte(dataDir + "\x00" + queueKey))
 	return fmt.Sprintf("rb-%s-%s", host, hex.EncodeToString(sum[:6]))
 }
 
@@ -146,7 +145,7 @@ type pgRows struct{ pgx.Rows }
 func (r pgRows) Close() { r.Rows.Close() }
 
 // dsnSecrets finds the password in a URL or key=value DSN.
-func dsnSecrets(dsn string) []string {
+func DSNSecrets(dsn string) []string {
 	var out []string
 	if u, err := url.Parse(dsn); err == nil && u.User != nil {
 		if p, ok := u.User.Password(); ok {

@@ -1,4 +1,4 @@
-package receivebooking
+package queue
 
 import (
 	"context"
@@ -31,20 +31,20 @@ const (
 
 // syncWorker runs queued syncs.
 type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
-	river.WorkerDefaults[syncArgs]
+	river.WorkerDefaults[Args]
 	b       *riverBackend[TDriver, TTx]
 	timeout time.Duration
 }
 
 // Timeout bounds one sync; River cancels the context after it.
-func (w *syncWorker[TDriver, TTx]) Timeout(*river.Job[syncArgs]) time.Duration { return w.timeout }
+func (w *syncWorker[TDriver, TTx]) Timeout(*river.Job[Args]) time.Duration { return w.timeout }
 
 // Work syncs one booking. Inside the coalescing window it snoozes until
 // the window ends (the job stays in the booking's waiting slot, so
 // webhooks keep merging into it, and no worker is held); then it claims
 // the booking, calls import-bookings and records the outcome in one
 // transaction with the booking row.
-func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[syncArgs]) error {
+func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args]) error {
 	if d := time.Until(job.Args.NotBefore); d > 0 {
 		// River keeps a job snoozed for less than its scheduler interval
 		// (5 s) available, so it runs as soon as the window ends.
@@ -76,32 +76,32 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[sync
 	defer cancel()
 	riverErr, err := w.b.finish(fctx, job, res, jobErr)
 	if err != nil {
-		deliver(waiting, &attemptOutcome{res: res, err: "recording the sync's outcome failed"})
+		deliver(waiting, &Outcome{Result: res, Err: "recording the sync's outcome failed"})
 		return e.scrubErr(err)
 	}
 	deliver(waiting, outcomeOf(job, res, jobErr))
 	w.logOutcome(job, res, jobErr)
-	if jobErr == nil {
-		e.metrics.Load().observeSyncLag(job.Args.AcceptedAt)
+	if o := e.observe(); jobErr == nil && o != nil {
+		o.Synced(job.Args.AcceptedAt)
 	}
 	return riverErr
 }
 
 // outcomeOf is what a waiting sender is told of an attempt.
-func outcomeOf(job *river.Job[syncArgs], res *upstream.Result, jobErr error) *attemptOutcome {
-	out := &attemptOutcome{res: res}
+func outcomeOf(job *river.Job[Args], res *upstream.Result, jobErr error) *Outcome {
+	out := &Outcome{Result: res}
 	switch {
 	case jobErr == nil:
-		out.final = true
+		out.Final = true
 	case isCancel(jobErr) || job.Attempt >= job.MaxAttempts:
-		out.final, out.err = true, jobErr.Error()
+		out.Final, out.Err = true, jobErr.Error()
 	default:
-		out.err = jobErr.Error()
+		out.Err = jobErr.Error()
 	}
 	return out
 }
 
-func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[syncArgs], res *upstream.Result, jobErr error) {
+func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstream.Result, jobErr error) {
 	fields := []zap.Field{
 		zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt),
 		zap.String("booking_id", job.Args.BookingKey), zap.String("organization_id", job.Args.OrganizationID),

@@ -1,0 +1,541 @@
+// Package queue is the sync engine: a durable queue of booking syncs on
+// River, over an embedded SQLite file or a PostgreSQL database shared by
+// several instances. One Engine runs per database. It records webhooks in
+// batches (one commit for all that arrive together) and merges those of a
+// booking into its sync that has not started; its workers run at most one
+// sync per booking at a time on every instance (each claims the booking's
+// row first); it tells waiting senders how their sync's first attempt
+// ended; it keeps trying when its database is away; and every string that
+// leaves it passes one scrubber that knows every configured secret.
+//
+// It needs no Caddy: the receive_booking app creates, shares and stops
+// engines; handlers record webhooks; the admin API lists and replays jobs.
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+
+	"go.uber.org/zap"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
+)
+
+const (
+	// SQLite and Postgres are the drivers.
+	SQLite   = "sqlite"
+	Postgres = "postgres"
+
+	// DefaultWorkers is how many syncs an instance runs at once.
+	DefaultWorkers = 10
+	// DefaultMaxAttempts is how many times a sync is tried.
+	DefaultMaxAttempts = 10
+	// DefaultWorkerTimeout bounds one queued sync.
+	DefaultWorkerTimeout = 60 * time.Second
+	// DefaultRoute is the route of handlers that name none.
+	DefaultRoute = "default"
+
+	// maxBatch bounds how many webhooks share one commit.
+	maxBatch = 256
+	// statsInterval is how often the queue gauges are sampled.
+	statsInterval = 10 * time.Second
+	// stopTimeout bounds how long in-flight syncs may run on shutdown
+	// before they are cancelled (and run again at the next start).
+	stopTimeout = 10 * time.Second
+	// connectTimeout bounds one attempt to open the database; reconnects
+	// back off from reconnectMin to reconnectMax.
+	connectTimeout = 15 * time.Second
+	reconnectMin   = 500 * time.Millisecond
+	reconnectMax   = 15 * time.Second
+)
+
+// Config names one queue's database and its worker settings.
+type Config struct {
+	Driver   string // SQLite or Postgres
+	Location string // the file's path, or the DSN
+	// DataDir is this instance's own data directory (Caddy's): with the
+	// host name it names the instance to River on a shared database, the
+	// same across restarts, so that it can take back its own interrupted
+	// syncs at once.
+	DataDir string
+	Settings
+}
+
+// Settings are what a reload may change on a running engine.
+type Settings struct {
+	Workers       int
+	MaxAttempts   int
+	WorkerTimeout time.Duration
+}
+
+// Key names the queue (in a usage pool, the admin API, metrics): one
+// queue, and one set of workers, per database. It does not reveal the DSN.
+func (q *Config) Key() string {
+	sum := sha256.Sum256([]byte(q.Location))
+	return "receive_booking:" + q.Driver + ":" + hex.EncodeToString(sum[:8])
+}
+
+// Describe names the queue in errors without its DSN.
+func (q *Config) Describe() string {
+	if q.Driver == SQLite {
+		return "sqlite " + q.Location
+	}
+	return "postgres (" + q.Key() + ")"
+}
+
+// SettingsDiff names the worker settings in which o differs, or "".
+func (q *Config) SettingsDiff(o *Config) string {
+	var d []string
+	if q.Workers != o.Workers {
+		d = append(d, fmt.Sprintf("workers (%d, %d)", q.Workers, o.Workers))
+	}
+	if q.MaxAttempts != o.MaxAttempts {
+		d = append(d, fmt.Sprintf("max_attempts (%d, %d)", q.MaxAttempts, o.MaxAttempts))
+	}
+	if q.WorkerTimeout != o.WorkerTimeout {
+		d = append(d, fmt.Sprintf("worker_timeout (%s, %s)", q.WorkerTimeout, o.WorkerTimeout))
+	}
+	return strings.Join(d, ", ")
+}
+
+// Engine is one durable queue and its workers.
+type Engine struct {
+	key    string
+	rq     *Config // driver and location; settings below
+	logger *zap.Logger
+	// scrub knows every secret of every handler using the engine, and the
+	// database's own; every string that leaves the engine passes it.
+	scrub scrub.Scrubber
+
+	mu       sync.Mutex // guards settings and users, and orders restarts
+	settings Settings
+	users    []*engineUser
+
+	backend atomic.Pointer[backendBox] // nil while the database is away
+	down    atomic.Pointer[string]     // why the database is away
+	ready   chan struct{}              // closed after the first connection attempt
+
+	waiters  waiters
+	reqs     chan *Entry
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	observer atomic.Pointer[Observer]
+}
+
+// Observer is told what the metrics need; every method must be cheap.
+type Observer interface {
+	// Synced is called when a queued sync succeeded, with the time its
+	// first webhook was accepted.
+	Synced(acceptedAt time.Time)
+	// Sampled is called with a fresh snapshot of the queue.
+	Sampled(s *Stats)
+}
+
+// SetObserver sets who is told of syncs and samples (the newest config's
+// metrics).
+func (e *Engine) SetObserver(o Observer) {
+	if o != nil {
+		e.observer.Store(&o)
+	}
+}
+
+func (e *Engine) observe() Observer {
+	if o := e.observer.Load(); o != nil {
+		return *o
+	}
+	return nil
+}
+
+// ID is the engine's key (see Config.Key).
+func (e *Engine) ID() string { return e.key }
+
+// Scrub returns s with every secret the engine knows replaced.
+func (e *Engine) Scrub(s string) string { return e.scrub.String(s) }
+
+// backendBox lets an interface live in an atomic.Pointer.
+type backendBox struct{ backend }
+
+// engineUser is one config's routes on the engine.
+type engineUser struct {
+	owner  any
+	routes map[string]*upstream.Client
+}
+
+// New returns the engine of a queue; it connects in the background (and
+// keeps trying), so it returns at once. Destruct stops it.
+func New(rq *Config, logger *zap.Logger) *Engine {
+	e := &Engine{
+		key:      rq.Key(),
+		rq:       rq,
+		logger:   logger,
+		settings: rq.Settings,
+		ready:    make(chan struct{}),
+		reqs:     make(chan *Entry, maxBatch),
+		stop:     make(chan struct{}),
+	}
+	e.waiters.init()
+	if rq.Driver == Postgres {
+		e.scrub.Set(e, append([]string{rq.Location}, DSNSecrets(rq.Location)...)...)
+	}
+	reason := "connecting"
+	e.down.Store(&reason)
+	e.wg.Go(e.connectLoop)
+	batchers := 1
+	if rq.Driver == Postgres {
+		batchers = 4 // PostgreSQL commits concurrently; SQLite has one writer
+	}
+	for range batchers {
+		e.wg.Go(e.batchLoop)
+	}
+	e.wg.Go(e.statsLoop)
+	return e
+}
+
+// Attach adds an owner's (a config's) routes and secrets and applies its
+// settings: the newest owner's settings win, so a reload may change them,
+// and its routes are used first. Changed settings restart the workers
+// (running syncs finish under the old ones).
+func (e *Engine) Attach(owner any, routes map[string]*upstream.Client, secrets []string, s Settings) {
+	e.scrub.Set(owner, secrets...)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.users = append(e.users, &engineUser{owner: owner, routes: routes})
+	if e.settings != s {
+		e.settings = s
+		if b := e.backend.Load(); b != nil {
+			if err := b.restartWorkers(e.settings); err != nil {
+				e.logger.Error("applying new worker settings", zap.Error(e.scrubErr(err)))
+			} else {
+				e.logger.Info("worker settings changed", zap.Int("workers", e.settings.Workers),
+					zap.Int("max_attempts", e.settings.MaxAttempts), zap.Duration("worker_timeout", e.settings.WorkerTimeout))
+			}
+		}
+	}
+}
+
+// Detach removes an owner's routes. Its secrets stay scrubbed while jobs
+// may still carry them: they go with the engine.
+func (e *Engine) Detach(owner any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, u := range e.users {
+		if u.owner == owner {
+			e.users = append(e.users[:i:i], e.users[i+1:]...)
+			break
+		}
+	}
+}
+
+// upstreamFor is the route's upstream in the newest config that has it:
+// jobs name a route, not a URL, so a changed target takes effect for every
+// pending job.
+func (e *Engine) upstreamFor(route string) *upstream.Client {
+	if route == "" {
+		route = DefaultRoute
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := len(e.users) - 1; i >= 0; i-- {
+		if up := e.users[i].routes[route]; up != nil {
+			return up
+		}
+	}
+	return nil
+}
+
+// connectLoop opens the database, retrying with backoff until it succeeds
+// or the engine stops. Caddy does not wait for it: until it succeeds the
+// engine's handlers answer 503 and health reports why.
+func (e *Engine) connectLoop() {
+	wait := reconnectMin
+	readyOnce := sync.OnceFunc(func() { close(e.ready) })
+	defer readyOnce()
+	for {
+		err := e.connect()
+		if err == nil {
+			readyOnce()
+			return
+		}
+		reason := e.scrubErr(err).Error()
+		if prev := e.down.Swap(&reason); prev == nil || *prev != reason {
+			e.logger.Error("queue unavailable; retrying", zap.String("queue", e.key), zap.String("reason", reason),
+				zap.Duration("retry_in", wait))
+		}
+		readyOnce()
+		select {
+		case <-time.After(wait):
+		case <-e.stop:
+			return
+		}
+		wait = min(2*wait, reconnectMax)
+	}
+}
+
+func (e *Engine) connect() error {
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	var b backend
+	var err error
+	switch e.rq.Driver {
+	case SQLite:
+		b, err = openSQLite(ctx, e.rq, e)
+	case Postgres:
+		b, err = openPostgres(ctx, e.rq, e)
+	}
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.stop:
+		_ = b.close(ctx)
+		return errors.New("queue stopped")
+	default:
+	}
+	if err := b.restartWorkers(e.settings); err != nil {
+		_ = b.close(ctx)
+		return err
+	}
+	e.backend.Store(&backendBox{b})
+	e.down.Store(nil)
+	e.logger.Info("queue started", zap.String("queue", e.key), zap.String("driver", e.rq.Driver),
+		zap.Int("workers", e.settings.Workers))
+	return nil
+}
+
+// current returns the backend, or an error saying why there is none.
+func (e *Engine) current() (backend, error) {
+	if b := e.backend.Load(); b != nil {
+		return b.backend, nil
+	}
+	reason := "not started"
+	if r := e.down.Load(); r != nil {
+		reason = *r
+	}
+	return nil, errQueueDown{reason}
+}
+
+// errQueueDown says that the queue's database has not been reached.
+type errQueueDown struct{ reason string }
+
+func (e errQueueDown) Error() string { return "queue unavailable: " + e.reason }
+
+// StopWaiting withdraws a sender's Wait channel (it stopped waiting).
+func (e *Engine) StopWaiting(jobID int64, ch chan *Outcome) { e.waiters.remove(jobID, ch) }
+
+// Jobs is the queue's job store, for the admin API, or an error saying why
+// the database is away.
+func (e *Engine) Jobs() (JobStore, error) { return e.current() }
+
+// Replays is the webhook-id store shared by the instances on the
+// database, or an error saying why the database is away.
+func (e *Engine) Replays() (ReplayMemory, error) { return e.current() }
+
+// scrubErr returns err's text with every known secret removed.
+func (e *Engine) scrubErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errors.New(e.scrub.String(err.Error()))
+}
+
+// Destruct stops the workers (letting in-flight syncs finish within a
+// bound) and closes the database. Called by the pool when no config uses
+// the engine any more.
+func (e *Engine) Destruct() error {
+	close(e.stop)
+	e.wg.Wait()
+	b := e.backend.Swap(nil)
+	if b == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+5*time.Second)
+	defer cancel()
+	return e.scrubErr(b.close(ctx))
+}
+
+// Entry is one webhook to record.
+type Entry struct {
+	Webhook *payload.Webhook
+	// Route names the handler route whose target syncs it.
+	Route string
+	// NotBefore is the end of its coalescing window; AcceptedAt when it
+	// was accepted.
+	NotBefore, AcceptedAt time.Time
+	// Wait, when set, receives the outcome of the first attempt of the
+	// job the webhook is recorded in that starts after the record (see
+	// StopWaiting).
+	Wait chan *Outcome
+
+	// JobID is the job that carries the webhook, once recorded;
+	// Coalesced says it merged into a job that was already waiting.
+	JobID     int64
+	Coalesced bool
+
+	done chan error
+}
+
+// Record records a webhook durably. It returns only once the record is
+// committed (or has failed); concurrent webhooks share one commit.
+func (e *Engine) Record(ctx context.Context, req *Entry) error {
+	if _, err := e.current(); err != nil {
+		// While the first connection attempt runs (Caddy has just
+		// started), wait for it; after it, the answer is known.
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return err
+		}
+		if _, err := e.current(); err != nil {
+			return err
+		}
+	}
+	req.done = make(chan error, 1)
+	select {
+	case e.reqs <- req:
+	case <-e.stop:
+		return errors.New("queue stopped")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// batchLoop commits waiting webhooks in batches: one transaction (and one
+// fsync) for every webhook that arrived while the previous one committed.
+func (e *Engine) batchLoop() {
+	for {
+		var first *Entry
+		select {
+		case first = <-e.reqs:
+		case <-e.stop:
+			e.failPending()
+			return
+		}
+		batch := append(make([]*Entry, 0, 16), first)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r := <-e.reqs:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		err := e.commitBatch(batch)
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+func (e *Engine) commitBatch(batch []*Entry) error {
+	b, err := e.current()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.insertBatch(ctx, batch); err != nil {
+		for _, r := range batch {
+			if r.Wait != nil {
+				e.waiters.remove(r.JobID, r.Wait)
+			}
+		}
+		return fmt.Errorf("recording webhooks: %w", e.scrubErr(err))
+	}
+	return nil
+}
+
+func (e *Engine) failPending() {
+	for {
+		select {
+		case r := <-e.reqs:
+			r.done <- errors.New("queue stopped")
+		default:
+			return
+		}
+	}
+}
+
+// Stats is a snapshot of the queue, for the gauges and the admin API.
+type Stats struct {
+	Counts               map[string]int64 `json:"counts"`
+	OldestPendingSeconds float64          `json:"oldest_pending_seconds"`
+	LastSyncAt           *time.Time       `json:"last_sync_at,omitempty"`
+}
+
+// StatsStates are the job states reported.
+var StatsStates = []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"}
+
+func (e *Engine) statsLoop() {
+	t := time.NewTicker(statsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-e.stop:
+			return
+		}
+		e.sampleStats()
+	}
+}
+
+func (e *Engine) sampleStats() {
+	b, err := e.current()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := e.Stats(ctx)
+	if err != nil {
+		e.logger.Warn("sampling queue stats", zap.Error(err))
+		return
+	}
+	if o := e.observe(); o != nil {
+		o.Sampled(s)
+	}
+	if err := b.prune(ctx, time.Now()); err != nil {
+		e.logger.Warn("pruning webhook ids", zap.Error(e.scrubErr(err)))
+	}
+}
+
+// Stats is a snapshot of the queue.
+func (e *Engine) Stats(ctx context.Context) (*Stats, error) {
+	b, err := e.current()
+	if err != nil {
+		return nil, err
+	}
+	s, err := b.stats(ctx)
+	return s, e.scrubErr(err)
+}
+
+// Health says whether webhooks can be recorded now: the database is
+// reached and a write commits (a full disk fails it).
+func (e *Engine) Health(ctx context.Context) error {
+	b, err := e.current()
+	if err != nil {
+		return err
+	}
+	if err := b.probe(ctx); err != nil {
+		return fmt.Errorf("queue cannot record webhooks: %w", e.scrubErr(err))
+	}
+	return nil
+}
