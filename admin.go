@@ -1,5 +1,9 @@
 package receivebooking
 
+// The admin API (admin.api.receive_booking) under Caddy's admin endpoint:
+// list, inspect, replay and delete queued syncs, queue stats and health.
+// It finds the running config's app per request.
+
 import (
 	"context"
 	"encoding/json"

@@ -1,5 +1,8 @@
 package receivebooking
 
+// API-key authentication: the x-api-key and "Authorization: Bearer"
+// credentials, compared in constant time with every configured secret.
+
 import (
 	"crypto/sha256"
 	"crypto/subtle"

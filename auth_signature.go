@@ -1,5 +1,9 @@
 package receivebooking
 
+// Standard Webhooks signatures at the handler: which of key, signature or
+// both a webhook must present, and where webhook-ids are remembered (in
+// memory, or in the PostgreSQL queue shared by every instance).
+
 import (
 	"context"
 	"crypto/sha256"

@@ -1,5 +1,7 @@
 package receivebooking
 
+// The receive_booking Caddyfile directive and its subdirectives.
+
 import (
 	"strconv"
 	"strings"

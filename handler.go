@@ -1,5 +1,10 @@
 package receivebooking
 
+// ServeHTTP: the request path. A webhook is authenticated, read, validated
+// and then synced while the sender waits (no queue), recorded and answered
+// 202 (async), or recorded and waited for (auto); one JSON answer and one
+// log line each.
+
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,8 @@
 package receivebooking
 
+// Prometheus metrics through Caddy's registry: webhooks by outcome,
+// rejections, upstream calls, sync lag and queue gauges.
+
 import (
 	"errors"
 	"strconv"

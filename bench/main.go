@@ -101,6 +101,8 @@ respond `+"`"+`{"success":true,"booking_id":"1","outcome":"updated"}`+"`"+` 200`
 	b.throughput("2", "Direct: load straight at the stub (no Caddy)", 200, "")
 	b.throughput("3", "Stock Caddy: `header` matcher + `reverse_proxy`", 200, b.stock())
 	b.throughput("4", "receive_booking `mode sync`", 200, b.receiveBooking("mode sync"))
+	b.throughput("4-auto", "receive_booking `mode auto`, SQLite (record, then wait for the sync)", 200,
+		b.receiveBooking("mode auto", "queue sqlite "+filepath.Join(tmp, "4-auto", "queue.sqlite3")))
 	b.throughput("5-sqlite", "receive_booking `mode async`, SQLite (durable 202s/s)", 202,
 		b.receiveBooking("mode async", "queue sqlite "+filepath.Join(tmp, "5-sqlite", "queue.sqlite3")))
 	if *flagPG == "" && want("5-pg") {
@@ -114,6 +116,9 @@ respond `+"`"+`{"success":true,"booking_id":"1","outcome":"updated"}`+"`"+` 200`
 		b.receiveBooking("mode async", "queue sqlite "+filepath.Join(tmp, "6-async", "queue.sqlite3")))
 	b.coalescing("6-sync", "Coalescing burst, `mode sync` (in-process coalescer)",
 		b.receiveBooking("mode sync", "timeout 30s"))
+	b.latency("8-sync", "Latency, 1 in flight: receive_booking `mode sync`", b.receiveBooking("mode sync"))
+	b.latency("8-auto", "Latency, 1 in flight: receive_booking `mode auto`, SQLite", b.receiveBooking("mode auto",
+		"queue sqlite "+filepath.Join(tmp, "8-auto", "queue.sqlite3")))
 	b.memory("7", "Memory: 1,000 in-flight syncs, stub takes 2 s (`mode sync`)", b.receiveBooking("mode sync", "timeout 10s"))
 	b.memory("7-stock", "Reference for 7: stock Caddy (as in 3), 1,000 in flight, stub takes 2 s", b.stock())
 	total := time.Since(started)
@@ -194,6 +199,16 @@ func (b *bench) start(key, name string, delay time.Duration, site string) (r *ro
 }
 
 func (b *bench) throughput(key, name string, status int, site string) {
+	b.closedRun(key, name, status, *flagConcurrency, site)
+}
+
+// latency is a closed loop with one request in flight: what one sender
+// waits, without queueing behind others.
+func (b *bench) latency(key, name, site string) {
+	b.closedRun(key, name, 200, 1, site)
+}
+
+func (b *bench) closedRun(key, name string, status, concurrency int, site string) {
 	r, c, ok := b.start(key, name, 0, site)
 	if !ok {
 		return
@@ -210,7 +225,7 @@ func (b *bench) throughput(key, name string, status int, site string) {
 		logf("%s", r.note)
 		return
 	}
-	closedLoop(tr, *flagConcurrency, b.warmup())
+	closedLoop(tr, concurrency, b.warmup())
 	b.stub.reset(0)
 	var lines0 int
 	if c != nil {
@@ -226,7 +241,7 @@ func (b *bench) throughput(key, name string, status int, site string) {
 			}
 		}()
 	}
-	r.load = closedLoop(tr, *flagConcurrency, *flagDuration)
+	r.load = closedLoop(tr, concurrency, *flagDuration)
 	if profiled != nil {
 		<-profiled
 	}

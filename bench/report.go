@@ -81,6 +81,18 @@ func (b *bench) report(total time.Duration) string {
 			"stock `reverse_proxy` (scenario 3) logs none.\n", r.logLines, float64(r.logLines)/float64(max(r.load.requests, 1)))
 	}
 
+	if s8s, s8a := b.find("8-sync"), b.find("8-auto"); s8s != nil && s8a != nil && s8s.load != nil && s8a.load != nil {
+		p("\nScenario 8: at one request in flight, `mode auto` (record the webhook, then wait for the queued sync's\n"+
+			"first attempt) adds **%s at p50 and %s at p99** over `mode sync` (%s / %s vs %s / %s).\n",
+			ms(s8a.load.p50-s8s.load.p50), ms(s8a.load.p99-s8s.load.p99), ms(s8a.load.p50), ms(s8a.load.p99), ms(s8s.load.p50), ms(s8s.load.p99))
+	}
+	if s4a := b.find("4-auto"); s4a != nil && s4a.load != nil {
+		if s1 := b.find("1"); s1 != nil && s1.load != nil && s1.load.okPerSec() > 0 {
+			p("Scenario 4-auto: %.0f synced answers/s in `mode auto` = %.2f× the `respond` ceiling.\n",
+				s4a.load.okPerSec(), s4a.load.okPerSec()/s1.load.okPerSec())
+		}
+	}
+
 	p("\n## Targets\n\n")
 	p("| Target | Measured | Result |\n|---|---|---|\n")
 	s2, s4, s5, s6, s7 := b.find("2"), b.find("4"), b.find("5-sqlite"), b.find("6-async"), b.find("7")

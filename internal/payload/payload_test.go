@@ -1,5 +1,8 @@
 package payload
 
+// Table tests of webhook validation: every contract message, limits,
+// linear-time duplicate detection.
+
 import (
 	"strings"
 	"testing"

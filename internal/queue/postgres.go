@@ -1,5 +1,9 @@
 package queue
 
+// PostgreSQL: a queue shared by every instance that points at the same
+// database; migrations under an advisory lock, booking rows locked FOR
+// UPDATE, a stable River client ID per instance.
+
 import (
 	"context"
 	"crypto/sha256"

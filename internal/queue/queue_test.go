@@ -1,5 +1,8 @@
 package queue
 
+// Engine tests on a real SQLite file and a real PostgreSQL database, with
+// the testkit stand-in as import-bookings.
+
 import (
 	"context"
 	"encoding/json"

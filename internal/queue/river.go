@@ -1,5 +1,9 @@
 package queue
 
+// The queue on River: recording batches, the booking rows that decide
+// coalescing and the one running sync per booking, job listing and
+// replays, and River's log lines passed through the scrubber.
+
 import (
 	"context"
 	"database/sql"
@@ -267,9 +271,10 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: s.Workers}},
 		Workers: workers,
 		// PostgreSQL announces new jobs (LISTEN/NOTIFY); SQLite has no
-		// such thing: poll often, it is one indexed query.
-		FetchCooldown:     10 * time.Millisecond,
-		FetchPollInterval: 50 * time.Millisecond,
+		// such thing: poll often (a sender in auto mode waits for the
+		// pick-up), it is one indexed query on a local file.
+		FetchCooldown:     5 * time.Millisecond,
+		FetchPollInterval: 20 * time.Millisecond,
 		JobTimeout:        s.WorkerTimeout,
 		// A sync that was running when a process died is run again once
 		// it has been running longer than any sync may.

@@ -1,5 +1,8 @@
 package queue
 
+// SQLite: the embedded default, one file and one connection, guarded by a
+// file lock so that no two processes run workers on it.
+
 import (
 	"context"
 	"database/sql"

@@ -1,5 +1,9 @@
 package queue
 
+// The job path: a worker claims the booking, calls import-bookings, records
+// the outcome with the booking row, answers the senders waiting for that
+// attempt, and chooses when to retry.
+
 import (
 	"context"
 	"errors"

@@ -1,5 +1,7 @@
 package scrub
 
+// Scrubber: every form of a secret is replaced, owners come and go.
+
 import (
 	"testing"
 

@@ -1,5 +1,8 @@
 package standardwebhooks
 
+// Signature verification against the spec's vector, rotation, tolerance,
+// tampering and replay memory; fuzz targets for the header parser.
+
 import (
 	"bytes"
 	"encoding/base64"

@@ -1,5 +1,7 @@
 package testkit
 
+// The Caddy binary the tests run.
+
 import (
 	"fmt"
 	"os"

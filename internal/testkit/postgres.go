@@ -1,5 +1,7 @@
 package testkit
 
+// A throwaway PostgreSQL database per test.
+
 import (
 	"context"
 	"fmt"

@@ -1,5 +1,8 @@
 package upstream
 
+// The import-bookings client against the testkit stand-in: what each kind
+// of answer comes to, cancellation, scrubbed errors, Retry-After.
+
 import (
 	"context"
 	"errors"
