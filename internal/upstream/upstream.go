@@ -41,6 +41,7 @@ type Client struct {
 	userAgent string
 	client    *http.Client
 	observe   func(*Result)
+	contract  *Contract
 }
 
 // New returns a client of the target that sends key (as "Authorization:
@@ -64,11 +65,19 @@ func New(target *url.URL, key, userAgent string, observe func(*Result)) *Client 
 		targetKey: key,
 		// No client timeout: every call carries a context deadline, which
 		// is the one the sender or the worker can afford.
-		client:    &http.Client{Transport: transport},
+		// Never follow a redirect: Go's client would send the POST, and
+		// the apikey header with it, to whatever host the target names;
+		// a 3xx is a final failure instead.
+		client: &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}},
 		observe:   observe,
 		userAgent: userAgent,
 	}
 }
+
+// SetContract sets how answers are judged (default: DefaultOutcomes).
+func (u *Client) SetContract(c *Contract) { u.contract = c }
 
 // SameTarget reports whether o calls the same URL with the same key.
 func (u *Client) SameTarget(o *Client) bool {
@@ -99,20 +108,20 @@ type Result struct {
 	RetryAfter time.Duration
 	// Duration is how long the call took.
 	Duration time.Duration
+
+	// Verdict is what the answer means by import-bookings' contract;
+	// Outcome is its "outcome", if it gave one; Reason says why a sync
+	// that did not happen is retried or final.
+	Verdict Verdict
+	Outcome string
+	Reason  string
 }
 
-// ok reports a successful sync: a 2xx JSON answer that does not say
-// "success": false.
-func (r *Result) OK() bool {
-	return r.Err == nil && r.Status >= 200 && r.Status < 300 && r.Body != nil && !saysFailure(r.Body)
-}
+// OK reports a synced booking.
+func (r *Result) OK() bool { return r.Verdict == Synced }
 
-// permanent reports an upstream rejection that no retry will fix: a 4xx
-// other than 408 and 429.
-func (r *Result) Permanent() bool {
-	return r.Err == nil && r.Status >= 400 && r.Status < 500 &&
-		r.Status != http.StatusRequestTimeout && r.Status != http.StatusTooManyRequests
-}
+// Permanent reports a failure no retry will fix.
+func (r *Result) Permanent() bool { return r.Verdict == Final }
 
 // details is what an answer or a job error says about the failure.
 func (r *Result) Details() any {
@@ -126,58 +135,48 @@ func (r *Result) Details() any {
 	}
 }
 
-// describe is a one-line account of a failed sync, for logs and job errors.
+// Describe is a one-line account of a failed sync, for logs and job errors.
 func (r *Result) Describe() string {
 	switch {
 	case r.TimedOut:
 		return "upstream timed out"
 	case r.Err != nil:
 		return "upstream unreachable: " + r.Err.Error()
-	case r.Status >= 200 && r.Status < 300 && r.Body == nil:
-		return fmt.Sprintf("upstream status %d with a non-JSON body", r.Status)
-	case r.Status >= 200 && r.Status < 300:
-		return fmt.Sprintf("upstream status %d reporting \"success\": false", r.Status)
+	case r.Reason != "":
+		return fmt.Sprintf("upstream status %d: %s", r.Status, r.Reason)
 	default:
 		return fmt.Sprintf("upstream status %d", r.Status)
 	}
-}
-
-func saysFailure(body json.RawMessage) bool {
-	var env struct {
-		Success *bool `json:"success"`
-	}
-	if json.Unmarshal(body, &env) != nil {
-		return false // valid JSON, but not an object: nothing says it failed
-	}
-	return env.Success != nil && !*env.Success
 }
 
 // sync asks import-bookings to sync one booking. It never returns an error:
 // every outcome is described by the result.
 func (u *Client) Sync(ctx context.Context, req Request, requestID string) *Result {
 	start := time.Now()
-	res := u.do(ctx, req, requestID)
+	res, location := u.do(ctx, req, requestID)
 	res.Duration = time.Since(start)
+	u.contract.judge(req, res, location)
 	if u.observe != nil {
 		u.observe(res)
 	}
 	return res
 }
 
-func (u *Client) do(ctx context.Context, sr Request, requestID string) *Result {
+// do makes the call; it returns the Location of a redirect too.
+func (u *Client) do(ctx context.Context, sr Request, requestID string) (*Result, string) {
 	sr.SyncMode = "single"
-	payload, err := payload.MarshalJSON(sr)
+	body, err := payload.MarshalJSON(sr)
 	if err != nil {
-		return &Result{Err: errors.New("encoding sync request")}
+		return &Result{Err: errors.New("encoding sync request")}, ""
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.target, bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.target, bytes.NewReader(body))
 	if err != nil {
-		return &Result{Err: errors.New("building sync request")}
+		return &Result{Err: errors.New("building sync request")}, ""
 	}
 	u.setHeaders(req.Header, requestID)
 	resp, err := u.client.Do(req)
 	if err != nil {
-		return &Result{Err: scrubError(err), TimedOut: errors.Is(err, context.DeadlineExceeded)}
+		return &Result{Err: scrubError(err), TimedOut: errors.Is(err, context.DeadlineExceeded)}, ""
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
@@ -185,7 +184,7 @@ func (u *Client) do(ctx context.Context, sr Request, requestID string) *Result {
 	if err != nil {
 		res.Err = scrubError(err)
 		res.TimedOut = errors.Is(err, context.DeadlineExceeded)
-		return res
+		return res, ""
 	}
 	if len(raw) <= maxUpstreamBody && json.Valid(raw) {
 		res.Body = raw
@@ -194,7 +193,7 @@ func (u *Client) do(ctx context.Context, sr Request, requestID string) *Result {
 	}
 	// Drain a little so the connection can be reused.
 	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
-	return res
+	return res, resp.Header.Get("Location")
 }
 
 func (u *Client) setHeaders(h http.Header, requestID string) {

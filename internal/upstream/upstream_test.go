@@ -147,11 +147,11 @@ func TestSyncResultOkPermanent(t *testing.T) {
 		{"299 success false", Result{Status: 299, Body: []byte(`{"success":false}`)}, false, false},
 		{"200 non-JSON", Result{Status: 200, Text: "<html>"}, false, false},
 		{"200 with transport error", Result{Status: 200, Body: okBody, Err: errors.New("reset")}, false, false},
-		{"300", Result{Status: 300, Body: okBody}, false, false},
+		{"300", Result{Status: 300, Body: okBody}, false, true},
 		{"400", Result{Status: 400, Body: []byte(`{"error":"bad"}`)}, false, true},
 		{"401", Result{Status: 401, Body: []byte(`{}`)}, false, true},
 		{"404", Result{Status: 404, Body: []byte(`{}`)}, false, true},
-		{"408", Result{Status: 408, Body: []byte(`{}`)}, false, false},
+		{"408", Result{Status: 408, Body: []byte(`{}`)}, false, true},
 		{"422", Result{Status: 422, Text: "bad"}, false, true},
 		{"429", Result{Status: 429, Body: []byte(`{}`)}, false, false},
 		{"499", Result{Status: 499}, false, true},
@@ -166,6 +166,7 @@ func TestSyncResultOkPermanent(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			(&Contract{}).judge(Request{}, &tc.res, "")
 			assert.Equal(t, tc.ok, tc.res.OK(), "ok")
 			assert.Equal(t, tc.permanent, tc.res.Permanent(), "permanent")
 			assert.NotEmpty(t, tc.res.Describe())
@@ -180,8 +181,9 @@ func TestSyncResultDetailsAndDescribe(t *testing.T) {
 
 	assert.Equal(t, "upstream timed out", (&Result{TimedOut: true, Err: errors.New("timed out")}).Describe())
 	assert.Equal(t, "upstream unreachable: connection refused", (&Result{Err: errors.New("connection refused")}).Describe())
-	assert.Equal(t, "upstream status 200 with a non-JSON body", (&Result{Status: 200, Text: "x"}).Describe())
-	assert.Equal(t, `upstream status 200 reporting "success": false`, (&Result{Status: 200, Body: []byte(`{"success":false}`)}).Describe())
+	judged := func(r Result) *Result { (&Contract{}).judge(Request{}, &r, ""); return &r }
+	assert.Equal(t, "upstream status 200: non-JSON answer", judged(Result{Status: 200, Text: "x"}).Describe())
+	assert.Equal(t, `upstream status 200: "success": false`, judged(Result{Status: 200, Body: []byte(`{"success":false}`)}).Describe())
 	assert.Equal(t, "upstream status 503", (&Result{Status: 503}).Describe())
 }
 

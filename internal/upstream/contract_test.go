@@ -1,0 +1,162 @@
+package upstream
+
+// The contract table: every outcome import-bookings answers, every
+// contract violation, every status class, and redirects that are never
+// followed (through real HTTP servers).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+)
+
+func envelopeJSON(outcome string, mod func(m map[string]any)) string {
+	m := map[string]any{"success": true, "queued": false, "completed": true, "sync_mode": "single",
+		"booking_id": "b-1", "organization_id": "org-1", "outcome": outcome}
+	if outcome != "applied" && outcome != "already_current" {
+		m["success"], m["completed"] = false, false
+	}
+	if mod != nil {
+		mod(m)
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+func TestContractJudgesEveryAnswer(t *testing.T) {
+	req := Request{BookingID: []byte(`"b-1"`), OrganizationID: []byte(`"org-1"`)}
+	cases := []struct {
+		name    string
+		res     Result
+		want    Verdict
+		outcome string
+		reason  string
+	}{
+		{"applied", Result{Status: 200, Body: []byte(envelopeJSON("applied", nil))}, Synced, "applied", ""},
+		{"already_current", Result{Status: 200, Body: []byte(envelopeJSON("already_current", nil))}, Synced, "already_current", ""},
+		{"not_found", Result{Status: 200, Body: []byte(envelopeJSON("not_found", nil))}, Final, "not_found", "outcome not_found"},
+		{"cancellation", Result{Status: 200, Body: []byte(envelopeJSON("cancellation_requires_explicit_apply", nil))}, Final, "cancellation_requires_explicit_apply", "outcome cancellation_requires_explicit_apply"},
+		{"partial", Result{Status: 200, Body: []byte(envelopeJSON("partial", nil))}, Retry, "partial", "outcome partial"},
+		{"local_fallback", Result{Status: 200, Body: []byte(envelopeJSON("local_fallback", nil))}, Retry, "local_fallback", "outcome local_fallback"},
+		{"paused", Result{Status: 200, Body: []byte(envelopeJSON("mutating_sync_paused", nil))}, Retry, "mutating_sync_paused", "outcome mutating_sync_paused"},
+		{"failed", Result{Status: 200, Body: []byte(envelopeJSON("failed", func(m map[string]any) { m["error"] = "EventFlow 502" }))}, Retry, "failed", "outcome failed"},
+		{"unknown outcome", Result{Status: 200, Body: []byte(envelopeJSON("teleported", nil))}, Final, "teleported", `contract violation: unknown outcome "teleported"`},
+		{"queued true", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["queued"] = true }))}, Final, "applied", `contract violation: "queued": true`},
+		{"sync_mode batch", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["sync_mode"] = "batch" }))}, Final, "applied", `contract violation: "sync_mode" is not "single"`},
+		{"other booking", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["booking_id"] = "b-2" }))}, Final, "applied", "contract violation: booking_id in the answer differs from the one sent"},
+		{"other organization", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["organization_id"] = "org-2" }))}, Final, "applied", "contract violation: organization_id in the answer differs from the one sent"},
+		{"applied not success", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["success"] = false }))}, Final, "applied", `contract violation: outcome "applied" with "success" not true`},
+		{"applied not completed", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["completed"] = false }))}, Final, "applied", `contract violation: outcome "applied" with "completed" not true`},
+		{"applied with error", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["error"] = "x" }))}, Final, "applied", `contract violation: outcome "applied" with an error`},
+		{"applied with failed results", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"failed": 1} }))}, Final, "applied", `contract violation: outcome "applied" with failed results`},
+		{"applied with result errors", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"errors": []string{"e"}} }))}, Final, "applied", `contract violation: outcome "applied" with result errors`},
+		{"applied, empty results", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"failed": 0, "errors": []string{}} }))}, Synced, "applied", ""},
+		{"no outcome (older)", Result{Status: 200, Body: []byte(`{"success":true}`)}, Synced, "", ""},
+		{"no outcome, success false", Result{Status: 200, Body: []byte(`{"success":false}`)}, Retry, "", `"success": false`},
+		{"non-JSON 2xx", Result{Status: 200, Text: "<html>"}, Retry, "", "non-JSON answer"},
+		{"301", Result{Status: 301}, Final, "", "redirect: status 301 to no Location (configure the final URL as target)"},
+		{"400", Result{Status: 400, Body: []byte(`{}`)}, Final, "", "status 400"},
+		{"401", Result{Status: 401, Body: []byte(`{"msg":"Invalid JWT"}`)}, Final, "", "status 401"},
+		{"404", Result{Status: 404}, Final, "", "status 404"},
+		{"408", Result{Status: 408}, Final, "", "status 408"},
+		{"429", Result{Status: 429}, Retry, "", "status 429"},
+		{"500 (no organization_id)", Result{Status: 500}, Retry, "", "status 500"},
+		{"503 boot error", Result{Status: 503}, Retry, "", "status 503"},
+		{"504 idle limit", Result{Status: 504}, Retry, "", "status 504"},
+		{"546 resource limit", Result{Status: 546}, Retry, "", "status 546"},
+	}
+	for _, f := range finalFailures {
+		cases = append(cases, struct {
+			name    string
+			res     Result
+			want    Verdict
+			outcome string
+			reason  string
+		}{"failed: " + f, Result{Status: 200, Body: []byte(envelopeJSON("failed", func(m map[string]any) { m["error"] = "guard: " + f + " (rev 7)" }))}, Final, "failed", "outcome failed: " + f})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := tc.res
+			(&Contract{}).judge(req, &res, "")
+			assert.Equal(t, tc.want.String(), res.Verdict.String())
+			assert.Equal(t, tc.outcome, res.Outcome)
+			assert.Equal(t, tc.reason, res.Reason)
+		})
+	}
+}
+
+func TestContractIDsCompareAsStrings(t *testing.T) {
+	body := `{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":"42","organization_id":7,"outcome":"applied"}`
+	res := Result{Status: 200, Body: []byte(body)}
+	(&Contract{}).judge(Request{BookingID: []byte(`42`), OrganizationID: []byte(`"7"`)}, &res, "")
+	assert.Equal(t, Synced, res.Verdict, res.Reason)
+	res = Result{Status: 200, Body: []byte(`{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":"42","organization_id":null,"outcome":"applied"}`)}
+	(&Contract{}).judge(Request{BookingID: []byte(`"42"`)}, &res, "")
+	assert.Equal(t, Synced, res.Verdict, "no organization_id sent: a null echo matches")
+}
+
+func TestContractExtension(t *testing.T) {
+	c := NewContract(map[string]Verdict{"queued_for_review": Retry, "merged": Synced, "partial": Final})
+	req := Request{BookingID: []byte(`"b-1"`), OrganizationID: []byte(`"org-1"`)}
+	for outcome, want := range map[string]Verdict{"queued_for_review": Retry, "partial": Final, "not_found": Final} {
+		res := Result{Status: 200, Body: []byte(envelopeJSON(outcome, nil))}
+		c.judge(req, &res, "")
+		assert.Equal(t, want, res.Verdict, outcome)
+	}
+	res := Result{Status: 200, Body: []byte(envelopeJSON("merged", func(m map[string]any) { m["success"], m["completed"] = true, true }))}
+	c.judge(req, &res, "")
+	assert.Equal(t, Synced, res.Verdict, res.Reason)
+}
+
+// TestRedirectsAreNeverFollowed: a target that redirects (301, 302, 307,
+// 308) to another host, another port or the same host: nothing reaches
+// the redirect's location, the key goes nowhere else, and the answer is a
+// final failure naming the status and the Location's host.
+func TestRedirectsAreNeverFollowed(t *testing.T) {
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		w.WriteHeader(200)
+		_, _ = w.Write([]byte(`{"success":true}`))
+	}))
+	t.Cleanup(other.Close)
+	otherURL, _ := url.Parse(other.URL)
+	target := testkit.NewStandIn(t)
+	targetURL, _ := url.Parse(target.URL)
+	locations := map[string]string{
+		"another host": "http://localhost:" + otherURL.Port() + "/functions/v1/import-bookings",
+		"another port": other.URL + "/functions/v1/import-bookings",
+		"same host":    "/functions/v1/other",
+	}
+	for _, code := range []int{301, 302, 307, 308} {
+		for where, loc := range locations {
+			t.Run(fmt.Sprintf("%d %s", code, where), func(t *testing.T) {
+				target.Respond(func(w http.ResponseWriter, _ *http.Request, _ *testkit.Call) {
+					w.Header().Set("Location", loc)
+					w.WriteHeader(code)
+				})
+				c := New(targetURL.JoinPath(testkit.Path), "sb_secret_never-elsewhere", "test", nil)
+				res := c.Sync(context.Background(), Request{BookingID: []byte(`"b-1"`)}, "")
+				require.NoError(t, res.Err)
+				assert.Equal(t, code, res.Status)
+				assert.Equal(t, Final, res.Verdict)
+				assert.Contains(t, res.Reason, fmt.Sprintf("redirect: status %d to ", code))
+				assert.NotContains(t, res.Reason, "/functions", "the Location's path is not repeated")
+			})
+		}
+	}
+	assert.Zero(t, elsewhere.Load(), "no request reached a redirect's location")
+	for _, c := range target.Calls() {
+		assert.Equal(t, testkit.Path, c.Path, "the same-host location was not requested either")
+	}
+}
