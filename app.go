@@ -42,6 +42,7 @@ type engineUse struct {
 	secrets  []string
 	ref      *engineRef
 	observer queue.Observer // the metrics, if on
+	acquired bool           // Start took the engine from the pool
 	// first describes the handler that declared the settings, for
 	// conflict errors.
 	first string
@@ -115,6 +116,7 @@ func (a *App) Start() error {
 		if err != nil {
 			return err
 		}
+		u.acquired = true
 		e := val.(*queue.Engine)
 		e.Attach(a, u.routes, u.secrets, u.rq.Settings)
 		e.SetObserver(u.observer)
@@ -131,6 +133,10 @@ func (a *App) Stop() error {
 	var errs []string
 	for _, key := range a.keys() {
 		u := a.uses[key]
+		if !u.acquired {
+			continue // never started: the pool's engine is another config's
+		}
+		u.acquired = false
 		if e := u.ref.get(); e != nil {
 			e.Detach(a)
 		}

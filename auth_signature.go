@@ -113,7 +113,7 @@ func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []by
 	if err != nil {
 		// Fail closed would turn a database hiccup into lost webhooks:
 		// the signature and timestamp already bound the exposure.
-		h.logger.Warn("checking webhook-id for replay", zap.Error(err))
+		h.logger.Warn("checking webhook-id for replay", zap.String("error", h.scrub.String(err.Error())))
 		return "", id
 	}
 	if seen {

@@ -26,8 +26,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-
-	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
 const (
@@ -42,6 +40,8 @@ const (
 	// queueRetryAfter is what a sender is told to wait when the queue
 	// cannot record its webhook.
 	queueRetryAfter = "5"
+	// forgetTimeout bounds forgetting a webhook-id that was not accepted.
+	forgetTimeout = 5 * time.Second
 )
 
 // Outcomes, as logged and counted.
@@ -152,10 +152,13 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 	} else {
 		a = h.dispatch(r, wh)
 	}
-	if webhookID != "" && (a == nil || a.status >= 300) {
-		// Not accepted: the sender's retry carries the same id and must
-		// not be taken for a replay.
-		h.replay.forget(context.WithoutCancel(r.Context()), webhookID)
+	if webhookID != "" && (a == nil || a.status >= 300 || a.status == 0) {
+		// Not accepted (status 0: the sender left before its sync, which
+		// was cancelled): its retry carries the same id and must not be
+		// taken for a replay.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), forgetTimeout)
+		h.replay.forget(ctx, webhookID)
+		cancel()
 	}
 	return a
 }
@@ -290,13 +293,13 @@ func (h *Handler) syncAnswer(wh *payload.Webhook, res *upstream.Result, shared b
 		if shared {
 			a.outcome = outcomeCoalesced
 		}
-		a.body = response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(), SyncResult: scrubJSON(h.scrub, res.Body)}
+		a.body = response{Success: true, BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(), SyncResult: scrubJSON(h.scrubText, res.Body)}
 	case res.TimedOut:
 		a.status, a.outcome, a.reason = http.StatusGatewayTimeout, outcomeFailed, "timeout"
 		a.body = response{Error: "Sync timed out"}
 	default:
 		a.status, a.outcome, a.reason = http.StatusBadGateway, outcomeFailed, "upstream"
-		a.body = response{Error: "Sync failed", UpstreamStatus: res.Status, Details: scrubDetails(h.scrub, res.Details())}
+		a.body = response{Error: "Sync failed", UpstreamStatus: res.Status, Details: scrubDetails(h.scrubText, res.Details())}
 	}
 	return a
 }
@@ -335,11 +338,11 @@ func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *q
 
 // scrubJSON scrubs a JSON text; it stays JSON (the replacement needs no
 // escaping), or becomes a JSON string if a cut made it invalid.
-func scrubJSON(s *scrub.Scrubber, raw json.RawMessage) json.RawMessage {
+func scrubJSON(s func(string) string, raw json.RawMessage) json.RawMessage {
 	if raw == nil {
 		return nil
 	}
-	out := s.String(string(raw))
+	out := s(string(raw))
 	if out == string(raw) {
 		return raw
 	}
@@ -350,14 +353,27 @@ func scrubJSON(s *scrub.Scrubber, raw json.RawMessage) json.RawMessage {
 	return b
 }
 
-func scrubDetails(s *scrub.Scrubber, d any) any {
+func scrubDetails(s func(string) string, d any) any {
 	switch v := d.(type) {
 	case json.RawMessage:
 		return scrubJSON(s, v)
 	case string:
-		return s.String(v)
+		return s(v)
 	}
 	return d
+}
+
+// scrubText removes every secret of this handler, and of every handler
+// sharing its queue (after a reload rotated a key, a sync that started
+// under the old config may echo it), from text for the sender.
+func (h *Handler) scrubText(s string) string {
+	s = h.scrub.String(s)
+	if h.queue != nil {
+		if e := h.queue.get(); e != nil {
+			s = e.Scrub(s)
+		}
+	}
+	return s
 }
 
 func (h *Handler) write(w http.ResponseWriter, a *answer) {

@@ -32,6 +32,7 @@ type metrics struct {
 	queueJobs       *prometheus.GaugeVec
 	queueOldest     prometheus.Gauge
 	syncLag         prometheus.Histogram
+	syncFailures    *prometheus.CounterVec
 }
 
 var (
@@ -55,7 +56,8 @@ func newMetrics() *metrics {
 			Help:    "Duration of calls to import-bookings.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 40, 80, 160},
 		}),
-		queueJobs: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("queue_jobs", "Sync jobs in the queue, by state.")), []string{"state"}),
+		syncFailures: counter("sync_failures_total", "Queued syncs that ended without syncing: kind final (a final answer: cancelled at once) or exhausted (out of attempts: discarded, the dead letter).", "kind"),
+		queueJobs:    prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("queue_jobs", "Sync jobs in the queue, by state.")), []string{"state"}),
 		queueOldest: prometheus.NewGauge(prometheus.GaugeOpts(opts("queue_oldest_pending_seconds",
 			"Age of the oldest sync job not yet done (available, retryable, scheduled or running)."))),
 		syncLag: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -67,7 +69,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.queueJobs, m.queueOldest, m.syncLag}
+	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.queueJobs, m.queueOldest, m.syncLag, m.syncFailures}
 }
 
 // provisionMetrics registers the shared collectors with this config's
@@ -123,6 +125,13 @@ func (m *metrics) observeSyncLag(acceptedAt time.Time) {
 
 // Synced observes a queued sync's lag (queue.Observer).
 func (m *metrics) Synced(acceptedAt time.Time) { m.observeSyncLag(acceptedAt) }
+
+// Failed counts a queued sync that ended without syncing (queue.Observer).
+func (m *metrics) Failed(kind string) {
+	if m != nil {
+		m.syncFailures.WithLabelValues(kind).Inc()
+	}
+}
 
 // Sampled sets the queue gauges (queue.Observer).
 func (m *metrics) Sampled(s *queue.Stats) { m.setQueueStats(s) }

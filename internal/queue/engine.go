@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,8 +41,10 @@ const (
 	DefaultWorkers = 10
 	// DefaultMaxAttempts is how many times a sync is tried.
 	DefaultMaxAttempts = 10
-	// DefaultWorkerTimeout bounds one queued sync.
-	DefaultWorkerTimeout = 60 * time.Second
+	// DefaultWorkerTimeout bounds one queued sync. It exceeds the longest
+	// an Edge Function may run (150 s, 400 s on paid plans), so a sync
+	// given up on locally has stopped upstream too.
+	DefaultWorkerTimeout = 420 * time.Second
 	// DefaultRoute is the route of handlers that name none.
 	DefaultRoute = "default"
 
@@ -117,9 +120,12 @@ type Engine struct {
 	// database's own; every string that leaves the engine passes it.
 	scrub scrub.Scrubber
 
-	mu       sync.Mutex // guards settings and users, and orders restarts
-	settings Settings
-	users    []*engineUser
+	// mu guards users' updates; readers (workers looking up a route) use
+	// the snapshot without a lock. restartMu orders worker restarts and
+	// the first start, which may wait on the database, apart from both.
+	mu        sync.Mutex
+	users     atomic.Pointer[[]*engineUser]
+	restartMu sync.Mutex
 
 	backend atomic.Pointer[backendBox] // nil while the database is away
 	down    atomic.Pointer[string]     // why the database is away
@@ -139,7 +145,17 @@ type Observer interface {
 	Synced(acceptedAt time.Time)
 	// Sampled is called with a fresh snapshot of the queue.
 	Sampled(s *Stats)
+	// Failed is called when a job ends without a sync: FailureFinal (the
+	// answer was final: the job is cancelled) or FailureExhausted (out of
+	// attempts: the job is discarded, the dead letter).
+	Failed(kind string)
 }
+
+// Kinds of failed jobs, for Observer.Failed.
+const (
+	FailureFinal     = "final"
+	FailureExhausted = "exhausted"
+)
 
 // SetObserver sets who is told of syncs and samples (the newest config's
 // metrics).
@@ -167,21 +183,21 @@ type backendBox struct{ backend }
 
 // engineUser is one config's routes on the engine.
 type engineUser struct {
-	owner  any
-	routes map[string]*upstream.Client
+	owner    any
+	routes   map[string]*upstream.Client
+	settings Settings
 }
 
 // New returns the engine of a queue; it connects in the background (and
 // keeps trying), so it returns at once. Destruct stops it.
 func New(rq *Config, logger *zap.Logger) *Engine {
 	e := &Engine{
-		key:      rq.Key(),
-		rq:       rq,
-		logger:   logger,
-		settings: rq.Settings,
-		ready:    make(chan struct{}),
-		reqs:     make(chan *Entry, maxBatch),
-		stop:     make(chan struct{}),
+		key:    rq.Key(),
+		rq:     rq,
+		logger: logger,
+		ready:  make(chan struct{}),
+		reqs:   make(chan *Entry, maxBatch),
+		stop:   make(chan struct{}),
 	}
 	e.waiters.init()
 	if rq.Driver == Postgres {
@@ -208,32 +224,55 @@ func New(rq *Config, logger *zap.Logger) *Engine {
 func (e *Engine) Attach(owner any, routes map[string]*upstream.Client, secrets []string, s Settings) {
 	e.scrub.Set(owner, secrets...)
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.users = append(e.users, &engineUser{owner: owner, routes: routes})
-	if e.settings != s {
-		e.settings = s
-		if b := e.backend.Load(); b != nil {
-			if err := b.restartWorkers(e.settings); err != nil {
-				e.logger.Error("applying new worker settings", zap.Error(e.scrubErr(err)))
-			} else {
-				e.logger.Info("worker settings changed", zap.Int("workers", e.settings.Workers),
-					zap.Int("max_attempts", e.settings.MaxAttempts), zap.Duration("worker_timeout", e.settings.WorkerTimeout))
-			}
-		}
-	}
+	users := append(slices.Clone(e.snapshot()), &engineUser{owner: owner, routes: routes, settings: s})
+	e.users.Store(&users)
+	e.mu.Unlock()
+	e.applySettings()
 }
 
-// Detach removes an owner's routes. Its secrets stay scrubbed while jobs
-// may still carry them: they go with the engine.
+// Detach removes an owner's routes and secrets; if it was the newest, the
+// settings of the newest remaining owner apply again (a config that failed
+// to start must not leave its settings behind).
 func (e *Engine) Detach(owner any) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	for i, u := range e.users {
-		if u.owner == owner {
-			e.users = append(e.users[:i:i], e.users[i+1:]...)
-			break
-		}
+	users := slices.DeleteFunc(slices.Clone(e.snapshot()), func(u *engineUser) bool { return u.owner == owner })
+	e.users.Store(&users)
+	e.mu.Unlock()
+	e.scrub.Remove(owner)
+	e.applySettings()
+}
+
+func (e *Engine) snapshot() []*engineUser {
+	if p := e.users.Load(); p != nil {
+		return *p
 	}
+	return nil
+}
+
+// settings are the newest owner's, or the config's the engine began with.
+func (e *Engine) settings() Settings {
+	if users := e.snapshot(); len(users) > 0 {
+		return users[len(users)-1].settings
+	}
+	return e.rq.Settings
+}
+
+// applySettings restarts the workers if the settings they run with are
+// not the current ones.
+func (e *Engine) applySettings() {
+	e.restartMu.Lock()
+	defer e.restartMu.Unlock()
+	b := e.backend.Load()
+	s := e.settings()
+	if b == nil || b.workerSettings() == s {
+		return
+	}
+	if err := b.restartWorkers(s); err != nil {
+		e.logger.Error("applying new worker settings", zap.Error(e.scrubErr(err)))
+		return
+	}
+	e.logger.Info("worker settings changed", zap.Int("workers", s.Workers),
+		zap.Int("max_attempts", s.MaxAttempts), zap.Duration("worker_timeout", s.WorkerTimeout))
 }
 
 // upstreamFor is the route's upstream in the newest config that has it:
@@ -243,10 +282,9 @@ func (e *Engine) upstreamFor(route string) *upstream.Client {
 	if route == "" {
 		route = DefaultRoute
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for i := len(e.users) - 1; i >= 0; i-- {
-		if up := e.users[i].routes[route]; up != nil {
+	users := e.snapshot()
+	for i := len(users) - 1; i >= 0; i-- {
+		if up := users[i].routes[route]; up != nil {
 			return up
 		}
 	}
@@ -295,22 +333,23 @@ func (e *Engine) connect() error {
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.restartMu.Lock()
+	defer e.restartMu.Unlock()
 	select {
 	case <-e.stop:
 		_ = b.close(ctx)
 		return errors.New("queue stopped")
 	default:
 	}
-	if err := b.restartWorkers(e.settings); err != nil {
+	s := e.settings()
+	if err := b.restartWorkers(s); err != nil {
 		_ = b.close(ctx)
 		return err
 	}
 	e.backend.Store(&backendBox{b})
 	e.down.Store(nil)
 	e.logger.Info("queue started", zap.String("queue", e.key), zap.String("driver", e.rq.Driver),
-		zap.Int("workers", e.settings.Workers))
+		zap.Int("workers", s.Workers))
 	return nil
 }
 
@@ -384,6 +423,7 @@ type Entry struct {
 	Coalesced bool
 
 	done chan error
+	ctx  context.Context // the recorder's: once it has gone, so has the waiter
 }
 
 // Record records a webhook durably. It returns only once the record is
@@ -401,7 +441,7 @@ func (e *Engine) Record(ctx context.Context, req *Entry) error {
 			return err
 		}
 	}
-	req.done = make(chan error, 1)
+	req.done, req.ctx = make(chan error, 1), ctx
 	select {
 	case e.reqs <- req:
 	case <-e.stop:
@@ -459,6 +499,11 @@ func (e *Engine) commitBatch(batch []*Entry) error {
 			}
 		}
 		return fmt.Errorf("recording webhooks: %w", e.scrubErr(err))
+	}
+	for _, r := range batch {
+		if r.Wait != nil && r.ctx.Err() != nil {
+			e.waiters.remove(r.JobID, r.Wait) // it gave up before the commit
+		}
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -58,7 +59,7 @@ func newPostgresBackend(ctx context.Context, d *pgDialect, q *Engine) (backend, 
 		return nil, err
 	}
 	id := instanceID(q.rq.DataDir, q.key)
-	if err := recoverOwnJobs(ctx, d, id); err != nil {
+	if err := recoverOwnJobs(ctx, d, id, q.rq.WorkerTimeout); err != nil {
 		return nil, err
 	}
 	return &riverBackend[*riverpgxv5.Driver, pgx.Tx]{driver: driver, db: d, q: q, clientID: id}, nil
@@ -85,12 +86,10 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	for _, ddl := range ourTables {
-		if _, err := conn.Exec(ctx, ddl); err != nil {
-			return fmt.Errorf("migrating queue: %w", err)
-		}
-	}
-	return nil
+	return migrateOurs(func(ddl string) error {
+		_, err := conn.Exec(ctx, strings.Replace(ddl, "ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ", 1))
+		return err
+	})
 }
 
 // instanceID names this Caddy instance to River, the same across restarts:
@@ -104,12 +103,16 @@ func instanceID(dataDir, queueKey string) string {
 
 // recoverOwnJobs makes available again the syncs this instance was running
 // when it last stopped without finishing them (a crash, a kill -9): it has
-// just started, so none of them can still be running. Without this they
-// would wait for River's rescuer (worker_timeout + 15 s, checked every
-// 30 s). Jobs of other instances are theirs to finish, or the rescuer's.
-func recoverOwnJobs(ctx context.Context, d *pgDialect, id string) error {
-	_, err := d.pool.Exec(ctx, `UPDATE river_job SET state = 'available'
-		WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`, riverQueueName, id)
+// just started, so none of them can still be running here. Without this
+// they would wait for River's rescuer (worker_timeout + 15 s, checked every
+// 30 s). Each runs once its call could have ended (attempted_at +
+// worker_timeout): import-bookings goes on after its caller dies. Jobs of
+// other instances are theirs to finish, or the rescuer's.
+func recoverOwnJobs(ctx context.Context, d *pgDialect, id string, workerTimeout time.Duration) error {
+	_, err := d.pool.Exec(ctx, `UPDATE river_job SET state = 'available',
+		scheduled_at = greatest(now(), attempted_at + make_interval(secs => $3))
+		WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`,
+		riverQueueName, id, workerTimeout.Seconds())
 	if err != nil {
 		return fmt.Errorf("recovering interrupted jobs: %w", err)
 	}

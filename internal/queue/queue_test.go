@@ -5,7 +5,9 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -19,6 +21,8 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -251,22 +255,35 @@ func TestRetryPolicyBackoff(t *testing.T) {
 	assert.LessOrEqual(t, backoff(100), retryCap)
 }
 
-func TestRetryPolicyHonoursRetryAfter(t *testing.T) {
+// TestRetryHonoursRetryAfter: the retry after an answer with Retry-After
+// comes no sooner than it asks (capped); an abandoned call is not retried
+// before it could have ended; final answers cancel; job errors are
+// scrubbed.
+func TestRetryHonoursRetryAfter(t *testing.T) {
 	var sc scrub.Scrubber
 	sc.Set("test", "tk-key")
-	err := jobError(&upstream.Result{Status: 429, Text: "slow down tk-key", RetryAfter: 120 * time.Second}, &sc)
+	slow := &upstream.Result{Status: 429, Text: "slow down tk-key", RetryAfter: 120 * time.Second, Verdict: upstream.Retry, Reason: "status 429"}
+	err := jobError(slow, &sc)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "tk-key", "the upstream key is scrubbed from job errors")
-	job := &rivertype.JobRow{Attempt: 1, Errors: []rivertype.AttemptError{{Attempt: 1, Error: err.Error()}}}
-	next := retryPolicy{}.NextRetry(job)
-	assert.WithinDuration(t, time.Now().Add(120*time.Second), next, 2*time.Second)
 
-	job.Errors[0].Error = "upstream status 503 (retry after 99999s)"
-	assert.WithinDuration(t, time.Now().Add(retryCap), retryPolicy{}.NextRetry(job), 2*time.Second, "capped")
+	w := &syncWorker[*riversqlite.Driver, *sql.Tx]{timeout: time.Minute}
+	job := &river.Job[Args]{JobRow: &rivertype.JobRow{ID: 7, Attempt: 1}}
+	w.holdRetry(job.ID, slow, false)
+	assert.WithinDuration(t, time.Now().Add(120*time.Second), w.NextRetry(job), 2*time.Second)
+	assert.Less(t, time.Until(w.NextRetry(job)), 10*time.Second, "used once: the next failure backs off normally")
 
-	assert.True(t, isCancel(jobError(&upstream.Result{Status: 404}, &sc)), "a 404 is permanent")
-	assert.False(t, isCancel(jobError(&upstream.Result{Status: 408}, &sc)))
-	assert.NoError(t, jobError(&upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`)}, &sc))
+	w.holdRetry(job.ID, &upstream.Result{Status: 503, RetryAfter: 99999 * time.Second}, false)
+	assert.WithinDuration(t, time.Now().Add(retryCap), w.NextRetry(job), 2*time.Second, "capped")
+
+	abandoned := &upstream.Result{Err: errors.New("canceled"), Duration: 10 * time.Second}
+	w.holdRetry(job.ID, abandoned, true)
+	assert.WithinDuration(t, time.Now().Add(50*time.Second), w.NextRetry(job), 2*time.Second,
+		"not before worker_timeout after the abandoned call started")
+
+	assert.True(t, isCancel(jobError(&upstream.Result{Status: 404, Verdict: upstream.Final}, &sc)), "a final answer cancels")
+	assert.False(t, isCancel(jobError(&upstream.Result{Status: 503, Verdict: upstream.Retry}, &sc)))
+	assert.NoError(t, jobError(&upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`), Verdict: upstream.Synced}, &sc))
 }
 
 // TestQueueUnavailable: a queue whose file cannot be opened refuses to

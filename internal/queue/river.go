@@ -5,13 +5,16 @@ package queue
 // replays, and River's log lines passed through the scrubber.
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -73,6 +76,8 @@ type intake interface {
 	// restartWorkers (re)starts River's workers with these settings; jobs
 	// running under the old ones finish first.
 	restartWorkers(s Settings) error
+	// workerSettings are the settings the workers run with.
+	workerSettings() Settings
 	close(ctx context.Context) error
 }
 
@@ -155,7 +160,14 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	client      atomic.Pointer[river.Client[TTx]]
 	maxAttempts atomic.Int64
 	settings    Settings // of client; the engine serialises restarts
+	// retiring are clients replaced by a restart, finishing their syncs.
+	retiring sync.WaitGroup
+	retired  sync.Map // *river.Client[TTx] -> struct{}
 }
+
+// workerSettings are the settings of the current client (engine.restartMu
+// orders restarts).
+func (b *riverBackend[TDriver, TTx]) workerSettings() Settings { return b.settings }
 
 // cl is the current River client.
 func (b *riverBackend[TDriver, TTx]) cl() *river.Client[TTx] { return b.client.Load() }
@@ -186,14 +198,18 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
 	prev := b.settings
 	b.settings = s
 	if old := b.client.Swap(c); old != nil {
-		go stopClient(old, b.q.logger, prev.WorkerTimeout+5*time.Second)
+		b.retired.Store(old, struct{}{})
+		b.retiring.Go(func() {
+			defer b.retired.Delete(old)
+			stopClient(old, b.q, prev.WorkerTimeout+5*time.Second)
+		})
 	}
 	return nil
 }
 
 // stopClient stops a River client, letting running syncs finish within
 // timeout and cancelling the rest (they are retried).
-func stopClient[TTx any](c *river.Client[TTx], logger *zap.Logger, timeout time.Duration) {
+func stopClient[TTx any](c *river.Client[TTx], e *Engine, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := c.Stop(ctx)
@@ -203,7 +219,7 @@ func stopClient[TTx any](c *river.Client[TTx], logger *zap.Logger, timeout time.
 		err = c.StopAndCancel(cctx)
 	}
 	if err != nil {
-		logger.Warn("stopping queue workers", zap.Error(err))
+		e.logger.Warn("stopping queue workers", zap.Error(e.scrubErr(err)))
 	}
 }
 
@@ -216,6 +232,10 @@ const createBookingTable = `CREATE TABLE IF NOT EXISTS receive_booking_booking (
 	running_job_id BIGINT,
 	PRIMARY KEY (target_id, org, booking)
 )`
+
+// bookingColumns are added to a booking table made by an older version:
+// the running attempt, and until when its call may still be running.
+var bookingColumns = []string{"running_attempt BIGINT", "running_until BIGINT"}
 
 // upsertBooking records a webhook for a booking, locking the row until the
 // transaction ends, and returns the booking's waiting job and whether a
@@ -243,6 +263,25 @@ const createHealthTable = `CREATE TABLE IF NOT EXISTS receive_booking_health (
 
 // ourTables are created after River's migrations.
 var ourTables = []string{createBookingTable, createWebhookIDTable, createHealthTable}
+
+// migrateOurs creates our tables and adds the columns a newer version
+// needs. exec runs one statement; a column that exists already is fine
+// (SQLite has no ADD COLUMN IF NOT EXISTS).
+func migrateOurs(exec func(string) error) error {
+	for _, ddl := range ourTables {
+		if err := exec(ddl); err != nil {
+			return fmt.Errorf("migrating queue: %w", err)
+		}
+	}
+	for _, col := range bookingColumns {
+		err := exec("ALTER TABLE receive_booking_booking ADD COLUMN " + col)
+		if err != nil && !strings.Contains(strings.ToLower(err.Error()), "duplicate column") &&
+			!strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("migrating queue: %w", err)
+		}
+	}
+	return nil
+}
 
 // recordWebhookID inserts an id, or takes over an expired row; it returns
 // a row only when the id was not live already.
@@ -278,7 +317,7 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		JobTimeout:        s.WorkerTimeout,
 		// A sync that was running when a process died is run again once
 		// it has been running longer than any sync may.
-		RescueStuckJobsAfter: s.WorkerTimeout + 15*time.Second,
+		RescueStuckJobsAfter: s.WorkerTimeout + finishAllowance + 15*time.Second,
 		MaxAttempts:          s.MaxAttempts,
 		RetryPolicy:          retryPolicy{},
 		// Keep finished jobs as the operator's history: completed ones a
@@ -305,7 +344,15 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*E
 	}
 	defer b.db.rollback(ctx, tx)
 	var fresh [][]*Entry
-	for _, group := range groupByBooking(batch) {
+	groups := groupByBooking(batch)
+	// Lock booking rows in one global order, so that two batches committing
+	// at once (PostgreSQL) never wait on each other in a cycle.
+	slices.SortFunc(groups, func(x, y []*Entry) int {
+		a, b := x[0], y[0]
+		return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
+			strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
+	})
+	for _, group := range groups {
 		merged, err := b.mergeGroup(ctx, tx, group)
 		if err != nil {
 			return err
@@ -424,6 +471,15 @@ type bookingRow struct {
 	eventType string
 	waiting   sql.NullInt64
 	running   sql.NullInt64
+	// attempt is the running job's attempt; until is when its call may
+	// have run at the latest (unix nanoseconds).
+	attempt sql.NullInt64
+	until   sql.NullInt64
+}
+
+// holds reports whether the row's running claim belongs to this attempt.
+func (r *bookingRow) holds(job *river.Job[Args]) bool {
+	return r.running.Valid && r.running.Int64 == job.ID && r.attempt.Valid && r.attempt.Int64 == int64(job.Attempt)
 }
 
 func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a *Args) (*bookingRow, error) {
@@ -435,9 +491,9 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 		return nil, fmt.Errorf("recording booking: %w", err)
 	}
 	row := &bookingRow{}
-	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id FROM receive_booking_booking
-		WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.lockSuffix(),
-		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running)
+	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id, running_attempt, running_until
+		FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.lockSuffix(),
+		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running, &row.attempt, &row.until)
 	if err != nil {
 		return nil, fmt.Errorf("locking booking: %w", err)
 	}
@@ -448,7 +504,7 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 // booking is running (then it must wait). It takes the job out of the
 // waiting slot, so that webhooks from now on cause a new sync after it.
 // It returns the latest event type seen for the booking.
-func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args]) (eventType string, ok bool, err error) {
+func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration) (eventType string, ok bool, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return "", false, err
@@ -458,16 +514,27 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 	if err != nil {
 		return "", false, err
 	}
-	if row.running.Valid && row.running.Int64 != job.ID {
-		busy, err := b.jobInStates(ctx, tx, row.running.Int64, jobIsRunning)
-		if err != nil || busy {
-			return "", false, err
+	if row.running.Valid && !row.holds(job) {
+		// Another sync holds the booking: busy while its call may still be
+		// running (until its worker_timeout and the time to record it have
+		// passed, even if its process died or River rescued it: import-
+		// bookings goes on without its caller), or while River says it
+		// runs (rows from before running_until was kept).
+		if row.until.Valid && time.Now().UnixNano() < row.until.Int64 {
+			return "", false, nil
+		}
+		if !row.until.Valid && row.running.Int64 != job.ID {
+			busy, err := b.jobInStates(ctx, tx, row.running.Int64, jobIsRunning)
+			if err != nil || busy {
+				return "", false, err
+			}
 		}
 	}
-	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1,
+	until := time.Now().Add(workerTimeout + finishAllowance).UnixNano()
+	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
 		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
 		WHERE target_id = $2 AND org = $3 AND booking = $4`,
-		job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey)
+		job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey, job.Attempt, until)
 	if err != nil {
 		return "", false, fmt.Errorf("claiming booking: %w", err)
 	}
@@ -540,6 +607,16 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 		return nil, err
 	}
 	a := &job.Args
+	if !row.holds(job) {
+		// A stale attempt (River rescued it, and a newer attempt holds
+		// the booking now): leave the row to the newer one, and let the
+		// job be retried rather than reported done.
+		b.q.logger.Warn("sync finished after its claim passed to a newer attempt", zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt))
+		if jobErr == nil || isCancel(jobErr) {
+			return errors.New("stale attempt: the booking is claimed by a newer one"), nil
+		}
+		return jobErr, nil
+	}
 	complete := jobErr == nil
 	retriable := jobErr != nil && !isCancel(jobErr)
 	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
@@ -556,7 +633,7 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	}
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
 		waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
-		running_job_id = CASE WHEN running_job_id = $1 THEN NULL ELSE running_job_id END
+		running_job_id = NULL, running_attempt = NULL, running_until = NULL
 		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
 	if err != nil {
 		return nil, fmt.Errorf("releasing booking: %w", err)
@@ -727,9 +804,19 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 // close stops the workers (in-flight syncs that take too long are
 // cancelled, and run again at the next start) and closes the database.
 func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
+	var wg sync.WaitGroup
 	if c := b.client.Swap(nil); c != nil {
-		stopClient(c, b.q.logger, stopTimeout)
+		wg.Go(func() { stopClient(c, b.q, stopTimeout) })
 	}
+	// Clients still finishing after a restart are cut short too: the
+	// database goes away now. Their syncs run again at the next start.
+	b.retired.Range(func(k, _ any) bool {
+		old := k.(*river.Client[TTx])
+		wg.Go(func() { stopClient(old, b.q, time.Second) })
+		return true
+	})
+	wg.Wait()
+	b.retiring.Wait()
 	b.db.close()
 	return nil
 }

@@ -63,15 +63,18 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return nil, fmt.Errorf("migrating queue: %w", err)
 	}
-	for _, ddl := range ourTables {
-		if _, err := d.db.ExecContext(ctx, ddl); err != nil {
-			return nil, fmt.Errorf("migrating queue: %w", err)
-		}
+	if err := migrateOurs(func(ddl string) error { _, err := d.db.ExecContext(ctx, ddl); return err }); err != nil {
+		return nil, err
 	}
 	// This process holds the file's lock, so a job still marked running
-	// was cut short by a crash: make it available again now, rather than
-	// when River's rescuer would notice it.
-	if _, err := d.db.ExecContext(ctx, `UPDATE river_job SET state = 'available' WHERE state = 'running' AND queue = ?`, riverQueueName); err != nil {
+	// was cut short by a crash: make it available again, rather than
+	// waiting for River's rescuer, but not before its call could have
+	// ended: import-bookings goes on after its caller dies, and a retry
+	// beside it would be a second sync of the booking.
+	if _, err := d.db.ExecContext(ctx, `UPDATE river_job SET state = 'available',
+		scheduled_at = max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, ?))
+		WHERE state = 'running' AND queue = ?`,
+		fmt.Sprintf("+%d seconds", int(q.rq.WorkerTimeout.Seconds())), riverQueueName); err != nil {
 		return nil, fmt.Errorf("recovering interrupted jobs: %w", err)
 	}
 	return &riverBackend[*riversqlite.Driver, *sql.Tx]{driver: driver, db: d, q: q}, nil

@@ -9,7 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"regexp"
+	"sync"
+
 	"strconv"
 	"time"
 
@@ -31,6 +32,8 @@ const (
 	busySnooze = time.Second
 	// maxErrorDetails bounds the upstream answer kept in a job's error.
 	maxErrorDetails = 512
+	// finishAllowance bounds recording an attempt's outcome after its call.
+	finishAllowance = 30 * time.Second
 )
 
 // syncWorker runs queued syncs.
@@ -38,6 +41,11 @@ type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	river.WorkerDefaults[Args]
 	b       *riverBackend[TDriver, TTx]
 	timeout time.Duration
+	// notBefore holds, by job ID, the earliest retry an attempt that has
+	// just failed asked for (its answer's Retry-After, or the end of an
+	// abandoned call's possible run). River asks NextRetry before it
+	// records the attempt's error, so the attempt leaves it here.
+	notBefore sync.Map
 }
 
 // Timeout bounds one sync; River cancels the context after it.
@@ -55,7 +63,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		return river.JobSnooze(d)
 	}
 	e := w.b.q
-	eventType, ok, err := w.b.claim(ctx, job)
+	eventType, ok, err := w.b.claim(ctx, job, w.timeout)
 	if err != nil {
 		return e.scrubErr(err)
 	}
@@ -76,17 +84,28 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		jobErr = jobError(res, &e.scrub)
 	}
 	// Record the outcome even if the job's own deadline just passed.
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
 	riverErr, err := w.b.finish(fctx, job, res, jobErr)
 	if err != nil {
 		deliver(waiting, &Outcome{Result: res, Err: "recording the sync's outcome failed"})
 		return e.scrubErr(err)
 	}
+	if jobErr != nil && !res.Permanent() {
+		w.holdRetry(job.ID, res, ctx.Err() != nil)
+	}
 	deliver(waiting, outcomeOf(job, res, jobErr))
 	w.logOutcome(job, res, jobErr)
-	if o := e.observe(); jobErr == nil && o != nil {
-		o.Synced(job.Args.AcceptedAt)
+	if o := e.observe(); o != nil {
+		switch {
+		case jobErr == nil:
+			o.Synced(job.Args.AcceptedAt)
+		case riverErr == nil: // superseded by a newer job
+		case res.Permanent():
+			o.Failed(FailureFinal)
+		case job.Attempt >= job.MaxAttempts:
+			o.Failed(FailureExhausted)
+		}
 	}
 	return riverErr
 }
@@ -119,10 +138,10 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstrea
 }
 
 // jobError turns a sync result into what River records: nil on success, a
-// cancelling error for a permanent rejection (other 4xx: no retry will
-// fix it), a plain error (retried) otherwise. The text passes the engine's
-// scrubber: an upstream may echo a key, a secret or a password. The
-// upstream's Retry-After rides along in the message for the retry policy.
+// cancelling error for a final failure (no retry will fix it: the job is
+// cancelled at once), a plain error (retried) otherwise. The text passes
+// the engine's scrubber: an upstream may echo a key, a secret or a
+// password.
 func jobError(res *upstream.Result, s *scrub.Scrubber) error {
 	if res.OK() {
 		return nil
@@ -137,7 +156,7 @@ func jobError(res *upstream.Result, s *scrub.Scrubber) error {
 		return river.JobCancel(errors.New(msg))
 	}
 	if res.RetryAfter > 0 {
-		msg += fmt.Sprintf(" (retry after %ds)", int(res.RetryAfter.Seconds()))
+		msg += fmt.Sprintf(" (Retry-After %s)", res.RetryAfter)
 	}
 	return errors.New(msg)
 }
@@ -152,23 +171,49 @@ func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
 	return upstream.TruncateText([]byte(s.String(text)), maxErrorDetails)
 }
 
-// retryPolicy is exponential backoff with jitter: the first retry after
-// 2.5–5 s, doubling each time, capped at 15 minutes, and never sooner than
-// the upstream's Retry-After asked (also capped).
-type retryPolicy struct{}
+// holdRetry notes the earliest retry of a failed attempt: no sooner than
+// the answer's Retry-After (capped), and, when the call was abandoned (the
+// worker's deadline passed, or Caddy is stopping) while import-bookings
+// may still be working on it, not before that run could have ended: it
+// keeps running after its caller hangs up, and a retry beside it would be
+// a second sync of the booking.
+func (w *syncWorker[TDriver, TTx]) holdRetry(id int64, res *upstream.Result, abandoned bool) {
+	var at time.Time
+	if res.RetryAfter > 0 {
+		at = time.Now().Add(min(res.RetryAfter, retryCap))
+	}
+	if abandoned && res.Err != nil {
+		at = later(at, time.Now().Add(-res.Duration).Add(w.timeout))
+	}
+	if !at.IsZero() {
+		w.notBefore.Store(id, at)
+	}
+}
 
-var retryAfterRe = regexp.MustCompile(`\(retry after (\d+)s\)$`)
+// NextRetry is the retry policy's backoff, moved later if the attempt
+// asked (holdRetry).
+func (w *syncWorker[TDriver, TTx]) NextRetry(job *river.Job[Args]) time.Time {
+	next := retryPolicy{}.NextRetry(job.JobRow)
+	if v, ok := w.notBefore.LoadAndDelete(job.ID); ok {
+		next = later(next, v.(time.Time))
+	}
+	return next
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// retryPolicy is exponential backoff with jitter: the first retry after
+// 2.5–5 s, doubling each time, capped at 15 minutes.
+type retryPolicy struct{}
 
 // NextRetry implements river.ClientRetryPolicy.
 func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
-	d := backoff(job.Attempt)
-	if n := len(job.Errors); n > 0 {
-		if m := retryAfterRe.FindStringSubmatch(job.Errors[n-1].Error); m != nil {
-			secs, _ := strconv.Atoi(m[1])
-			d = max(d, min(time.Duration(secs)*time.Second, retryCap))
-		}
-	}
-	return time.Now().Add(d)
+	return time.Now().Add(backoff(job.Attempt))
 }
 
 // backoff is the wait after the given attempt: half fixed, half random.
