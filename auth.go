@@ -52,7 +52,8 @@ func (s *secretSet) match(candidates []string) bool {
 }
 
 // credentials collects the API keys a request presents: every x-api-key
-// value and every "Bearer" Authorization value (scheme case-insensitive).
+// value and every Authorization value that is "Bearer <key>" (scheme
+// case-insensitive) or a bare key.
 // ok is false when the request presents too many or oversized credentials,
 // which no honest sender does.
 func credentials(h http.Header) (creds []string, ok bool) {
@@ -64,7 +65,7 @@ func credentials(h http.Header) (creds []string, ok bool) {
 		}
 	}
 	for _, v := range h.Values(headerAuthorization) {
-		if tok, isBearer := bearerToken(v); isBearer && tok != "" {
+		if tok, ok := authorizationToken(v); ok && tok != "" {
 			creds = append(creds, tok)
 		}
 	}
@@ -79,14 +80,24 @@ func credentials(h http.Header) (creds []string, ok bool) {
 	return creds, len(creds) > 0
 }
 
-// bearerToken extracts the token of a "Bearer <token>" header value.
-func bearerToken(v string) (string, bool) {
-	const scheme = "bearer "
+// authorizationToken extracts the key of an Authorization header value:
+// "Bearer <key>" (scheme case-insensitive), or a bare "<key>" without a
+// scheme, which the Edge Function accepted too. Another scheme ("Basic
+// …") presents no key.
+func authorizationToken(v string) (string, bool) {
 	v = strings.TrimSpace(v)
-	if len(v) < len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+	scheme, rest, spaced := strings.Cut(v, " ")
+	if !spaced {
+		// A bare key; a lone scheme name is no key.
+		if v == "" || strings.EqualFold(v, "bearer") {
+			return "", false
+		}
+		return v, true
+	}
+	if !strings.EqualFold(scheme, "bearer") {
 		return "", false
 	}
-	return strings.TrimSpace(v[len(scheme):]), true
+	return strings.TrimSpace(rest), true
 }
 
 // stripCredentials removes the sender's credentials from the request, so

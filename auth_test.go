@@ -8,7 +8,9 @@ import (
 	"github.com/stretchr/testify/assert"
 )
 
-func TestBearerToken(t *testing.T) {
+// TestAuthorizationToken: "Bearer <key>" and a bare "<key>" present a key
+// (the Edge Function took both); another scheme presents none.
+func TestAuthorizationToken(t *testing.T) {
 	cases := []struct {
 		in     string
 		token  string
@@ -23,18 +25,18 @@ func TestBearerToken(t *testing.T) {
 		{"Bearer " + utSecret, utSecret, true},
 		{"Bearer ", "", false},
 		{"Bearer", "", false},
-		{"Bearerabc", "", false},
-		{"Bearer\tabc", "", false},
+		{"Bearerabc", "Bearerabc", true},
+		{"Bearer\tabc", "Bearer\tabc", true},
 		{"Basic abc", "", false},
 		{"Token abc", "", false},
-		{"abc", "", false},
+		{"abc", "abc", true},
 		{"", "", false},
 		{"Bear abc", "", false},
 		{"Bearer  ", "", false},
 		{"Bearer \u00e9t\u00e9", "\u00e9t\u00e9", true},
 	}
 	for _, tc := range cases {
-		token, ok := bearerToken(tc.in)
+		token, ok := authorizationToken(tc.in)
 		assert.Equal(t, tc.bearer, ok, "%q", tc.in)
 		assert.Equal(t, tc.token, token, "%q", tc.in)
 	}

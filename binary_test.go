@@ -151,7 +151,7 @@ func newSyncStub(t *testing.T, delay time.Duration) *syncStub {
 		s.inFlight[req.BookingID]--
 		s.synced[req.BookingID] = append(s.synced[req.BookingID], start)
 		s.mu.Unlock()
-		fmt.Fprintf(w, `{"success":true,"booking_id":%q,"outcome":"updated"}`, req.BookingID)
+		fmt.Fprintf(w, `{"success":true,"booking_id":%q}`, req.BookingID)
 	}))
 	t.Cleanup(s.Close)
 	return s
@@ -309,6 +309,7 @@ func TestCrashNoLoss(t *testing.T) {
 		target %s
 		mode async
 		coalesce_window 200ms
+		worker_timeout 2s
 		queue sqlite %s
 	}`, e2eSecret, stub.URL, filepath.Join(dataDir, "crash.sqlite3"))
 	first := startCaddy(t, dataDir, directive)
@@ -338,7 +339,9 @@ func TestCrashNoLoss(t *testing.T) {
 
 // TestCrashPostgresRerunsInterruptedSync: a sync that was running on a
 // PostgreSQL queue when its Caddy was killed runs again as soon as that
-// instance restarts, not only when River's rescuer notices it.
+// instance restarts, once its call could have ended (worker_timeout after
+// it started: import-bookings goes on without its caller), not only when
+// River's rescuer notices it.
 func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
@@ -351,6 +354,7 @@ func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
 		target %s
 		mode async
 		coalesce_window 0
+		worker_timeout 2s
 		queue postgres %s
 	}`, e2eSecret, stub.URL, testkit.FreshPostgresDSN(t))
 	first := startCaddy(t, dataDir, directive)

@@ -48,7 +48,7 @@ type recordedRequest struct {
 func newRecordingUpstream(t testing.TB) *recordingUpstream {
 	u := &recordingUpstream{}
 	u.status.Store(200)
-	u.body.Store(`{"success":true,"outcome":"updated"}`)
+	u.body.Store(`{"success":true}`)
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		u.mu.Lock()
@@ -186,7 +186,7 @@ func TestE2EContract(t *testing.T) {
 		assert.Equal(t, 200, status)
 		assert.Equal(t, map[string]any{
 			"success": true, "booking_id": float64(42), "event_type": "booking.updated",
-			"sync_result": map[string]any{"success": true, "outcome": "updated"},
+			"sync_result": map[string]any{"success": true},
 		}, body)
 		calls := up.calls()
 		require.Len(t, calls, 1)
@@ -201,7 +201,7 @@ func TestE2EContract(t *testing.T) {
 	})
 	t.Run("upstream says failure", func(t *testing.T) {
 		up.body.Store(`{"success":false,"error":"EventFlow API down"}`)
-		defer up.body.Store(`{"success":true,"outcome":"updated"}`)
+		defer up.body.Store(`{"success":true}`)
 		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b2"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, "Sync failed", body["error"])
@@ -211,7 +211,7 @@ func TestE2EContract(t *testing.T) {
 	t.Run("upstream 503", func(t *testing.T) {
 		up.status.Store(503)
 		up.body.Store(`{"code":"BOOT_ERROR","message":"Function failed to start"}`)
-		defer func() { up.status.Store(200); up.body.Store(`{"success":true,"outcome":"updated"}`) }()
+		defer func() { up.status.Store(200); up.body.Store(`{"success":true}`) }()
 		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b3"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, float64(503), body["upstream_status"])
@@ -356,7 +356,7 @@ func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	assert.Equal(t, 200, status, "auto mode answers the sync's result when it comes in time: %v", body)
 	assert.Equal(t, true, body["success"])
 	assert.NotNil(t, body["job_id"])
-	assert.Equal(t, map[string]any{"success": true, "outcome": "updated"}, body["sync_result"])
+	assert.Equal(t, map[string]any{"success": true}, body["sync_result"])
 	assert.Equal(t, 1, callsOf("a1"))
 
 	up.status.Store(503)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -46,10 +47,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		mode            sync|async|auto
 //		queue           sqlite [<path>] | postgres <dsn>
 //		workers         <n>
+//		max_in_flight   <n>
 //		max_attempts    <n>
 //		worker_timeout  <duration>
 //		coalesce_window <duration>
 //		route           <name>
+//		outcome         <name> ok|retry|final
 //		metrics         off
 //	}
 //
@@ -64,7 +67,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "secret" && name != "signing_secret" {
+		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" {
 			return d.Errf("%s: subdirective given twice", name)
 		}
 		seen[name] = true
@@ -133,7 +136,22 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		}
 		return nil
 	},
-	"workers":      intArg(func(q *QueueConfig) *int { return &q.Workers }),
+	"workers":       intArg(func(q *QueueConfig) *int { return &q.Workers }),
+	"max_in_flight": intArg(func(q *QueueConfig) *int { return &q.MaxInFlight }),
+	"outcome": func(h *Handler, d *caddyfile.Dispenser) error {
+		var name, verdict string
+		if !d.AllArgs(&name, &verdict) {
+			return d.ArgErr()
+		}
+		if _, ok := upstream.ParseVerdict(verdict); !ok {
+			return d.Errf("outcome %s: expected ok, retry or final, got %q", name, verdict)
+		}
+		if h.Outcomes == nil {
+			h.Outcomes = map[string]string{}
+		}
+		h.Outcomes[name] = verdict
+		return nil
+	},
 	"max_attempts": intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
 	"worker_timeout": func(h *Handler, d *caddyfile.Dispenser) error {
 		name := d.Val()

@@ -159,11 +159,19 @@ func splitValues(s string) []string {
 	return strings.Split(s, "\n")
 }
 
-// refBearer is an independent reading of RFC 6750's "Bearer <token>" with a
-// case-insensitive scheme, as the contract says.
-func refBearer(v string) (string, bool) {
-	scheme, rest, ok := strings.Cut(strings.TrimSpace(v), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+// refAuthorization is an independent reading of the contract: RFC 6750's
+// "Bearer <token>" with a case-insensitive scheme, or a bare key without
+// any space (the lone word "Bearer" is no key).
+func refAuthorization(v string) (string, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" || strings.EqualFold(v, "Bearer") {
+		return "", false
+	}
+	if !strings.Contains(v, " ") {
+		return v, true
+	}
+	scheme, rest, _ := strings.Cut(v, " ")
+	if !strings.EqualFold(scheme, "Bearer") {
 		return "", false
 	}
 	return strings.TrimSpace(rest), true
@@ -206,12 +214,12 @@ func FuzzCredentials(f *testing.F) {
 			h.Add(headerAuthorization, "Bearer "+secret)
 		}
 
-		// bearerToken agrees with the reference reading on every value.
+		// authorizationToken agrees with the reference on every value.
 		for _, v := range authVals {
-			tok, ok := bearerToken(v)
-			rtok, rok := refBearer(v)
+			tok, ok := authorizationToken(v)
+			rtok, rok := refAuthorization(v)
 			if ok != rok || tok != rtok {
-				t.Fatalf("bearerToken(%q) = %q, %v; want %q, %v", v, tok, ok, rtok, rok)
+				t.Fatalf("authorizationToken(%q) = %q, %v; want %q, %v", v, tok, ok, rtok, rok)
 			}
 			if ok && tok != strings.TrimSpace(tok) {
 				t.Fatalf("bearer token %q keeps white space", tok)
@@ -227,7 +235,7 @@ func FuzzCredentials(f *testing.F) {
 			}
 		}
 		for _, v := range authVals {
-			if tok, ok := refBearer(v); ok && tok != "" {
+			if tok, ok := refAuthorization(v); ok && tok != "" {
 				want = append(want, tok)
 			}
 		}

@@ -10,11 +10,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"mime"
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -127,9 +125,9 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
 	}
 	stripCredentials(r.Header)
-	if !jsonContentType(r.Header.Get("Content-Type")) {
-		return reject(http.StatusUnsupportedMediaType, "Content-Type must be application/json", "content_type")
-	}
+	// Any Content-Type: the Edge Function parsed every body as JSON, and
+	// senders that worked with it must keep working (the body must still
+	// be one JSON object).
 	buf, rej := h.readBody(w, r)
 	if rej != nil {
 		return rej
@@ -161,16 +159,6 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		cancel()
 	}
 	return a
-}
-
-// jsonContentType accepts a missing Content-Type (the Edge Function did
-// not insist on one) and any JSON media type.
-func jsonContentType(v string) bool {
-	if v == "" {
-		return true
-	}
-	mt, _, err := mime.ParseMediaType(v)
-	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
 }
 
 var bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}

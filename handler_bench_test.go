@@ -20,7 +20,7 @@ import (
 func BenchmarkServeHTTPSync(b *testing.B) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"success":true,"booking_id":"1","outcome":"updated"}`))
+		_, _ = w.Write([]byte(`{"success":true,"booking_id":"1"}`))
 	}))
 	defer up.Close()
 	h := &Handler{Secrets: []string{"bench-secret"}, Target: up.URL, DisableMetrics: true}

@@ -130,6 +130,15 @@ type Handler struct {
 	// when both are.
 	Auth string `json:"auth,omitempty"`
 
+	// Outcomes adds or overrides how import-bookings' "outcome" values are
+	// judged: "ok" (synced), "retry" or "final" (not synced, no retry).
+	// For an outcome a later import-bookings adds; unknown outcomes are
+	// final. Default: applied and already_current ok; partial,
+	// local_fallback, mutating_sync_paused and failed retry (failed is
+	// final when its error names a revision guard); not_found and
+	// cancellation_requires_explicit_apply final.
+	Outcomes map[string]string `json:"outcomes,omitempty"`
+
 	// DisableMetrics turns off the Prometheus metrics of this handler.
 	DisableMetrics bool `json:"disable_metrics,omitempty"`
 
@@ -192,6 +201,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
 	h.upstream = upstream.New(h.target, h.targetKey, userAgent, h.metrics.observeUpstream)
+	contract, err := h.provisionContract()
+	if err != nil {
+		return err
+	}
+	h.upstream.SetContract(contract)
 	if err := h.provisionQueue(ctx, repl); err != nil {
 		return err
 	}
@@ -239,6 +253,20 @@ func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
 		h.secretValues = append(h.secretValues, vs...)
 	}
 	return err
+}
+
+// provisionContract adds the configured outcomes to import-bookings'
+// contract.
+func (h *Handler) provisionContract() (*upstream.Contract, error) {
+	extra := make(map[string]upstream.Verdict, len(h.Outcomes))
+	for name, v := range h.Outcomes {
+		verdict, ok := upstream.ParseVerdict(v)
+		if !ok || name == "" {
+			return nil, fmt.Errorf("outcomes: %q must be ok, retry or final", name)
+		}
+		extra[name] = verdict
+	}
+	return upstream.NewContract(extra), nil
 }
 
 // parseTarget accepts only absolute http(s) URLs. Its errors never echo the

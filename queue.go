@@ -46,8 +46,16 @@ type QueueConfig struct {
 	MaxAttempts int `json:"max_attempts,omitempty"`
 
 	// WorkerTimeout bounds one queued sync (import-bookings may take far
-	// longer than a sender waits). Default: 60s.
+	// longer than a sender waits). It should exceed import-bookings' own
+	// limit (an Edge Function runs up to 150 s, 400 s on paid plans), so
+	// that a sync given up on here has stopped there too. Default: 420s.
 	WorkerTimeout string `json:"worker_timeout,omitempty"`
+
+	// MaxInFlight caps the syncs running at once across every instance
+	// sharing a PostgreSQL queue, on top of each instance's Workers. On
+	// SQLite it caps Workers. Default: 3 on PostgreSQL (as many as the
+	// Edge Function this module replaces made), none on SQLite.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
 }
 
 func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error {
@@ -97,7 +105,8 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 }
 
 func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, error) {
-	rq := &queue.Config{Driver: c.Driver, DataDir: caddy.AppDataDir(), Settings: queue.Settings{Workers: c.Workers, MaxAttempts: c.MaxAttempts}}
+	rq := &queue.Config{Driver: c.Driver, DataDir: caddy.AppDataDir(),
+		Settings: queue.Settings{Workers: c.Workers, MaxAttempts: c.MaxAttempts, MaxInFlight: c.MaxInFlight}}
 	if rq.Driver == "" {
 		rq.Driver = queue.SQLite
 	}
@@ -131,6 +140,9 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 	}
 	if rq.MaxAttempts <= 0 {
 		rq.MaxAttempts = queue.DefaultMaxAttempts
+	}
+	if rq.MaxInFlight <= 0 && rq.Driver == queue.Postgres {
+		rq.MaxInFlight = queue.DefaultMaxInFlight
 	}
 	return rq, nil
 }

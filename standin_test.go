@@ -78,7 +78,7 @@ func (s *standIn) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	// The work goes on whether or not the caller still waits.
 	time.Sleep(time.Duration(s.delay.Load()))
-	status, body := http.StatusOK, fmt.Sprintf(`{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":%s,"outcome":"applied"}`, req.BookingID)
+	status, body := http.StatusOK, appliedEnvelope(c)
 	if f := s.answer.Load(); f != nil {
 		status, body = (*f)(c)
 	}
@@ -127,4 +127,20 @@ func (s *standIn) callsFor(booking string) int {
 		}
 	}
 	return n
+}
+
+// appliedEnvelope is import-bookings' answer to the call: synced, with the
+// ids echoed.
+func appliedEnvelope(c *standInCall) string {
+	var req struct {
+		BookingID      json.RawMessage `json:"booking_id"`
+		OrganizationID json.RawMessage `json:"organization_id"`
+	}
+	_ = json.Unmarshal([]byte(c.body), &req)
+	org := req.OrganizationID
+	if org == nil {
+		org = json.RawMessage("null")
+	}
+	return fmt.Sprintf(`{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":%s,"organization_id":%s,"outcome":"applied"}`,
+		req.BookingID, org)
 }

@@ -33,7 +33,7 @@ const (
 	utSecret2    = "second-R0tated-secret"
 	utTargetKey  = "tk-SECRET-123"
 	utPath       = "/functions/v1/import-bookings"
-	utUpstreamOK = `{"success":true,"outcome":"updated","booking":{"id":"b-1"}}`
+	utUpstreamOK = `{"success":true,"booking":{"id":"b-1"}}`
 )
 
 // upstreamCall is one request import-bookings received.

@@ -97,7 +97,7 @@ func run() error {
 	started := time.Now()
 
 	b.throughput("1", "Ceiling: Caddy `respond`", 200, `header Content-Type application/json
-respond `+"`"+`{"success":true,"booking_id":"1","outcome":"updated"}`+"`"+` 200`)
+respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
 	b.throughput("2", "Direct: load straight at the stub (no Caddy)", 200, "")
 	b.throughput("3", "Stock Caddy: `header` matcher + `reverse_proxy`", 200, b.stock())
 	b.throughput("4", "receive_booking `mode sync`", 200, b.receiveBooking("mode sync"))

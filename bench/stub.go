@@ -76,10 +76,12 @@ func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var out bytes.Buffer
-	out.Grow(64 + len(id))
-	out.WriteString(`{"success":true,"booking_id":`)
+	// import-bookings' envelope for a single-booking sync (the driver
+	// sends organization_id "org-1").
+	out.Grow(160 + len(id))
+	out.WriteString(`{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":`)
 	out.Write(id)
-	out.WriteString(`,"outcome":"updated"}`)
+	out.WriteString(`,"organization_id":"org-1","outcome":"applied"}`)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out.Bytes())
 }

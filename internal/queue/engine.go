@@ -45,6 +45,11 @@ const (
 	// an Edge Function may run (150 s, 400 s on paid plans), so a sync
 	// given up on locally has stopped upstream too.
 	DefaultWorkerTimeout = 420 * time.Second
+	// DefaultMaxInFlight caps the syncs running at once across the
+	// instances sharing a PostgreSQL queue: the Edge Function this module
+	// replaces made at most 3 calls at once, and a bulk change in EventFlow
+	// must not become instances × workers concurrent import-bookings runs.
+	DefaultMaxInFlight = 3
 	// DefaultRoute is the route of handlers that name none.
 	DefaultRoute = "default"
 
@@ -79,6 +84,10 @@ type Settings struct {
 	Workers       int
 	MaxAttempts   int
 	WorkerTimeout time.Duration
+	// MaxInFlight caps the syncs running at once across every instance
+	// sharing the database; 0: no cap beyond each instance's Workers. On
+	// SQLite (one instance) it caps Workers.
+	MaxInFlight int
 }
 
 // Key names the queue (in a usage pool, the admin API, metrics): one
@@ -107,6 +116,9 @@ func (q *Config) SettingsDiff(o *Config) string {
 	}
 	if q.WorkerTimeout != o.WorkerTimeout {
 		d = append(d, fmt.Sprintf("worker_timeout (%s, %s)", q.WorkerTimeout, o.WorkerTimeout))
+	}
+	if q.MaxInFlight != o.MaxInFlight {
+		d = append(d, fmt.Sprintf("max_in_flight (%d, %d)", q.MaxInFlight, o.MaxInFlight))
 	}
 	return strings.Join(d, ", ")
 }

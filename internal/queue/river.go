@@ -20,6 +20,7 @@ import (
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 
@@ -179,8 +180,13 @@ func (b *riverBackend[TDriver, TTx]) cl() *river.Client[TTx] { return b.client.L
 // Every sync claims its booking first, so the two clients never run one
 // booking at once.
 func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	if err := b.ensureSlots(ctx, s.MaxInFlight); err != nil {
+		return err
+	}
 	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.WorkerTimeout}); err != nil {
+	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.WorkerTimeout, maxInFlight: s.MaxInFlight}); err != nil {
 		return err
 	}
 	cfg := newRiverConfig(s, b.q.rq.Driver, workers, b.q)
@@ -261,8 +267,24 @@ const createHealthTable = `CREATE TABLE IF NOT EXISTS receive_booking_health (
 	checked_at BIGINT  NOT NULL
 )`
 
+// claimMargin is added to worker_timeout in a claim's until, for clocks.
+const claimMargin = 2 * time.Second
+
+// createSlotTable holds the max_in_flight slots: a sync holds one while
+// its call may be running (until), across every instance.
+const createSlotTable = `CREATE TABLE IF NOT EXISTS receive_booking_slot (
+	slot    INTEGER NOT NULL PRIMARY KEY,
+	job_id  BIGINT,
+	attempt BIGINT,
+	until   BIGINT
+)`
+
+// createWaitingIndex counts an organization's waiting syncs (fairness).
+const createWaitingIndex = `CREATE INDEX IF NOT EXISTS receive_booking_booking_waiting
+	ON receive_booking_booking (org) WHERE waiting_job_id IS NOT NULL`
+
 // ourTables are created after River's migrations.
-var ourTables = []string{createBookingTable, createWebhookIDTable, createHealthTable}
+var ourTables = []string{createBookingTable, createWebhookIDTable, createHealthTable, createSlotTable}
 
 // migrateOurs creates our tables and adds the columns a newer version
 // needs. exec runs one statement; a column that exists already is fine
@@ -279,6 +301,9 @@ func migrateOurs(exec func(string) error) error {
 			!strings.Contains(err.Error(), "already exists") {
 			return fmt.Errorf("migrating queue: %w", err)
 		}
+	}
+	if err := exec(createWaitingIndex); err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
 	}
 	return nil
 }
@@ -302,12 +327,21 @@ const (
 // job that has just failed and declared it will retry.
 const mergeableStates = `'available','scheduled','retryable','pending','running'`
 
+// localWorkers is River's MaxWorkers: Workers, capped by MaxInFlight on
+// SQLite (one instance: the cap is simply the number of workers).
+func localWorkers(s Settings, driver string) int {
+	if driver == SQLite && s.MaxInFlight > 0 {
+		return min(s.Workers, s.MaxInFlight)
+	}
+	return s.Workers
+}
+
 func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine) *river.Config {
 	cfg := &river.Config{
 		// River's own lines go through the engine's scrubber, under the
 		// module's logger.
 		Logger:  slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
-		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: s.Workers}},
+		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: localWorkers(s, driver)}},
 		Workers: workers,
 		// PostgreSQL announces new jobs (LISTEN/NOTIFY); SQLite has no
 		// such thing: poll often (a sender in auto mode waits for the
@@ -416,9 +450,16 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		return nil
 	}
 	params := make([]river.InsertManyParams, len(groups))
-	opts := &river.InsertOpts{MaxAttempts: int(b.maxAttempts.Load())}
+	waiting, err := b.waitingByOrg(ctx, tx, groups)
+	if err != nil {
+		return err
+	}
+	maxAttempts := int(b.maxAttempts.Load())
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
+		org := r.Webhook.OrganizationID
+		opts := &river.InsertOpts{MaxAttempts: maxAttempts, Priority: fairPriority(waiting[org])}
+		waiting[org]++
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: Args{
 			Route: r.Route, BookingID: last.Webhook.BookingID, BookingKey: r.Webhook.BookingKey,
 			OrganizationID: r.Webhook.OrganizationID, OrganizationIDJSON: r.Webhook.OrganizationIDJSON, EventType: last.Webhook.EventType,
@@ -441,6 +482,43 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		}
 	}
 	return nil
+}
+
+// fairPriority is a new sync's River priority (1 runs first) from how many
+// syncs its organization already has waiting: an organization's first few
+// run at once, and a backlog (a bulk change in EventFlow) sinks below
+// every other organization's new webhooks. River fetches by priority,
+// then by time, so one organization's thousands of queued syncs hold back
+// another's webhook by at most a few syncs.
+func fairPriority(waiting int) int {
+	switch {
+	case waiting < 3:
+		return 1
+	case waiting < 30:
+		return 2
+	case waiting < 300:
+		return 3
+	}
+	return 4
+}
+
+// waitingByOrg counts, for each organization of the groups, its bookings
+// with a sync waiting (an index covers it).
+func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, groups [][]*Entry) (map[string]int, error) {
+	out := make(map[string]int)
+	for _, g := range groups {
+		org := g[0].Webhook.OrganizationID
+		if _, done := out[org]; done {
+			continue
+		}
+		var n int
+		if err := b.db.queryRow(ctx, tx, `SELECT count(*) FROM receive_booking_booking
+			WHERE org = $1 AND waiting_job_id IS NOT NULL`, org).Scan(&n); err != nil {
+			return nil, fmt.Errorf("counting waiting syncs: %w", err)
+		}
+		out[org] = n
+	}
+	return out, nil
 }
 
 // addWaiter registers a waiting sender for its job's next attempt. It runs
@@ -504,7 +582,7 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 // booking is running (then it must wait). It takes the job out of the
 // waiting slot, so that webhooks from now on cause a new sync after it.
 // It returns the latest event type seen for the booking.
-func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration) (eventType string, ok bool, err error) {
+func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration, maxInFlight int) (eventType string, ok bool, err error) {
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return "", false, err
@@ -530,7 +608,13 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 			}
 		}
 	}
-	until := time.Now().Add(workerTimeout + finishAllowance).UnixNano()
+	// The call is bounded by the job's timeout (River cancels it then);
+	// recording its outcome may take longer, but a newer claim makes that
+	// recording stale, which finish handles.
+	until := time.Now().Add(workerTimeout + claimMargin).UnixNano()
+	if got, err := b.takeSlot(ctx, tx, job, until, maxInFlight); err != nil || !got {
+		return "", false, err
+	}
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
 		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
 		WHERE target_id = $2 AND org = $3 AND booking = $4`,
@@ -539,6 +623,35 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 		return "", false, fmt.Errorf("claiming booking: %w", err)
 	}
 	return row.eventType, true, b.db.commit(ctx, tx)
+}
+
+// takeSlot takes one of the maxInFlight slots shared by every instance
+// (PostgreSQL), or reports that all are held by calls that may be running.
+// SQLite needs none: one instance, whose workers are capped instead.
+func (b *riverBackend[TDriver, TTx]) takeSlot(ctx context.Context, tx TTx, job *river.Job[Args], until int64, maxInFlight int) (bool, error) {
+	if maxInFlight <= 0 || b.q.rq.Driver != Postgres {
+		return true, nil
+	}
+	var slot int
+	err := b.db.queryRow(ctx, tx, `SELECT slot FROM receive_booking_slot
+		WHERE slot <= $1 AND (job_id IS NULL OR until < $2 OR (job_id = $3 AND attempt = $4))
+		ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED`, maxInFlight, time.Now().UnixNano(), job.ID, job.Attempt).Scan(&slot)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("taking a sync slot: %w", err)
+	}
+	return true, b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = $1, attempt = $2, until = $3 WHERE slot = $4`,
+		job.ID, job.Attempt, until, slot)
+}
+
+// ensureSlots creates the slots 1..n (PostgreSQL).
+func (b *riverBackend[TDriver, TTx]) ensureSlots(ctx context.Context, n int) error {
+	if n <= 0 || b.q.rq.Driver != Postgres {
+		return nil
+	}
+	return b.execPool(ctx, `INSERT INTO receive_booking_slot (slot) SELECT generate_series(1, $1::int) ON CONFLICT (slot) DO NOTHING`, n)
 }
 
 // scrubHandler passes River's log records through the engine's scrubber:
@@ -641,6 +754,10 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3
 		AND waiting_job_id IS NULL AND running_job_id IS NULL`, a.route(), a.OrganizationID, a.BookingKey); err != nil {
 		return nil, fmt.Errorf("cleaning booking: %w", err)
+	}
+	if err := b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
+		WHERE job_id = $1 AND attempt = $2`, job.ID, job.Attempt); err != nil {
+		return nil, fmt.Errorf("releasing sync slot: %w", err)
 	}
 	if complete || superseded {
 		if _, err := river.JobCompleteTx[TDriver](ctx, tx, job); err != nil {

@@ -39,8 +39,9 @@ const (
 // syncWorker runs queued syncs.
 type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	river.WorkerDefaults[Args]
-	b       *riverBackend[TDriver, TTx]
-	timeout time.Duration
+	b           *riverBackend[TDriver, TTx]
+	timeout     time.Duration
+	maxInFlight int
 	// notBefore holds, by job ID, the earliest retry an attempt that has
 	// just failed asked for (its answer's Retry-After, or the end of an
 	// abandoned call's possible run). River asks NextRetry before it
@@ -63,7 +64,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		return river.JobSnooze(d)
 	}
 	e := w.b.q
-	eventType, ok, err := w.b.claim(ctx, job, w.timeout)
+	eventType, ok, err := w.b.claim(ctx, job, w.timeout, w.maxInFlight)
 	if err != nil {
 		return e.scrubErr(err)
 	}

@@ -126,9 +126,9 @@ func (c *Contract) judge(req Request, res *Result, location string) {
 		// Redirects are never followed: the key would go with them.
 		res.Verdict, res.Reason = Final, fmt.Sprintf("redirect: status %d to %s (configure the final URL as target)", res.Status, locationHost(location))
 	case res.Status == http.StatusTooManyRequests || res.Status >= 500:
-		res.Reason = fmt.Sprintf("status %d", res.Status)
+		// Retried; the status says it all.
 	case res.Status < 200 || res.Status >= 300:
-		res.Verdict, res.Reason = Final, fmt.Sprintf("status %d", res.Status)
+		res.Verdict = Final
 	case res.Body == nil:
 		res.Reason = "non-JSON answer"
 	default:
