@@ -219,10 +219,11 @@ func newJobView(job *rivertype.JobRow, q *adminQueue, withHistory bool) jobView 
 // API returns.
 func adminScrub(q *adminQueue, s string) string { return q.e.Scrub(s) }
 
-// listJobs answers a page of jobs in one state, in ascending id order.
+// listJobs answers a page of jobs in the given states, in ascending id
+// order.
 // next_after (the last id) is present when the page is full.
 func (a *AdminAPI) listJobs(ctx context.Context, q *adminQueue, r *http.Request) (any, error) {
-	state, err := stateParam(r)
+	states, err := stateParam(r)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +237,7 @@ func (a *AdminAPI) listJobs(ctx context.Context, q *adminQueue, r *http.Request)
 	}
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	jobs, err := q.backend.ListJobs(ctx, []rivertype.JobState{state}, int(limit), after, bookingParam(r))
+	jobs, err := q.backend.ListJobs(ctx, states, int(limit), after, bookingParam(r))
 	if err != nil {
 		return nil, err
 	}
@@ -296,12 +297,14 @@ func (a *AdminAPI) retryOne(ctx context.Context, q *adminQueue, id int64) (any, 
 // deadline; the whole replay stops if the client goes away (what was
 // replayed stays replayed: calling again picks up the rest).
 func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request) (any, error) {
-	state, err := stateParam(r)
+	states, err := stateParam(r)
 	if err != nil {
 		return nil, err
 	}
-	if !queue.ReplayableStates[state] {
-		return nil, apiError(http.StatusBadRequest, "state: expected discarded, cancelled or retryable")
+	for _, st := range states {
+		if !queue.ReplayableStates[st] {
+			return nil, apiError(http.StatusBadRequest, "state: expected discarded, cancelled or retryable")
+		}
 	}
 	var out struct {
 		Replayed  int `json:"replayed"`
@@ -317,7 +320,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	}
 	for after := int64(0); ; {
 		lctx, cancel := adminCtx(ctx)
-		jobs, err := q.backend.ListJobs(lctx, []rivertype.JobState{state}, maxListLimit, after, booking)
+		jobs, err := q.backend.ListJobs(lctx, states, maxListLimit, after, booking)
 		cancel()
 		if err != nil {
 			return nil, partial(err)
@@ -431,18 +434,30 @@ func (a *AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 }
 
 // stateParam reads ?state=, discarded by default.
-func stateParam(r *http.Request) (rivertype.JobState, error) {
+func stateParam(r *http.Request) ([]rivertype.JobState, error) {
 	v := r.URL.Query().Get("state")
 	if v == "" {
-		return rivertype.JobStateDiscarded, nil
+		return []rivertype.JobState{rivertype.JobStateDiscarded}, nil
 	}
-	s, ok := jobStates[v]
-	if !ok {
-		return "", apiError(http.StatusBadRequest,
-			"state: expected one of discarded, cancelled, retryable, available, scheduled, running, completed")
+	var out []rivertype.JobState
+	for name := range strings.SplitSeq(v, ",") {
+		if name == "pending" {
+			out = append(out, pendingStates...)
+			continue
+		}
+		s, ok := jobStates[name]
+		if !ok {
+			return nil, apiError(http.StatusBadRequest,
+				"state: expected one or more (comma-separated) of pending, discarded, cancelled, retryable, available, scheduled, running, completed")
+		}
+		out = append(out, s)
 	}
-	return s, nil
+	return out, nil
 }
+
+// pendingStates are the jobs not done yet: the "pending" shorthand.
+var pendingStates = []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStateScheduled,
+	rivertype.JobStateRetryable, rivertype.JobStateRunning}
 
 // bookingParam reads ?booking_id= as the booking's key: the string's
 // value or the integer's digits. A JSON string literal ("abc", quotes

@@ -11,12 +11,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,66 +31,6 @@ const (
 	adminWait      = 10 * time.Second
 )
 
-// adminUpstream is an import-bookings stand-in with a settable status and
-// body, whose calls can be held open, and which counts calls per booking.
-type adminUpstream struct {
-	*httptest.Server
-	status atomic.Int32
-	body   atomic.Value // string
-	gate   atomic.Pointer[chan struct{}]
-	mu     sync.Mutex
-	calls  map[string]int
-}
-
-func newAdminUpstream(t *testing.T) *adminUpstream {
-	u := &adminUpstream{calls: map[string]int{}}
-	u.set(200, `{"success":true}`)
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			BookingID string `json:"booking_id"`
-		}
-		raw, _ := io.ReadAll(r.Body)
-		_ = json.Unmarshal(raw, &req)
-		if g := u.gate.Load(); g != nil {
-			select {
-			case <-*g:
-			case <-r.Context().Done():
-			}
-		}
-		u.mu.Lock()
-		u.calls[req.BookingID]++
-		u.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(int(u.status.Load()))
-		_, _ = io.WriteString(w, u.body.Load().(string))
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *adminUpstream) set(status int, body string) {
-	u.status.Store(int32(status))
-	u.body.Store(body)
-}
-
-// hold keeps every call open until release.
-func (u *adminUpstream) hold() {
-	g := make(chan struct{})
-	u.gate.Store(&g)
-}
-
-func (u *adminUpstream) release() {
-	if g := u.gate.Swap(nil); g != nil {
-		close(*g)
-	}
-}
-
-func (u *adminUpstream) callsFor(booking string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.calls[booking]
-}
-
 // adminEnv is a real queue (SQLite file or PostgreSQL database) with a real
 // upstream, and the admin routes mounted on an HTTP server that renders
 // their errors as Caddy's admin endpoint does. It keeps every answer, to
@@ -100,7 +40,8 @@ type adminEnv struct {
 	q      *queue.Engine
 	dsn    string
 	qh     *testQueueHandle
-	up     *adminUpstream
+	up     *testkit.StandIn
+	gate   chan struct{} // while set, syncs are held until it closes
 	srv    *httptest.Server
 	mu     sync.Mutex
 	bodies strings.Builder
@@ -114,16 +55,30 @@ func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream.Cli
 
 func newAdminEnv(t *testing.T, driver string) *adminEnv {
 	t.Helper()
-	up := newAdminUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
 	up0 := upstream.New(u, adminTargetKey, userAgent, nil)
 	q, rq := openAdminQueue(t, driver, map[string]*upstream.Client{queue.DefaultRoute: up0})
 	q.Attach("secrets", nil, []string{adminTargetKey}, rq.Settings)
-	t.Cleanup(up.release) // before the queue stops: no sync stays held
 	e := &adminEnv{t: t, q: q, dsn: rq.Location, up: up, qh: &testQueueHandle{q: q, route: queue.DefaultRoute}}
+	t.Cleanup(e.release) // before the queue stops: no sync stays held
 	e.srv = newAdminServer(t, q)
 	return e
+}
+
+// hold keeps every later sync open until release (then it is synced).
+func (e *adminEnv) hold() {
+	e.gate = make(chan struct{})
+	e.up.Respond(testkit.BlockUntil(e.gate))
+}
+
+func (e *adminEnv) release() {
+	if e.gate != nil {
+		close(e.gate)
+		e.gate = nil
+	}
 }
 
 // newAdminServer mounts AdminAPI's routes as Caddy's admin endpoint does,
@@ -260,12 +215,12 @@ func runAdminScenario(t *testing.T, driver string) {
 	}
 
 	// Permanent rejections end as cancelled, 503s out of attempts as discarded.
-	e.up.set(400, `{"success":false,"error":"bad request, key `+leak+`"}`)
+	e.up.Respond(testkit.JSON(http.StatusBadRequest, `{"success":false,"error":"bad request, key `+leak+`"}`))
 	for _, b := range []string{"c1", "c2", "c3"} {
 		e.enqueue(b, 0)
 	}
 	e.waitCount("cancelled", 3)
-	e.up.set(503, `{"error":"down, key `+leak+`"}`)
+	e.up.Respond(testkit.JSON(http.StatusServiceUnavailable, `{"error":"down, key `+leak+`"}`))
 	d1, d2 := e.enqueue("d1", 0), e.enqueue("d2", 0)
 	e.waitCount("discarded", 2)
 
@@ -322,12 +277,12 @@ func runAdminScenario(t *testing.T, driver string) {
 	assert.NotContains(t, attempt, "trace")
 
 	// The upstream recovers: replay one.
-	e.up.set(200, `{"success":true}`)
+	e.up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
 	replayed := e.expect(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry", d1), 200)
 	assert.Equal(t, float64(d1), replayed["job_id"])
 	assert.Equal(t, false, replayed["coalesced"])
 	e.waitState(d1, "completed")
-	assert.Equal(t, 2, e.up.callsFor("d1"), "the failed call and the replay")
+	assert.Len(t, e.up.CallsFor("d1"), 2, "the failed call and the replay")
 	e.expect(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry", d1), http.StatusConflict)
 
 	// A replay for a booking with a waiting sync merges into it.
@@ -349,7 +304,7 @@ func runAdminScenario(t *testing.T, driver string) {
 		e.expect(http.MethodPost, "/receive_booking/retry?state=retryable", 200))
 	e.waitCount("completed", 5) // d1, c1 (merged), c2, c3, d2
 	for _, b := range []string{"c1", "c2", "c3", "d2"} {
-		assert.Equal(t, 2, e.up.callsFor(b), "booking %s: the failed call and one sync", b)
+		assert.Len(t, e.up.CallsFor(b), 2, "booking %s: the failed call and one sync", b)
 	}
 
 	stats := e.expect(http.MethodGet, "/receive_booking/stats", 200)
@@ -372,7 +327,7 @@ func runAdminScenario(t *testing.T, driver string) {
 	e.expect(http.MethodDelete, fmt.Sprintf("/receive_booking/jobs/%d", d2), http.StatusNotFound)
 
 	// A running sync: cannot be deleted or replayed, and it is pending.
-	e.up.hold()
+	e.hold()
 	running := e.enqueue("r1", 0)
 	e.waitState(running, "running")
 	e.expect(http.MethodDelete, fmt.Sprintf("/receive_booking/jobs/%d", running), http.StatusConflict)
@@ -382,7 +337,7 @@ func runAdminScenario(t *testing.T, driver string) {
 	assert.Equal(t, "unhealthy", sick["status"])
 	assert.Contains(t, sick["reason"], "oldest pending job")
 	assert.Equal(t, "ok", e.expect(http.MethodGet, "/receive_booking/health?max_age=1h", 200)["status"])
-	e.up.release()
+	e.release()
 	e.waitState(running, "completed")
 
 	// Bad requests.
@@ -497,8 +452,8 @@ func TestAdminAPIThroughCaddy(t *testing.T) {
 	_, ok := mod.New().(caddy.AdminRouter)
 	require.True(t, ok)
 
-	up := newAdminUpstream(t)
-	up.set(400, `{"success":false,"error":"key `+e2eTargetKey+`"}`)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusBadRequest, `{"success":false,"error":"key `+e2eTargetKey+`"}`))
 	path := filepath.Join(t.TempDir(), "admin.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s
@@ -534,7 +489,7 @@ func TestAdminAPIThroughCaddy(t *testing.T) {
 		call(http.MethodGet, "/receive_booking/jobs/abc", 400))
 	assert.NotEmpty(t, call(http.MethodPost, "/receive_booking/stats", 405)["error"])
 
-	up.set(200, `{"success":true}`)
+	up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
 	call(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry?queue=%s", id, key), 200)
 	require.Eventually(t, func() bool {
 		return call(http.MethodGet, fmt.Sprintf("/receive_booking/jobs/%d?queue=%s", id, key), 200)["state"] == "completed"

@@ -28,9 +28,10 @@ const (
 
 // signedHandler provisions a handler that requires signatures, in front
 // of a real loopback upstream.
-func signedHandler(t *testing.T, extra func(*Handler)) (*Handler, *recordingUpstream) {
+func signedHandler(t *testing.T, extra func(*Handler)) (*Handler, *testkit.StandIn) {
 	t.Helper()
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	h := &Handler{SigningSecrets: []string{testSigningSecret, testSigningSecret2}, Target: up.URL, DisableMetrics: true}
 	if extra != nil {
 		extra(h)
@@ -93,17 +94,17 @@ func TestSignedWebhooks(t *testing.T) {
 	assert.Equal(t, 401, serve(h, tampered).Code, "the body is signed")
 	unsigned := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body))
 	assert.Equal(t, 401, serve(h, unsigned).Code)
-	assert.Len(t, up.calls(), 2, "only the two valid deliveries reached import-bookings")
+	assert.Len(t, up.Calls(), 2, "only the two valid deliveries reached import-bookings")
 }
 
 // TestSignedRetryIsNotAReplay: a delivery that was not accepted (here the
 // upstream failed) can be retried with the same webhook-id.
 func TestSignedRetryIsNotAReplay(t *testing.T) {
 	h, up := signedHandler(t, nil)
-	up.status.Store(500)
+	up.Respond(testkit.JSON(http.StatusInternalServerError, e2eSynced))
 	body := `{"booking_id":"s2"}`
 	assert.Equal(t, 502, serve(h, signedRequest(t, testSigningSecret, "msg_r", time.Now(), body)).Code)
-	up.status.Store(200)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	assert.Equal(t, 200, serve(h, signedRequest(t, testSigningSecret, "msg_r", time.Now(), body)).Code)
 }
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,74 +105,15 @@ func (p *caddyProcess) kill() {
 	}
 }
 
-// syncStub is import-bookings that can be down (503) or up, and records
-// the start of every successful sync per booking, and overlaps.
-type syncStub struct {
-	*httptest.Server
-	up          atomic.Bool
-	delay       atomic.Int64 // nanoseconds
-	mu          sync.Mutex
-	synced      map[string][]time.Time
-	inFlight    map[string]int
-	maxInFlight int
-	calls       atomic.Int64
-}
+// bootFailure is import-bookings down: it fails to start (503).
+var bootFailure = testkit.JSON(http.StatusServiceUnavailable, `{"code":"BOOT_ERROR","message":"Function failed to start"}`)
 
-func newSyncStub(t *testing.T, delay time.Duration) *syncStub {
-	s := &syncStub{synced: map[string][]time.Time{}, inFlight: map[string]int{}}
-	s.delay.Store(int64(delay))
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		s.calls.Add(1)
-		var req struct {
-			BookingID string `json:"booking_id"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&req)
-		w.Header().Set("Content-Type", "application/json")
-		if !s.up.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, `{"code":"BOOT_ERROR","message":"Function failed to start"}`)
-			return
-		}
-		s.mu.Lock()
-		s.inFlight[req.BookingID]++
-		s.maxInFlight = max(s.maxInFlight, s.inFlight[req.BookingID])
-		s.mu.Unlock()
-		select {
-		case <-time.After(time.Duration(s.delay.Load())):
-		case <-r.Context().Done():
-			s.mu.Lock()
-			s.inFlight[req.BookingID]--
-			s.mu.Unlock()
-			return // the caller went away: not a sync
-		}
-		s.mu.Lock()
-		s.inFlight[req.BookingID]--
-		s.synced[req.BookingID] = append(s.synced[req.BookingID], start)
-		s.mu.Unlock()
-		fmt.Fprintf(w, `{"success":true,"booking_id":%q}`, req.BookingID)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *syncStub) maxConcurrent() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.maxInFlight
-}
-
-// syncedAfter reports whether booking has a successful sync that started
-// after t.
-func (s *syncStub) syncedAfter(booking string, t time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, start := range s.synced[booking] {
-		if start.After(t) {
-			return true
-		}
-	}
-	return false
+// syncsIn is import-bookings up: each call is a sync that takes d, and
+// ends unanswered (no sync) if its caller hangs up first.
+func syncsIn(d time.Duration) testkit.Responder {
+	return testkit.Hold(d, func(w http.ResponseWriter, _ *http.Request, c *testkit.Call) {
+		testkit.WriteJSON(w, http.StatusOK, fmt.Sprintf(`{"success":true,"booking_id":%q}`, c.Booking))
+	})
 }
 
 // acceptLog records, per booking, when its last accepted webhook was sent,
@@ -281,13 +221,14 @@ func postOnce(client *http.Client, url, booking string, i int, log *acceptLog) (
 	return nil, time.Time{}, err
 }
 
-// lost lists the accepted bookings not synced after their last 202.
-func lost(stub *syncStub, accepted *acceptLog) []string {
-	accepted.mu.Lock()
-	defer accepted.mu.Unlock()
+// lost lists the accepted bookings that up has not synced after their
+// last 202.
+func (a *acceptLog) lost(up *testkit.StandIn) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var out []string
-	for b, at := range accepted.last {
-		if !stub.syncedAfter(b, at) {
+	for b, at := range a.last {
+		if !up.SyncedAfter(b, at) {
 			out = append(out, b)
 		}
 	}
@@ -302,7 +243,8 @@ func TestCrashNoLoss(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
 	}
-	stub := newSyncStub(t, 0)
+	stub := testkit.NewStandIn(t)
+	stub.Respond(bootFailure)
 	dataDir := t.TempDir()
 	directive := fmt.Sprintf(`receive_booking {
 		secret %s
@@ -329,12 +271,12 @@ func TestCrashNoLoss(t *testing.T) {
 
 	restarted := time.Now()
 	startCaddy(t, dataDir, directive)
-	stub.up.Store(true)
-	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 90*time.Second, 100*time.Millisecond,
-		"bookings accepted but never synced: %v", lost(stub, &accepted))
+	stub.Respond(syncsIn(0))
+	require.Eventually(t, func() bool { return len(accepted.lost(stub)) == 0 }, 90*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", accepted.lost(stub))
 	t.Logf("accepted=%d (bookings=%d) synced=%d lost=%d; all synced %s after the restart; upstream calls=%d",
-		accepted.n, len(accepted.last), len(accepted.last)-len(lost(stub, &accepted)), len(lost(stub, &accepted)),
-		time.Since(restarted).Round(100*time.Millisecond), stub.calls.Load())
+		accepted.n, len(accepted.last), len(accepted.last)-len(accepted.lost(stub)), len(accepted.lost(stub)),
+		time.Since(restarted).Round(100*time.Millisecond), len(stub.Calls()))
 }
 
 // TestCrashPostgresRerunsInterruptedSync: a sync that was running on a
@@ -346,8 +288,8 @@ func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
 	}
-	stub := newSyncStub(t, time.Hour) // the first sync hangs
-	stub.up.Store(true)
+	stub := testkit.NewStandIn(t)
+	stub.Respond(syncsIn(time.Hour)) // the first sync hangs
 	dataDir := t.TempDir()
 	directive := fmt.Sprintf(`receive_booking {
 		secret %s
@@ -361,14 +303,14 @@ func TestCrashPostgresRerunsInterruptedSync(t *testing.T) {
 	var accepted acceptLog
 	sendWebhooks(1, 1, 1, func(int) string { return first.url }, &accepted, nil)
 	require.Equal(t, 1, accepted.n)
-	require.Eventually(t, func() bool { return stub.calls.Load() == 1 }, 10*time.Second, 10*time.Millisecond, "the sync started")
+	require.Eventually(t, func() bool { return len(stub.Calls()) == 1 }, 10*time.Second, 10*time.Millisecond, "the sync started")
 	require.NoError(t, first.cmd.Process.Kill())
 	_ = first.cmd.Wait()
 
-	stub.delay.Store(0)
+	stub.Respond(syncsIn(0))
 	restarted := time.Now()
 	startCaddy(t, dataDir, directive) // same data directory: the same instance
-	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 15*time.Second, 50*time.Millisecond,
+	require.Eventually(t, func() bool { return len(accepted.lost(stub)) == 0 }, 15*time.Second, 50*time.Millisecond,
 		"the interrupted sync ran again after the restart")
 	t.Logf("interrupted sync ran again %s after the restart", time.Since(restarted).Round(10*time.Millisecond))
 }
@@ -381,8 +323,8 @@ func TestTwoInstancesPostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
 	}
-	stub := newSyncStub(t, 200*time.Millisecond)
-	stub.up.Store(true)
+	stub := testkit.NewStandIn(t)
+	stub.Respond(syncsIn(200 * time.Millisecond))
 	dsn := testkit.FreshPostgresDSN(t)
 	directive := fmt.Sprintf(`receive_booking {
 		secret %s
@@ -404,15 +346,17 @@ func TestTwoInstancesPostgres(t *testing.T) {
 		return b.url
 	}, &accepted, nil)
 	burst := time.Since(start)
-	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 60*time.Second, 100*time.Millisecond,
-		"bookings accepted but never synced: %v", lost(stub, &accepted))
+	require.Eventually(t, func() bool { return len(accepted.lost(stub)) == 0 }, 60*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", accepted.lost(stub))
 	time.Sleep(time.Second) // let any last follow-up run
 	bound := 2*bookings + int(float64(bookings)*burst.Seconds()/0.3)
+	calls := len(stub.Calls())
+	maxConcurrent, _ := stub.MaxInFlight()
 	t.Logf("webhooks=%d accepted=%d bookings=%d burst=%s upstream calls=%d bound=%d max concurrent syncs per booking=%d",
-		webhooks, accepted.n, len(accepted.last), burst.Round(time.Millisecond), stub.calls.Load(), bound, stub.maxConcurrent())
+		webhooks, accepted.n, len(accepted.last), burst.Round(time.Millisecond), calls, bound, maxConcurrent)
 	assert.Equal(t, webhooks, accepted.n, "every webhook accepted: errors %v, statuses %v", accepted.errors, accepted.statuses)
-	assert.Equal(t, 1, stub.maxConcurrent(), "no booking synced by both instances at once")
-	assert.LessOrEqual(t, int(stub.calls.Load()), bound)
+	assert.Equal(t, 1, maxConcurrent, "no booking synced by both instances at once")
+	assert.LessOrEqual(t, calls, bound)
 }
 
 // TestReloadDuringStream reloads the config through the admin API three
@@ -422,8 +366,8 @@ func TestReloadDuringStream(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
 	}
-	stub := newSyncStub(t, 50*time.Millisecond)
-	stub.up.Store(true)
+	stub := testkit.NewStandIn(t)
+	stub.Respond(syncsIn(50 * time.Millisecond))
 	dataDir := t.TempDir()
 	dbPath := filepath.Join(dataDir, "reload.sqlite3")
 	directive := func(timeout string) string {
@@ -452,12 +396,13 @@ func TestReloadDuringStream(t *testing.T) {
 	assert.Equal(t, int64(1500), answered.Load())
 	assert.Empty(t, accepted.statuses, "no webhook was answered with an error across the reloads")
 	assert.Equal(t, 1500, accepted.n, "every webhook accepted: %v", accepted.errors)
-	require.Eventually(t, func() bool { return len(lost(stub, &accepted)) == 0 }, 60*time.Second, 100*time.Millisecond,
-		"bookings accepted but never synced: %v", lost(stub, &accepted))
-	assert.Equal(t, 1, stub.maxConcurrent(), "no booking synced twice at once")
+	require.Eventually(t, func() bool { return len(accepted.lost(stub)) == 0 }, 60*time.Second, 100*time.Millisecond,
+		"bookings accepted but never synced: %v", accepted.lost(stub))
+	maxConcurrent, _ := stub.MaxInFlight()
+	assert.Equal(t, 1, maxConcurrent, "no booking synced twice at once")
 	assert.NotContains(t, p.log.String(), "duplicate metrics collector registration")
 	t.Logf("accepted=%d bookings=%d upstream calls=%d; connection-level resends during the reloads=%d %v",
-		accepted.n, len(accepted.last), stub.calls.Load(), len(accepted.retries), accepted.retries)
+		accepted.n, len(accepted.last), len(stub.Calls()), len(accepted.retries), accepted.retries)
 }
 
 // reload loads a new config with the given site body through the admin

@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
@@ -28,52 +26,9 @@ const (
 	e2eSecret    = "e2e-s3cr3t-value"
 	e2eTargetKey = "sb_secret_e2e-target-key"
 	e2eSite      = "http://localhost:9080"
+	// e2eSynced is import-bookings' answer to a sync in these tests.
+	e2eSynced = `{"success":true}`
 )
-
-// recordingUpstream is a stand-in import-bookings that records what it got.
-type recordingUpstream struct {
-	*httptest.Server
-	mu       sync.Mutex
-	requests []recordedRequest
-	status   atomic.Int32
-	body     atomic.Value // string
-	delay    atomic.Int64 // nanoseconds
-}
-
-type recordedRequest struct {
-	header http.Header
-	body   string
-}
-
-func newRecordingUpstream(t testing.TB) *recordingUpstream {
-	u := &recordingUpstream{}
-	u.status.Store(200)
-	u.body.Store(`{"success":true}`)
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		u.mu.Lock()
-		u.requests = append(u.requests, recordedRequest{header: r.Header.Clone(), body: string(b)})
-		u.mu.Unlock()
-		if d := time.Duration(u.delay.Load()); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(int(u.status.Load()))
-		_, _ = io.WriteString(w, u.body.Load().(string))
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *recordingUpstream) calls() []recordedRequest {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]recordedRequest(nil), u.requests...)
-}
 
 func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
 	t.Helper()
@@ -127,7 +82,8 @@ func postWebhook(t *testing.T, tester *caddytest.Tester, headers map[string]stri
 }
 
 func TestE2EContract(t *testing.T) {
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s other-secret
 		target %s/functions/v1/import-bookings
@@ -178,7 +134,7 @@ func TestE2EContract(t *testing.T) {
 			assert.Equal(t, map[string]any{"error": tc.err}, body)
 		})
 	}
-	assert.Empty(t, up.calls(), "rejected webhooks must never reach import-bookings")
+	assert.Empty(t, up.Calls(), "rejected webhooks must never reach import-bookings")
 
 	t.Run("synced", func(t *testing.T) {
 		status, body, _ := postWebhook(t, tester, map[string]string{"Authorization": "bearer other-secret"},
@@ -188,20 +144,20 @@ func TestE2EContract(t *testing.T) {
 			"success": true, "booking_id": float64(42), "event_type": "booking.updated",
 			"sync_result": map[string]any{"success": true},
 		}, body)
-		calls := up.calls()
+		calls := up.Calls()
 		require.Len(t, calls, 1)
 		c := calls[0]
-		assert.JSONEq(t, `{"booking_id":42,"syncMode":"single","organization_id":"org-1","event_type":"booking.updated"}`, c.body)
-		assert.Equal(t, "Bearer "+e2eTargetKey, c.header.Get("Authorization"))
-		assert.Equal(t, e2eTargetKey, c.header.Get("Apikey"))
-		assert.Equal(t, "application/json", c.header.Get("Content-Type"))
-		assert.True(t, strings.HasPrefix(c.header.Get("User-Agent"), "caddy-receive-booking/"))
-		assert.NotEmpty(t, c.header.Get(upstream.HeaderRequestID), "Caddy's request ID travels upstream")
-		assert.Empty(t, c.header.Get("X-Api-Key"), "the caller's credentials are never forwarded")
+		assert.JSONEq(t, `{"booking_id":42,"syncMode":"single","organization_id":"org-1","event_type":"booking.updated"}`, c.Body)
+		assert.Equal(t, "Bearer "+e2eTargetKey, c.Header.Get("Authorization"))
+		assert.Equal(t, e2eTargetKey, c.Header.Get("Apikey"))
+		assert.Equal(t, "application/json", c.Header.Get("Content-Type"))
+		assert.True(t, strings.HasPrefix(c.Header.Get("User-Agent"), "caddy-receive-booking/"))
+		assert.NotEmpty(t, c.Header.Get(upstream.HeaderRequestID), "Caddy's request ID travels upstream")
+		assert.Empty(t, c.Header.Get("X-Api-Key"), "the caller's credentials are never forwarded")
 	})
 	t.Run("upstream says failure", func(t *testing.T) {
-		up.body.Store(`{"success":false,"error":"EventFlow API down"}`)
-		defer up.body.Store(`{"success":true}`)
+		up.Respond(testkit.JSON(http.StatusOK, `{"success":false,"error":"EventFlow API down"}`))
+		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b2"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, "Sync failed", body["error"])
@@ -209,16 +165,15 @@ func TestE2EContract(t *testing.T) {
 		assert.Equal(t, map[string]any{"success": false, "error": "EventFlow API down"}, body["details"])
 	})
 	t.Run("upstream 503", func(t *testing.T) {
-		up.status.Store(503)
-		up.body.Store(`{"code":"BOOT_ERROR","message":"Function failed to start"}`)
-		defer func() { up.status.Store(200); up.body.Store(`{"success":true}`) }()
+		up.Respond(testkit.JSON(http.StatusServiceUnavailable, `{"code":"BOOT_ERROR","message":"Function failed to start"}`))
+		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b3"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, float64(503), body["upstream_status"])
 	})
 	t.Run("timeout", func(t *testing.T) {
-		up.delay.Store(int64(3 * time.Second))
-		defer up.delay.Store(0)
+		up.Respond(testkit.Hold(3*time.Second, testkit.JSON(http.StatusOK, e2eSynced)))
+		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 		start := time.Now()
 		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"slow"}`)
 		assert.Equal(t, 504, status)
@@ -229,9 +184,7 @@ func TestE2EContract(t *testing.T) {
 
 func TestE2EUnreachableAndCORSOff(t *testing.T) {
 	// A closed port: nothing listens there.
-	l := httptest.NewServer(http.NotFoundHandler())
-	target := l.URL + "/import?apikey=QUERYSECRET"
-	l.Close()
+	target := testkit.ClosedPortURL(t) + "/import?apikey=QUERYSECRET"
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s
 		target %s
@@ -253,7 +206,8 @@ func TestE2EUnreachableAndCORSOff(t *testing.T) {
 // access log needs the filter the README documents to drop X-Api-Key
 // (Authorization is redacted by Caddy itself).
 func TestE2ENoSecretInLogs(t *testing.T) {
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	dir := t.TempDir()
 	serverLog := filepath.Join(dir, "server.log")
 	accessLog := filepath.Join(dir, "access.log")
@@ -273,7 +227,7 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 	postWebhook(t, tester, auth, `{"booking_id":"ok-1","event_type":"booking_created"}`)
 	postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret + "x"}, `{"booking_id":"b1"}`)
 	postWebhook(t, tester, map[string]string{"Authorization": "Bearer " + e2eSecret}, `{"booking_id":"b2"}`)
-	up.status.Store(500)
+	up.Respond(testkit.JSON(http.StatusInternalServerError, e2eSynced))
 	postWebhook(t, tester, auth, `{"booking_id":"fail-1"}`)
 
 	var logs string
@@ -292,8 +246,9 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 }
 
 func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
-	up := newRecordingUpstream(t)
-	up.status.Store(503) // import-bookings is down: webhooks must still be accepted
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
+	up.Respond(testkit.JSON(http.StatusServiceUnavailable, e2eSynced)) // import-bookings is down: webhooks must still be accepted
 	dbPath := filepath.Join(t.TempDir(), "async.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s
@@ -313,13 +268,13 @@ func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 	assert.Equal(t, true, body["coalesced"], "a second webhook inside the window merges")
 	assert.Equal(t, jobID, body["job_id"])
 
-	require.Eventually(t, func() bool { return len(up.calls()) >= 1 }, 10*time.Second, 20*time.Millisecond)
-	up.status.Store(200)
+	require.Eventually(t, func() bool { return len(up.Calls()) >= 1 }, 10*time.Second, 20*time.Millisecond)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	// The 503 is retried (first retry after 2.5–5 s, moved by River's
 	// scheduler every 5 s) until it succeeds.
 	require.Eventually(t, func() bool {
-		for _, c := range up.calls() {
-			if strings.Contains(c.body, `"event_type":"booking.updated"`) {
+		for _, c := range up.Calls() {
+			if strings.Contains(c.Body, `"event_type":"booking.updated"`) {
 				return true
 			}
 		}
@@ -333,7 +288,8 @@ func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 // retried, 202 when it is still running at the timeout (and it is neither
 // cancelled nor started again), 502 when it failed for good.
 func TestE2EAutoRecordsThenWaits(t *testing.T) {
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	dbPath := filepath.Join(t.TempDir(), "auto.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s
@@ -343,9 +299,9 @@ func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	}`, e2eSecret, up.URL, dbPath))
 	auth := map[string]string{"X-Api-Key": e2eSecret}
 	callsOf := func(booking string) (n int) {
-		for _, c := range up.calls() {
-			if strings.Contains(c.body, `"`+booking+`"`) {
-				require.True(t, strings.HasPrefix(c.header.Get(upstream.HeaderRequestID), "job-"), "every sync is a queued job's")
+		for _, c := range up.Calls() {
+			if strings.Contains(c.Body, `"`+booking+`"`) {
+				require.True(t, strings.HasPrefix(c.Header.Get(upstream.HeaderRequestID), "job-"), "every sync is a queued job's")
 				n++
 			}
 		}
@@ -359,26 +315,24 @@ func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	assert.Equal(t, map[string]any{"success": true}, body["sync_result"])
 	assert.Equal(t, 1, callsOf("a1"))
 
-	up.status.Store(503)
+	up.Respond(testkit.JSON(http.StatusServiceUnavailable, e2eSynced))
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a2"}`)
 	assert.Equal(t, 202, status)
 	assert.True(t, strings.HasPrefix(body["sync_error"].(string), "upstream status 503"), "%v", body)
 	assert.Equal(t, true, body["queued"])
 
-	up.status.Store(200)
-	up.delay.Store(int64(2 * time.Second))
+	up.Respond(testkit.Hold(2*time.Second, testkit.JSON(http.StatusOK, e2eSynced)))
 	start := time.Now()
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a3"}`)
 	assert.Equal(t, 202, status)
 	assert.Less(t, time.Since(start), 1500*time.Millisecond, "the sender waits no longer than timeout")
 	assert.Equal(t, stillRunning, body["sync_error"])
-	up.delay.Store(0)
 
-	up.status.Store(404)
+	up.Respond(testkit.JSON(http.StatusNotFound, e2eSynced))
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a4"}`)
 	assert.Equal(t, 502, status, "a permanent rejection is answered as a failure")
 	assert.Equal(t, float64(404), body["upstream_status"])
-	up.status.Store(200)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 
 	// a2 is retried and synced; a3's one call ran to its end.
 	require.Eventually(t, func() bool { return callsOf("a2") >= 2 }, 20*time.Second, 50*time.Millisecond)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
@@ -296,9 +298,10 @@ func TestCaddyfileAdaptErrorHasLine(t *testing.T) {
 // TestCaddyfileJSONRoundTrip: the adapted JSON is the handler's JSON
 // config; provisioned with the environment set, it serves webhooks.
 func TestCaddyfileJSONRoundTrip(t *testing.T) {
-	up := newImportStandIn(t, nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
 	t.Setenv("RB_UT_RT_SECRET", utSecret)
-	t.Setenv("RB_UT_RT_TARGET", up.target())
+	t.Setenv("RB_UT_RT_TARGET", up.Target())
 	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`:8080 {
 	receive_booking {
 		secret {env.RB_UT_RT_SECRET}
@@ -332,6 +335,6 @@ func TestCaddyfileJSONRoundTrip(t *testing.T) {
 	assert.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	w = postAuthed(t, provisioned, withBody(1025))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, w.Code)
-	assert.Len(t, up.calls(), 1)
-	assert.True(t, strings.HasPrefix(up.calls()[0].header.Get("User-Agent"), "caddy-receive-booking/"))
+	assert.Len(t, up.Calls(), 1)
+	assert.True(t, strings.HasPrefix(up.Calls()[0].Header.Get("User-Agent"), "caddy-receive-booking/"))
 }

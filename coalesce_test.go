@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/stretchr/testify/assert"
@@ -60,14 +61,15 @@ func serveAsync(t *testing.T, h *Handler, ctx context.Context, body string, out 
 // requests arriving meanwhile share.
 func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 	release := make(chan struct{})
-	up := newImportStandIn(t, blockUntil(release))
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
 	core, logs := observer.New(zapcore.InfoLevel)
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "2s" })
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s" })
 	h.logger = zap.New(core)
 	answers := make(chan *httptest.ResponseRecorder, 11)
 
 	serveAsync(t, h, context.Background(), `{"booking_id":"b-1","event_type":"booking.created"}`, answers)
-	waitFor(t, up.arrived, time.Second, "sync A to start")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync A to start")
 
 	for i := 0; i < 10; i++ {
 		serveAsync(t, h, context.Background(), `{"booking_id":"b-1","event_type":"booking.updated"}`, answers)
@@ -75,7 +77,7 @@ func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 	key := payload.Key{Booking: "b-1"}
 	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, key) == 10 }),
 		"the 10 requests wait for one next sync; waiters: %d", nextWaiters(h.coalescer, key))
-	assert.Len(t, up.calls(), 1, "nobody joins the running sync, and the next one waits for it")
+	assert.Len(t, up.Calls(), 1, "nobody joins the running sync, and the next one waits for it")
 	assert.Equal(t, 1, runningWaiters(h.coalescer, key))
 
 	close(release)
@@ -88,11 +90,11 @@ func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 			t.Fatalf("only %d of 11 requests were answered", i)
 		}
 	}
-	calls := up.calls()
+	calls := up.Calls()
 	assert.Len(t, calls, 2, "exactly two syncs: the running one and the shared next one")
 	if len(calls) == 2 {
-		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.created"}`, calls[0].body)
-		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.updated"}`, calls[1].body)
+		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.created"}`, calls[0].Body)
+		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.updated"}`, calls[1].Body)
 	}
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }))
 
@@ -118,8 +120,9 @@ func mustField(t *testing.T, w *httptest.ResponseRecorder, name string) []byte {
 // of one booking id in different organisations) run at once.
 func TestCoalesceDifferentBookingsDoNotShare(t *testing.T) {
 	release := make(chan struct{})
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "2s" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s" })
 	answers := make(chan *httptest.ResponseRecorder, 3)
 
 	bodies := []string{
@@ -129,14 +132,14 @@ func TestCoalesceDifferentBookingsDoNotShare(t *testing.T) {
 	}
 	for i, body := range bodies {
 		serveAsync(t, h, context.Background(), body, answers)
-		waitFor(t, up.arrived, time.Second, fmt.Sprintf("sync %d to start while the others still run", i+1))
+		testkit.WaitFor(t, up.Arrived, time.Second, fmt.Sprintf("sync %d to start while the others still run", i+1))
 	}
 	close(release)
 	for range bodies {
 		w := <-answers
 		assert.Equal(t, 200, w.Code, w.Body.String())
 	}
-	assert.Len(t, up.calls(), 3)
+	assert.Len(t, up.Calls(), 3)
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }))
 }
 
@@ -144,12 +147,13 @@ func TestCoalesceDifferentBookingsDoNotShare(t *testing.T) {
 // booking, so they coalesce, and each sync forwards its own literal.
 func TestCoalesceStringAndIntegerIDsAreOneBooking(t *testing.T) {
 	release := make(chan struct{})
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "2s" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s" })
 	answers := make(chan *httptest.ResponseRecorder, 3)
 
 	serveAsync(t, h, context.Background(), `{"booking_id":"42"}`, answers)
-	waitFor(t, up.arrived, time.Second, "sync A")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync A")
 	serveAsync(t, h, context.Background(), `{"booking_id":42}`, answers)
 	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, payload.Key{Booking: "42"}) == 1 }))
 	close(release)
@@ -157,22 +161,23 @@ func TestCoalesceStringAndIntegerIDsAreOneBooking(t *testing.T) {
 		w := <-answers
 		assert.Equal(t, 200, w.Code, w.Body.String())
 	}
-	calls := up.calls()
+	calls := up.Calls()
 	require.Len(t, calls, 2)
-	assert.Equal(t, `{"booking_id":"42","syncMode":"single"}`, calls[0].body)
-	assert.Equal(t, `{"booking_id":42,"syncMode":"single"}`, calls[1].body)
+	assert.Equal(t, `{"booking_id":"42","syncMode":"single"}`, calls[0].Body)
+	assert.Equal(t, `{"booking_id":42,"syncMode":"single"}`, calls[1].Body)
 }
 
 // TestCoalesceSequentialRequestsEachSync: without overlap, every request
 // gets a sync of its own.
 func TestCoalesceSequentialRequestsEachSync(t *testing.T) {
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), nil)
 	for i := 0; i < 3; i++ {
 		w := postAuthed(t, h, validBody)
 		require.Equal(t, 200, w.Code, w.Body.String())
 	}
-	assert.Len(t, up.calls(), 3)
+	assert.Len(t, up.Calls(), 3)
 	assert.True(t, coalescerIdle(h.coalescer))
 }
 
@@ -180,8 +185,9 @@ func TestCoalesceSequentialRequestsEachSync(t *testing.T) {
 // sync; when the last one leaves, the next sync is dropped and never runs.
 func TestCoalesceWaiterLeaves(t *testing.T) {
 	release := make(chan struct{})
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 	type result struct {
@@ -198,7 +204,7 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 	}
 
 	first := do(context.Background())
-	waitFor(t, up.arrived, time.Second, "sync A")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync A")
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
@@ -222,7 +228,7 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 	assert.True(t, r.res.OK())
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(c) }))
 	time.Sleep(50 * time.Millisecond)
-	assert.Len(t, up.calls(), 1, "the dropped next sync never ran")
+	assert.Len(t, up.Calls(), 1, "the dropped next sync never ran")
 }
 
 // TestCoalesceAllLeaveCancelsRunningSync: when every caller of a running
@@ -230,8 +236,9 @@ func TestCoalesceWaiterLeaves(t *testing.T) {
 func TestCoalesceAllLeaveCancelsRunningSync(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 
@@ -241,10 +248,10 @@ func TestCoalesceAllLeaveCancelsRunningSync(t *testing.T) {
 		_, _, err := c.do(ctx, key, req, "", 2*time.Second, h.upstream.Sync)
 		done <- err
 	}()
-	waitFor(t, up.arrived, time.Second, "sync A")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync A")
 	cancel()
 	assert.ErrorIs(t, <-done, context.Canceled)
-	waitFor(t, up.cancelled, time.Second, "import-bookings to see the abandoned sync cancelled")
+	testkit.WaitFor(t, up.Cancelled, time.Second, "import-bookings to see the abandoned sync cancelled")
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(c) }))
 }
 
@@ -257,18 +264,19 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 	defer close(blockAll)
 	var mu sync.Mutex
 	n := 0
-	up := newImportStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+	up := testkit.NewStandIn(t)
+	up.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
 		mu.Lock()
 		n++
 		first := n == 1
 		mu.Unlock()
 		if first {
-			blockUntil(releaseA)(w, r)
+			testkit.BlockUntil(releaseA)(w, r, c)
 			return
 		}
-		blockUntil(blockAll)(w, r)
+		testkit.BlockUntil(blockAll)(w, r, c)
 	})
-	h := newTestHandler(t, up.target(), nil)
+	h := newTestHandler(t, up.Target(), nil)
 	c, key := h.coalescer, payload.Key{Booking: "b-1"}
 	req := upstream.Request{BookingID: []byte(`"b-1"`)}
 
@@ -277,7 +285,7 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 		_, _, err := c.do(context.Background(), key, req, "", 2*time.Second, h.upstream.Sync)
 		aDone <- err
 	}()
-	waitFor(t, up.arrived, time.Second, "sync A")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync A")
 
 	ctxs := make([]context.CancelFunc, 3)
 	bDone := make(chan error, 3)
@@ -292,7 +300,7 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 	require.True(t, eventually(time.Second, func() bool { return nextWaiters(c, key) == 3 }))
 	close(releaseA)
 	require.NoError(t, <-aDone)
-	waitFor(t, up.arrived, time.Second, "sync B to start")
+	testkit.WaitFor(t, up.Arrived, time.Second, "sync B to start")
 	assert.Equal(t, 3, runningWaiters(c, key))
 
 	ctxs[0]()
@@ -301,13 +309,13 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 		assert.ErrorIs(t, <-bDone, context.Canceled)
 	}
 	select {
-	case <-up.cancelled:
+	case <-up.Cancelled:
 		t.Fatal("sync B was cancelled while a caller still waited for it")
 	case <-time.After(50 * time.Millisecond):
 	}
 	ctxs[2]()
 	assert.ErrorIs(t, <-bDone, context.Canceled)
-	waitFor(t, up.cancelled, time.Second, "sync B to be cancelled once nobody waits")
+	testkit.WaitFor(t, up.Cancelled, time.Second, "sync B to be cancelled once nobody waits")
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(c) }))
 }
 
@@ -316,8 +324,9 @@ func TestCoalesceAllLeaveCancelsStartedNextSync(t *testing.T) {
 func TestCoalesceSyncTimeoutBoundsEachSync(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), nil)
 	start := time.Now()
 	res, shared, err := h.coalescer.do(context.Background(), payload.Key{Booking: "b-1"},
 		upstream.Request{BookingID: []byte(`"b-1"`)}, "", 100*time.Millisecond, h.upstream.Sync)
@@ -326,12 +335,13 @@ func TestCoalesceSyncTimeoutBoundsEachSync(t *testing.T) {
 	assert.True(t, res.TimedOut, "%+v", res)
 	assert.False(t, res.OK())
 	assert.Less(t, time.Since(start), time.Second)
-	waitFor(t, up.cancelled, time.Second, "the timed-out sync to be cancelled")
+	testkit.WaitFor(t, up.Cancelled, time.Second, "the timed-out sync to be cancelled")
 }
 
 func TestCoalesceCallerErrorIsContextError(t *testing.T) {
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), nil)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
 	_, _, err := h.coalescer.do(ctx, payload.Key{Booking: "b-9"}, upstream.Request{BookingID: []byte(`"b-9"`)}, "", time.Second, h.upstream.Sync)

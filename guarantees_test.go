@@ -91,16 +91,17 @@ func (s *statusCount) String() string {
 // ever in flight, and every booking gets a sync that started after its
 // last webhook.
 func TestProbeOneSyncPerBooking(t *testing.T) {
-	stand := newStandIn(t, 3*time.Second)
+	stand := testkit.NewStandIn(t)
+	stand.SetDelay(3 * time.Second)
 	var failing atomic.Bool
 	failing.Store(true)
-	stand.setAnswer(func(c *standInCall) (int, string) {
-		if c.booking == "p3" && failing.Load() {
+	stand.Answer(func(c *testkit.Call) (int, string) {
+		if c.Booking == "p3" && failing.Load() {
 			// A final failure: the job is cancelled, and an operator
 			// replays it while new webhooks for p3 keep coming.
 			return http.StatusBadRequest, `{"success":false,"error":"rejected"}`
 		}
-		return http.StatusOK, appliedEnvelope(c)
+		return http.StatusOK, testkit.Envelope(c, "applied")
 	})
 	dsn := testkit.FreshPostgresDSN(t)
 	directive := func(workers int) string {
@@ -165,25 +166,26 @@ func TestProbeOneSyncPerBooking(t *testing.T) {
 	senders.Wait()
 	failing.Store(false)
 	for booking, at := range last {
-		require.Eventually(t, func() bool { return stand.syncedAfter(booking, at) }, 90*time.Second, 100*time.Millisecond,
+		require.Eventually(t, func() bool { return stand.SyncedAfter(booking, at) }, 90*time.Second, 100*time.Millisecond,
 			"%s has no sync that started after its last webhook", booking)
 	}
 	close(stop)
 	bg.Wait()
-	calls, maxPerBooking, maxTotal := stand.snapshot()
+	calls := stand.Calls()
+	maxPerBooking, maxTotal := stand.MaxInFlight()
 	t.Logf("PROBE one sync per booking: webhooks=%d answers=[%s] upstream calls=%d replays=%d max in flight per booking=%d (all bookings at once: %d)",
 		3*rounds, statuses.String(), len(calls), replayed.Load(), maxPerBooking, maxTotal)
 	assert.Equal(t, 1, maxPerBooking, "never two calls for one booking at once")
 	assert.Positive(t, replayed.Load(), "replays ran during the stream")
 	for _, c := range calls {
-		assert.True(t, strings.HasPrefix(c.requestID, "job-"), "every call is a queued job's attempt")
+		assert.True(t, strings.HasPrefix(c.RequestID, "job-"), "every call is a queued job's attempt")
 	}
 }
 
 // TestValidateBesideRunningServer: `caddy validate` provisions the config
 // without opening its queue, so it succeeds while a server runs on it.
 func TestValidateBesideRunningServer(t *testing.T) {
-	stand := newStandIn(t, 0)
+	stand := testkit.NewStandIn(t)
 	dataDir := t.TempDir()
 	p := startCaddy(t, dataDir, fmt.Sprintf(`receive_booking {
 		secret %s
@@ -206,9 +208,10 @@ func TestValidateBesideRunningServer(t *testing.T) {
 // with workers 1: every pending booking reaches the new target, one call
 // at a time.
 func TestReloadChangesTargetAndWorkers(t *testing.T) {
-	oldTarget := newStandIn(t, 0)
-	oldTarget.setAnswer(func(*standInCall) (int, string) { return 503, `{"code":"BOOT_ERROR"}` })
-	newTarget := newStandIn(t, 100*time.Millisecond)
+	oldTarget := testkit.NewStandIn(t)
+	oldTarget.Respond(testkit.JSON(503, `{"code":"BOOT_ERROR"}`))
+	newTarget := testkit.NewStandIn(t)
+	newTarget.SetDelay(100 * time.Millisecond)
 	dataDir := t.TempDir()
 	directive := func(target string, workers int) string {
 		return fmt.Sprintf(`receive_booking {
@@ -227,26 +230,26 @@ func TestReloadChangesTargetAndWorkers(t *testing.T) {
 		require.Equal(t, 202, status)
 	}
 	require.Eventually(t, func() bool {
-		calls, _, _ := oldTarget.snapshot()
-		return len(calls) >= bookings
+		return len(oldTarget.Calls()) >= bookings
 	}, 20*time.Second, 50*time.Millisecond, "the backlog failed once at the old target")
 	reloaded := time.Now()
 	p.reload(t, directive(newTarget.URL, 1))
 	require.Eventually(t, func() bool {
 		for i := range bookings {
-			if !newTarget.syncedAfter(fmt.Sprintf("r%d", i), reloaded.Add(-time.Hour)) {
+			if !newTarget.SyncedAfter(fmt.Sprintf("r%d", i), reloaded.Add(-time.Hour)) {
 				return false
 			}
 		}
 		return true
 	}, 60*time.Second, 100*time.Millisecond, "every pending booking reaches the new target")
-	calls, _, maxTotal := newTarget.snapshot()
-	oldCalls, _, _ := oldTarget.snapshot()
+	calls := newTarget.Calls()
+	_, maxTotal := newTarget.MaxInFlight()
+	oldCalls := oldTarget.Calls()
 	t.Logf("RELOAD target+workers: %d bookings; old target calls=%d; new target calls=%d, max in flight at the new target=%d (workers 1), all synced %s after the reload",
 		bookings, len(oldCalls), len(calls), maxTotal, time.Since(reloaded).Round(100*time.Millisecond))
 	assert.Equal(t, 1, maxTotal, "workers 1 applies on reload: one call at a time")
 	time.Sleep(500 * time.Millisecond)
-	oldAfter, _, _ := oldTarget.snapshot()
+	oldAfter := oldTarget.Calls()
 	assert.Equal(t, len(oldCalls), len(oldAfter), "nothing goes to the old target after the reload")
 }
 
@@ -301,7 +304,7 @@ func (g *tcpGate) close() {
 // Retry-After and health says why; once the database is reachable, webhooks
 // are accepted without a restart.
 func TestPostgresDownAtStart(t *testing.T) {
-	stand := newStandIn(t, 0)
+	stand := testkit.NewStandIn(t)
 	dsn := testkit.FreshPostgresDSN(t)
 	cfg, err := pgx.ParseConfig(dsn)
 	require.NoError(t, err)
@@ -364,8 +367,8 @@ func TestSQLiteDiskFull(t *testing.T) {
 		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v", err)
 	}
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	stand := newStandIn(t, 0)
-	stand.setAnswer(func(*standInCall) (int, string) { return 503, `{"code":"BOOT_ERROR"}` })
+	stand := testkit.NewStandIn(t)
+	stand.Respond(testkit.JSON(503, `{"code":"BOOT_ERROR"}`))
 	dataDir := t.TempDir()
 	p := startCaddy(t, dataDir, fmt.Sprintf(`receive_booking {
 		secret %s
@@ -414,9 +417,9 @@ func TestSQLiteDiskFull(t *testing.T) {
 		return status == 200
 	}, 10*time.Second, 100*time.Millisecond, "healthy once space is freed")
 	require.Equal(t, 202, send("h1"))
-	stand.answer.Store(nil)
+	stand.Respond(nil)
 	for booking, at := range last {
-		require.Eventually(t, func() bool { return stand.syncedAfter(booking, at) }, 90*time.Second, 100*time.Millisecond,
+		require.Eventually(t, func() bool { return stand.SyncedAfter(booking, at) }, 90*time.Second, 100*time.Millisecond,
 			"%s accepted but never synced", booking)
 	}
 	t.Logf("DISK FULL: space freed -> healthy; %d bookings accepted, all synced", len(last))
@@ -434,9 +437,9 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 	require.NoError(t, err)
 	secrets := []string{e2eTargetKey, e2eSecret, signing, strings.TrimPrefix(signing, "whsec_"), cfg.Password, dsn}
 	echo := strings.Join(secrets, " | ")
-	stand := newStandIn(t, 0)
-	stand.setAnswer(func(c *standInCall) (int, string) {
-		if c.booking == "s1" {
+	stand := testkit.NewStandIn(t)
+	stand.Answer(func(c *testkit.Call) (int, string) {
+		if c.Booking == "s1" {
 			return 503, `{"error":"boot failed: ` + echo + `"}`
 		}
 		return 400, `{"success":false,"error":"rejected: ` + echo + `"}`
@@ -458,7 +461,7 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 		answers.Write(raw)
 		t.Logf("LEAK %s: answered %d", b, status)
 	}
-	require.Eventually(t, func() bool { return stand.callsFor("s1") >= 2 }, 30*time.Second, 100*time.Millisecond, "s1 retried")
+	require.Eventually(t, func() bool { return len(stand.CallsFor("s1")) >= 2 }, 30*time.Second, 100*time.Millisecond, "s1 retried")
 	time.Sleep(500 * time.Millisecond)
 	for _, path := range []string{"/receive_booking/jobs?state=discarded", "/receive_booking/jobs?state=cancelled",
 		"/receive_booking/jobs/1", "/receive_booking/jobs/2", "/receive_booking/stats", "/receive_booking/health"} {
@@ -491,12 +494,12 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 // while webhooks stream in and restarted on the same SQLite file: every
 // booking that got a 200 or 202 is synced after its last answered webhook.
 func TestKillAutoModeLosesNothing(t *testing.T) {
-	stand := newStandIn(t, 0)
-	stand.setAnswer(func(c *standInCall) (int, string) {
-		if strings.HasSuffix(c.booking, "7") {
+	stand := testkit.NewStandIn(t)
+	stand.Answer(func(c *testkit.Call) (int, string) {
+		if strings.HasSuffix(c.Booking, "7") {
 			time.Sleep(1500 * time.Millisecond) // longer than timeout: 202
 		}
-		return 200, appliedEnvelope(c)
+		return 200, testkit.Envelope(c, "applied")
 	})
 	dataDir := t.TempDir()
 	directive := fmt.Sprintf(`receive_booking {
@@ -544,10 +547,10 @@ func TestKillAutoModeLosesNothing(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	for booking, at := range last {
-		require.Eventually(t, func() bool { return stand.syncedAfter(booking, at) }, 60*time.Second, 100*time.Millisecond,
+		require.Eventually(t, func() bool { return stand.SyncedAfter(booking, at) }, 60*time.Second, 100*time.Millisecond,
 			"%s got a 2xx but was never synced after it", booking)
 	}
-	_, maxPerBooking, _ := stand.snapshot()
+	maxPerBooking, _ := stand.MaxInFlight()
 	// A kill leaves import-bookings working on the interrupted syncs: the
 	// restarted Caddy runs them again only once they could have ended.
 	t.Logf("KILL auto: answers before the kill [%s]; %d bookings answered 200/202, all synced %s after the restart; max in flight per booking=%d",

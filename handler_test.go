@@ -52,7 +52,7 @@ type contractCase struct {
 	// chunked sends the body without a declared Content-Length.
 	chunked   bool
 	configure func(*Handler)
-	upstream  func(http.ResponseWriter, *http.Request) // nil: 200 utUpstreamOK
+	upstream  testkit.Responder // nil: 200 utUpstreamOK
 
 	wantStatus int
 	wantBody   string // exact JSON (JSONEq); "" for no body
@@ -317,39 +317,39 @@ func contractCases() []contractCase {
 	// Upstream answers.
 	cases = append(cases,
 		contractCase{name: "upstream 200 JSON", body: validBody, wantStatus: 200, wantBody: validAnswer, wantForward: validForward},
-		contractCase{name: "upstream 201 JSON", body: validBody, upstream: answerJSON(201, `{"created":1}`),
+		contractCase{name: "upstream 201 JSON", body: validBody, upstream: testkit.JSON(201, `{"created":1}`),
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":{"created":1}}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 200 JSON array", body: validBody, upstream: answerJSON(200, `[1,2]`),
+		contractCase{name: "upstream 200 JSON array", body: validBody, upstream: testkit.JSON(200, `[1,2]`),
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":[1,2]}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 200 success true", body: validBody, upstream: answerJSON(200, `{"success":true}`),
+		contractCase{name: "upstream 200 success true", body: validBody, upstream: testkit.JSON(200, `{"success":true}`),
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":{"success":true}}`,
 			wantForward: validForward},
 		contractCase{name: "upstream 200 success false", body: validBody,
-			upstream:   answerJSON(200, `{"success":false,"error":"booking not found"}`),
+			upstream:   testkit.JSON(200, `{"success":false,"error":"booking not found"}`),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":200,"details":{"success":false,"error":"booking not found"}}`,
 			wantForward: validForward},
 		contractCase{name: "upstream 202 success false", body: validBody,
-			upstream:   answerJSON(202, `{"success":false}`),
+			upstream:   testkit.JSON(202, `{"success":false}`),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":202,"details":{"success":false}}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 500 JSON", body: validBody, upstream: answerJSON(500, `{"error":"db down","code":"E42"}`),
+		contractCase{name: "upstream 500 JSON", body: validBody, upstream: testkit.JSON(500, `{"error":"db down","code":"E42"}`),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":500,"details":{"error":"db down","code":"E42"}}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 404 JSON", body: validBody, upstream: answerJSON(404, `{"error":"no such booking"}`),
+		contractCase{name: "upstream 404 JSON", body: validBody, upstream: testkit.JSON(404, `{"error":"no such booking"}`),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":404,"details":{"error":"no such booking"}}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 401 JSON (bad target_key)", body: validBody, upstream: answerJSON(401, `{"msg":"Invalid JWT"}`),
+		contractCase{name: "upstream 401 JSON (bad target_key)", body: validBody, upstream: testkit.JSON(401, `{"msg":"Invalid JWT"}`),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":401,"details":{"msg":"Invalid JWT"}}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 200 HTML", body: validBody, upstream: answerTyped(200, "text/html", "<html>maintenance</html>"),
+		contractCase{name: "upstream 200 HTML", body: validBody, upstream: testkit.Typed(200, "text/html", "<html>maintenance</html>"),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":200,"details":"<html>maintenance</html>"}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 503 text", body: validBody, upstream: answerTyped(503, "text/plain", "upstream connect error"),
+		contractCase{name: "upstream 503 text", body: validBody, upstream: testkit.Typed(503, "text/plain", "upstream connect error"),
 			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":503,"details":"upstream connect error"}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 500 HTML of 5 KiB cut to 2 KiB", body: validBody, upstream: answerTyped(500, "text/html", html5k),
+		contractCase{name: "upstream 500 HTML of 5 KiB cut to 2 KiB", body: validBody, upstream: testkit.Typed(500, "text/html", html5k),
 			wantStatus: 502, wantForward: validForward,
 			checkBody: func(t *testing.T, body map[string]any) {
 				assert.Equal(t, "Sync failed", body["error"])
@@ -381,8 +381,13 @@ func bigHTML(n int) string {
 func TestServeHTTPContract(t *testing.T) {
 	for _, tc := range contractCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			up := newImportStandIn(t, tc.upstream)
-			h := newTestHandler(t, up.target(), tc.configure)
+			respond := tc.upstream
+			if respond == nil {
+				respond = testkit.JSON(http.StatusOK, utUpstreamOK)
+			}
+			up := testkit.NewStandIn(t)
+			up.Respond(respond)
+			h := newTestHandler(t, up.Target(), tc.configure)
 			method := tc.method
 			if method == "" {
 				method = http.MethodPost
@@ -419,13 +424,13 @@ func TestServeHTTPContract(t *testing.T) {
 				}
 			}
 
-			calls := up.calls()
+			calls := up.Calls()
 			if tc.wantForward == "" {
 				assert.Empty(t, calls, "a rejected request must never reach import-bookings")
 			} else if assert.Len(t, calls, 1) {
-				assert.Equal(t, tc.wantForward, calls[0].body, "forwarded body")
-				assert.Equal(t, http.MethodPost, calls[0].method)
-				assert.Equal(t, utPath, calls[0].path)
+				assert.Equal(t, tc.wantForward, calls[0].Body, "forwarded body")
+				assert.Equal(t, http.MethodPost, calls[0].Method)
+				assert.Equal(t, utPath, calls[0].Path)
 			}
 			if method == http.MethodPost {
 				assert.Empty(t, r.Header.Values("X-Api-Key"), "x-api-key must be stripped from the request")
@@ -439,8 +444,9 @@ func TestServeHTTPContract(t *testing.T) {
 // target key in both headers, JSON, the User-Agent, Caddy's request ID, and
 // never the caller's credentials.
 func TestServeHTTPUpstreamRequest(t *testing.T) {
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target()+"?region=eu", nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target()+"?region=eu", nil)
 
 	for _, cred := range [][]string{
 		{"X-Api-Key", utSecret},
@@ -456,22 +462,22 @@ func TestServeHTTPUpstreamRequest(t *testing.T) {
 		require.Equal(t, 200, w.Code, w.Body.String())
 	}
 
-	calls := up.calls()
+	calls := up.Calls()
 	require.Len(t, calls, 2)
 	for _, c := range calls {
-		assert.Equal(t, http.MethodPost, c.method)
-		assert.Equal(t, utPath, c.path)
-		assert.Equal(t, "region=eu", c.rawQuery, "the target's query string is kept")
-		assert.Equal(t, `{"booking_id":"b-7","syncMode":"single","organization_id":"o-1"}`, c.body)
-		assert.Equal(t, []string{"application/json"}, c.header.Values("Content-Type"))
-		assert.Equal(t, []string{"Bearer " + utTargetKey}, c.header.Values("Authorization"))
-		assert.Equal(t, []string{utTargetKey}, c.header.Values("Apikey"))
-		assert.True(t, strings.HasPrefix(c.header.Get("User-Agent"), "caddy-receive-booking/"), c.header.Get("User-Agent"))
-		assert.Equal(t, "req-uuid-1234", c.header.Get("X-Request-Id"))
-		assert.Empty(t, c.header.Values("X-Api-Key"), "the caller's x-api-key is never forwarded")
-		assert.Empty(t, c.header.Values("Cookie"), "caller headers are not forwarded")
-		assert.Empty(t, c.header.Values("X-Client-Info"))
-		for name, vals := range c.header {
+		assert.Equal(t, http.MethodPost, c.Method)
+		assert.Equal(t, utPath, c.Path)
+		assert.Equal(t, "region=eu", c.RawQuery, "the target's query string is kept")
+		assert.Equal(t, `{"booking_id":"b-7","syncMode":"single","organization_id":"o-1"}`, c.Body)
+		assert.Equal(t, []string{"application/json"}, c.Header.Values("Content-Type"))
+		assert.Equal(t, []string{"Bearer " + utTargetKey}, c.Header.Values("Authorization"))
+		assert.Equal(t, []string{utTargetKey}, c.Header.Values("Apikey"))
+		assert.True(t, strings.HasPrefix(c.Header.Get("User-Agent"), "caddy-receive-booking/"), c.Header.Get("User-Agent"))
+		assert.Equal(t, "req-uuid-1234", c.Header.Get("X-Request-Id"))
+		assert.Empty(t, c.Header.Values("X-Api-Key"), "the caller's x-api-key is never forwarded")
+		assert.Empty(t, c.Header.Values("Cookie"), "caller headers are not forwarded")
+		assert.Empty(t, c.Header.Values("X-Client-Info"))
+		for name, vals := range c.Header {
 			for _, v := range vals {
 				assert.NotContains(t, v, utSecret, "header %s carries the caller's secret", name)
 			}
@@ -480,34 +486,36 @@ func TestServeHTTPUpstreamRequest(t *testing.T) {
 }
 
 func TestServeHTTPNoTargetKeyNoUpstreamAuth(t *testing.T) {
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.TargetKey = "" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.TargetKey = "" })
 	w := serveTest(t, h, webhookRequest(http.MethodPost, validBody, "Authorization", "Bearer "+utSecret))
 	require.Equal(t, 200, w.Code, w.Body.String())
-	calls := up.calls()
+	calls := up.Calls()
 	require.Len(t, calls, 1)
-	assert.Empty(t, calls[0].header.Values("Authorization"), "the caller's Authorization is never forwarded")
-	assert.Empty(t, calls[0].header.Values("Apikey"))
+	assert.Empty(t, calls[0].Header.Values("Authorization"), "the caller's Authorization is never forwarded")
+	assert.Empty(t, calls[0].Header.Values("Apikey"))
 }
 
 // TestServeHTTPConnectionsReused checks that one handler keeps one client:
 // consecutive syncs share a connection.
 func TestServeHTTPConnectionsReused(t *testing.T) {
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), nil)
 	for i := 0; i < 5; i++ {
 		w := postAuthed(t, h, fmt.Sprintf(`{"booking_id":"b-%d"}`, i))
 		require.Equal(t, 200, w.Code, w.Body.String())
 	}
 	conns := map[string]bool{}
-	for _, c := range up.calls() {
-		conns[c.remoteAddr] = true
+	for _, c := range up.Calls() {
+		conns[c.RemoteAddr] = true
 	}
 	assert.Len(t, conns, 1, "five sequential syncs should reuse one connection")
 }
 
 func TestServeHTTPUpstreamUnreachable(t *testing.T) {
-	target := closedPortURL(t) + utPath + "?key=SECRETQ"
+	target := testkit.ClosedPortURL(t) + utPath + "?key=SECRETQ"
 	h := newTestHandler(t, target, nil)
 	w := postAuthed(t, h, validBody)
 	require.Equal(t, 502, w.Code, w.Body.String())
@@ -530,8 +538,9 @@ func TestServeHTTPUpstreamUnreachable(t *testing.T) {
 func TestServeHTTPTimeout(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "200ms" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "200ms" })
 
 	start := time.Now()
 	w := postAuthed(t, h, validBody)
@@ -541,15 +550,16 @@ func TestServeHTTPTimeout(t *testing.T) {
 	assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
 	assert.GreaterOrEqual(t, elapsed, 190*time.Millisecond)
 	assert.Less(t, elapsed, time.Second, "the answer comes at the timeout")
-	waitFor(t, up.cancelled, time.Second, "import-bookings to see its request cancelled")
-	assert.Len(t, up.calls(), 1)
+	testkit.WaitFor(t, up.Cancelled, time.Second, "import-bookings to see its request cancelled")
+	assert.Len(t, up.Calls(), 1)
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }))
 }
 
 // TestServeHTTPTimeoutWhileReadingUpstreamBody: headers in time, body
 // too late, is a timeout too.
 func TestServeHTTPTimeoutWhileReadingUpstreamBody(t *testing.T) {
-	up := newImportStandIn(t, func(w http.ResponseWriter, r *http.Request) {
+	up := testkit.NewStandIn(t)
+	up.Respond(func(w http.ResponseWriter, r *http.Request, _ *testkit.Call) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(200)
 		_, _ = io.WriteString(w, `{"success":`)
@@ -559,11 +569,11 @@ func TestServeHTTPTimeoutWhileReadingUpstreamBody(t *testing.T) {
 		case <-time.After(3 * time.Second):
 		}
 	})
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "200ms" })
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "200ms" })
 	w := postAuthed(t, h, validBody)
 	assert.Equal(t, 504, w.Code, w.Body.String())
 	assert.JSONEq(t, `{"error":"Sync timed out"}`, w.Body.String())
-	waitFor(t, up.cancelled, time.Second, "import-bookings to see its request cancelled")
+	testkit.WaitFor(t, up.Cancelled, time.Second, "import-bookings to see its request cancelled")
 }
 
 // TestServeHTTPClientGone: when the sender goes away, the upstream call is
@@ -571,8 +581,9 @@ func TestServeHTTPTimeoutWhileReadingUpstreamBody(t *testing.T) {
 func TestServeHTTPClientGone(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
-	up := newImportStandIn(t, blockUntil(release))
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.Timeout = "2s" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.BlockUntil(release))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s" })
 
 	baseline := runtime.NumGoroutine()
 
@@ -580,7 +591,7 @@ func TestServeHTTPClientGone(t *testing.T) {
 	r := webhookRequest(http.MethodPost, validBody, "X-Api-Key", utSecret).WithContext(ctx)
 	go func() {
 		select {
-		case <-up.arrived:
+		case <-up.Arrived:
 		case <-time.After(time.Second):
 		}
 		cancel()
@@ -590,7 +601,7 @@ func TestServeHTTPClientGone(t *testing.T) {
 	assert.Less(t, time.Since(start), time.Second, "ServeHTTP returns as soon as the client is gone")
 	assert.Empty(t, w.Body.String(), "nothing is written to a client that went away")
 
-	waitFor(t, up.cancelled, time.Second, "import-bookings to see its request cancelled")
+	testkit.WaitFor(t, up.Cancelled, time.Second, "import-bookings to see its request cancelled")
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }), "the coalescer forgets the booking")
 	h.upstream.CloseIdleConnections()
 	up.CloseClientConnections()
@@ -615,8 +626,9 @@ func TestServeHTTPSecretPlaceholders(t *testing.T) {
 	t.Setenv("RB_UT_SECRET_A", "from-env-A-123")
 	t.Setenv("RB_UT_SECRET_B", "from-env-B-456")
 	t.Setenv("RB_UT_KEY", utTargetKey)
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), func(h *Handler) {
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), func(h *Handler) {
 		h.Secrets = []string{"{env.RB_UT_SECRET_A}", "{env.RB_UT_SECRET_B}", "{env.RB_UT_RETIRED_UNSET}"}
 		h.TargetKey = "{env.RB_UT_KEY}"
 	})
@@ -630,14 +642,15 @@ func TestServeHTTPSecretPlaceholders(t *testing.T) {
 		w := serveTest(t, h, webhookRequest(http.MethodPost, validBody, "X-Api-Key", s))
 		assert.Equal(t, 401, w.Code, "credential %q", s)
 	}
-	calls := up.calls()
+	calls := up.Calls()
 	require.Len(t, calls, 2)
-	assert.Equal(t, "Bearer "+utTargetKey, calls[0].header.Get("Authorization"))
-	assert.Equal(t, utTargetKey, calls[0].header.Get("Apikey"))
+	assert.Equal(t, "Bearer "+utTargetKey, calls[0].Header.Get("Authorization"))
+	assert.Equal(t, utTargetKey, calls[0].Header.Get("Apikey"))
 }
 
 func TestProvisionErrors(t *testing.T) {
-	up := newImportStandIn(t, nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
 	cases := []struct {
 		name      string
 		configure func(*Handler)
@@ -674,7 +687,7 @@ func TestProvisionErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("RB_UT_PRESENT", "present-value")
-			_, err := provisionTestHandler(t, up.target(), tc.configure)
+			_, err := provisionTestHandler(t, up.Target(), tc.configure)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.field, "the error names the field")
 			for _, s := range append(tc.never, utSecret, utTargetKey) {
@@ -688,8 +701,8 @@ func TestProvisionErrors(t *testing.T) {
 // query string and cannot be reached never shows the key in an answer.
 func TestServeHTTPTargetQueryKeyNotLeaked(t *testing.T) {
 	for _, target := range []string{
-		closedPortURL(t) + "/import?key=SECRETQ",
-		"http://user:SECRETQ@" + strings.TrimPrefix(closedPortURL(t), "http://") + "/import",
+		testkit.ClosedPortURL(t) + "/import?key=SECRETQ",
+		"http://user:SECRETQ@" + strings.TrimPrefix(testkit.ClosedPortURL(t), "http://") + "/import",
 		"http://rb-ut-no-such-host.invalid/import?key=SECRETQ",
 	} {
 		h := newTestHandler(t, target, nil)
@@ -703,8 +716,9 @@ func TestServeHTTPTargetQueryKeyNotLeaked(t *testing.T) {
 // TestServeHTTPStripsCredentials: after any POST, the request carries
 // neither credential header, whatever the outcome.
 func TestServeHTTPStripsCredentials(t *testing.T) {
-	up := newImportStandIn(t, answerJSON(500, `{}`))
-	h := newTestHandler(t, up.target(), func(h *Handler) { h.MaxBody = "64" })
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(500, `{}`))
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.MaxBody = "64" })
 	for name, body := range map[string]string{
 		"accepted then failed": validBody,
 		"invalid JSON":         `nope`,
@@ -725,8 +739,9 @@ func TestServeHTTPStripsCredentials(t *testing.T) {
 func TestServeHTTPAnswersAreJSONObjects(t *testing.T) {
 	// Every answer with a body is a JSON object whose "error" (when set) is
 	// one of the contract's messages.
-	up := newImportStandIn(t, nil)
-	h := newTestHandler(t, up.target(), nil)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	h := newTestHandler(t, up.Target(), nil)
 	for _, r := range []*http.Request{
 		webhookRequest(http.MethodGet, ""),
 		webhookRequest(http.MethodPost, validBody),
@@ -748,11 +763,14 @@ func TestServeHTTPLogging(t *testing.T) {
 	logger := zap.New(core)
 	const queryKey = "SECRETQ"
 
-	okUp := newImportStandIn(t, nil)
-	failUp := newImportStandIn(t, answerJSON(500, `{"error":"db down"}`))
+	okUp := testkit.NewStandIn(t)
+	okUp.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	failUp := testkit.NewStandIn(t)
+	failUp.Respond(testkit.JSON(500, `{"error":"db down"}`))
 	release := make(chan struct{})
 	defer close(release)
-	slowUp := newImportStandIn(t, blockUntil(release))
+	slowUp := testkit.NewStandIn(t)
+	slowUp.Respond(testkit.BlockUntil(release))
 
 	build := func(target string, configure func(*Handler)) *Handler {
 		h := newTestHandler(t, target, func(h *Handler) {
@@ -765,10 +783,10 @@ func TestServeHTTPLogging(t *testing.T) {
 		return h
 	}
 	t.Setenv("RB_UT_LOG_SECRET", "env-S3CRET-789")
-	okH := build(okUp.target()+"?key="+queryKey, nil)
-	failH := build(failUp.target()+"?key="+queryKey, nil)
-	slowH := build(slowUp.target()+"?key="+queryKey, func(h *Handler) { h.Timeout = "150ms" })
-	deadH := build(closedPortURL(t)+utPath+"?key="+queryKey, nil)
+	okH := build(okUp.Target()+"?key="+queryKey, nil)
+	failH := build(failUp.Target()+"?key="+queryKey, nil)
+	slowH := build(slowUp.Target()+"?key="+queryKey, func(h *Handler) { h.Timeout = "150ms" })
+	deadH := build(testkit.ClosedPortURL(t)+utPath+"?key="+queryKey, nil)
 
 	type sent struct {
 		h       *Handler
@@ -814,10 +832,10 @@ func TestServeHTTPLogging(t *testing.T) {
 	// too (outcome failed, reason client_gone), checked after the others.
 	serveTest(t, okH, webhookRequest(http.MethodOptions, "", "X-Api-Key", utSecret))
 	ctx, cancel := context.WithCancel(context.Background())
-	waitFor(t, slowUp.arrived, time.Second, "the timed-out sync above")
+	testkit.WaitFor(t, slowUp.Arrived, time.Second, "the timed-out sync above")
 	go func() {
 		select {
-		case <-slowUp.arrived:
+		case <-slowUp.Arrived:
 		case <-time.After(time.Second):
 		}
 		cancel()

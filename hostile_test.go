@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -34,7 +36,8 @@ func TestHostileInputs(t *testing.T) {
 		maxBody     = 512 << 10
 		bodyTimeout = 500 * time.Millisecond
 	)
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s second-secret
 		target %s/functions/v1/import-bookings
@@ -232,7 +235,7 @@ func TestHostileInputs(t *testing.T) {
 			if tc.status == http.StatusMethodNotAllowed {
 				assert.Equal(t, "POST, OPTIONS", resp.Header.Get("Allow"))
 			}
-			assert.Empty(t, up.calls(), "a rejected request reached import-bookings")
+			assert.Empty(t, up.Calls(), "a rejected request reached import-bookings")
 		})
 	}
 
@@ -262,7 +265,7 @@ func TestHostileInputs(t *testing.T) {
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 		assert.Equal(t, errJSON, string(raw))
 		assert.Less(t, elapsed, 3*time.Second, "duplicate-key detection is quadratic in the number of keys")
-		assert.Empty(t, up.calls())
+		assert.Empty(t, up.Calls())
 	})
 
 	// Slow and broken clients, over raw connections.
@@ -283,7 +286,7 @@ func TestHostileInputs(t *testing.T) {
 		assert.Equal(t, errTimeout, resp.body)
 		assert.GreaterOrEqual(t, elapsed, bodyTimeout-50*time.Millisecond, "answered before body_timeout")
 		assert.Less(t, elapsed, bodyTimeout+2*time.Second, "body_timeout not enforced")
-		assert.Empty(t, up.calls())
+		assert.Empty(t, up.Calls())
 	})
 	t.Run("body dripped byte by byte", func(t *testing.T) {
 		sent++
@@ -307,7 +310,7 @@ func TestHostileInputs(t *testing.T) {
 		assert.Equal(t, errTimeout, resp.body)
 		_ = conn.Close()
 		<-done
-		assert.Empty(t, up.calls())
+		assert.Empty(t, up.Calls())
 	})
 	t.Run("client disconnects halfway through the body", func(t *testing.T) {
 		for range 5 {
@@ -327,7 +330,7 @@ func TestHostileInputs(t *testing.T) {
 		sent++
 		assert.Equal(t, 400, status)
 		assert.Equal(t, map[string]any{"error": "Invalid field: booking_id"}, body)
-		assert.Empty(t, up.calls())
+		assert.Empty(t, up.Calls())
 	})
 	t.Run("CONNECT", func(t *testing.T) {
 		sent++
@@ -337,12 +340,12 @@ func TestHostileInputs(t *testing.T) {
 		resp := readRawResponse(t, conn)
 		assert.Equal(t, http.StatusMethodNotAllowed, resp.status)
 		assert.Equal(t, errMethod, resp.body)
-		assert.Empty(t, up.calls())
+		assert.Empty(t, up.Calls())
 	})
 
-	t.Logf("%d hostile requests sent; import-bookings called %d times", sent, len(up.calls()))
+	t.Logf("%d hostile requests sent; import-bookings called %d times", sent, len(up.Calls()))
 	require.GreaterOrEqual(t, sent, 40)
-	require.Empty(t, up.calls(), "no hostile request may reach import-bookings")
+	require.Empty(t, up.Calls(), "no hostile request may reach import-bookings")
 
 	// After all that, a valid webhook is synced, and it is the only call.
 	status, body, _ := postWebhook(t, tester, map[string]string{"X-Api-Key": secret},
@@ -350,9 +353,9 @@ func TestHostileInputs(t *testing.T) {
 	assert.Equal(t, http.StatusOK, status, "%v", body)
 	assert.Equal(t, true, body["success"])
 	assert.Equal(t, "after-1", body["booking_id"])
-	calls := up.calls()
+	calls := up.Calls()
 	require.Len(t, calls, 1)
-	assert.JSONEq(t, `{"booking_id":"after-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`, calls[0].body)
+	assert.JSONEq(t, `{"booking_id":"after-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`, calls[0].Body)
 }
 
 // dialCaddy opens a raw connection to the test Caddy (caddytest's client

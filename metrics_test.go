@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -31,7 +33,8 @@ func scrape(t *testing.T, series string) float64 {
 }
 
 func TestE2EMetricsMoveAndSurviveReload(t *testing.T) {
-	up := newRecordingUpstream(t)
+	up := testkit.NewStandIn(t)
+	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	config := func(timeout string) string {
 		return fmt.Sprintf(`receive_booking {
 		secret %s

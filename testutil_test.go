@@ -3,14 +3,11 @@ package receivebooking
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,101 +32,6 @@ const (
 	utPath       = "/functions/v1/import-bookings"
 	utUpstreamOK = `{"success":true,"booking":{"id":"b-1"}}`
 )
-
-// upstreamCall is one request import-bookings received.
-type upstreamCall struct {
-	method     string
-	path       string
-	remoteAddr string
-	rawQuery   string
-	header     http.Header
-	body       string
-}
-
-// importStandIn is a real loopback HTTP server that stands in for
-// import-bookings: it records every request (method, path, headers, body)
-// and then answers with respond. arrived receives one value per request,
-// when it has been recorded; cancelled one value per request whose context
-// ended while respond was still running (the handler's call was cancelled).
-type importStandIn struct {
-	*httptest.Server
-	mu        sync.Mutex
-	got       []upstreamCall
-	arrived   chan struct{}
-	cancelled chan struct{}
-}
-
-// newImportStandIn starts the stand-in; respond nil answers 200 utUpstreamOK.
-func newImportStandIn(t testing.TB, respond func(w http.ResponseWriter, r *http.Request)) *importStandIn {
-	t.Helper()
-	if respond == nil {
-		respond = answerJSON(http.StatusOK, utUpstreamOK)
-	}
-	s := &importStandIn{arrived: make(chan struct{}, 1024), cancelled: make(chan struct{}, 1024)}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		s.mu.Lock()
-		s.got = append(s.got, upstreamCall{
-			method: r.Method, path: r.URL.Path, rawQuery: r.URL.RawQuery, remoteAddr: r.RemoteAddr,
-			header: r.Header.Clone(), body: string(body),
-		})
-		s.mu.Unlock()
-		s.arrived <- struct{}{}
-		respond(w, r)
-		if r.Context().Err() != nil {
-			s.cancelled <- struct{}{}
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-// calls returns a copy of what was received so far.
-func (s *importStandIn) calls() []upstreamCall {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]upstreamCall(nil), s.got...)
-}
-
-// target is the stand-in's import-bookings URL.
-func (s *importStandIn) target() string { return s.URL + utPath }
-
-// answerJSON answers with a fixed status and body.
-func answerJSON(status int, body string) func(http.ResponseWriter, *http.Request) {
-	return answerTyped(status, "application/json", body)
-}
-
-func answerTyped(status int, contentType, body string) func(http.ResponseWriter, *http.Request) {
-	return func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", contentType)
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, body)
-	}
-}
-
-// blockUntil answers utUpstreamOK once release is closed, or gives up when
-// the caller cancels the request (which importStandIn then records) or
-// after a safety limit, so that a broken test never hangs.
-func blockUntil(release <-chan struct{}) func(http.ResponseWriter, *http.Request) {
-	return func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-			answerJSON(http.StatusOK, utUpstreamOK)(w, r)
-		case <-r.Context().Done():
-		case <-time.After(5 * time.Second):
-		}
-	}
-}
-
-// waitFor receives one value from ch or fails the test after d.
-func waitFor(t *testing.T, ch <-chan struct{}, d time.Duration, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(d):
-		t.Fatalf("timed out after %v waiting for %s", d, what)
-	}
-}
 
 // newTestHandler provisions and validates a Handler in front of target,
 // with utSecret, utTargetKey, a 1s timeout and metrics off; configure may
@@ -206,16 +108,6 @@ func decodeObject(t testing.TB, raw string) map[string]any {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal([]byte(raw), &m), "answer is not a JSON object: %q", raw)
 	return m
-}
-
-// closedPortURL is an http URL on loopback where nothing listens.
-func closedPortURL(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return "http://" + addr
 }
 
 // coalescerIdle reports whether the coalescer tracks no booking any more.

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -256,7 +257,7 @@ func TestRetryPolicyBackoff(t *testing.T) {
 }
 
 // TestRetryHonoursRetryAfter: the retry after an answer with Retry-After
-// comes no sooner than it asks (capped); an abandoned call is not retried
+// comes when it asks (capped), instead of the backoff; an abandoned call is not retried
 // before it could have ended; final answers cancel; job errors are
 // scrubbed.
 func TestRetryHonoursRetryAfter(t *testing.T) {
@@ -271,6 +272,8 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 	job := &river.Job[Args]{JobRow: &rivertype.JobRow{ID: 7, Attempt: 1}}
 	w.holdRetry(job.ID, slow, false)
 	assert.WithinDuration(t, time.Now().Add(120*time.Second), w.NextRetry(job), 2*time.Second)
+	w.holdRetry(job.ID, &upstream.Result{Status: 503, RetryAfter: time.Second}, false)
+	assert.WithinDuration(t, time.Now().Add(time.Second), w.NextRetry(job), 500*time.Millisecond, "sooner than the backoff too")
 	assert.Less(t, time.Until(w.NextRetry(job)), 10*time.Second, "used once: the next failure backs off normally")
 
 	w.holdRetry(job.ID, &upstream.Result{Status: 503, RetryAfter: 99999 * time.Second}, false)
@@ -339,4 +342,58 @@ func TestQueueOutageRecovers(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, stats.Counts["discarded"], "no dead letters for a temporary outage")
 	assert.Zero(t, stats.Counts["cancelled"])
+}
+
+// TestFairnessBetweenOrganizations: two workers, 300 queued syncs for
+// organization A (a bulk change), then one webhook for organization B:
+// B's sync runs after at most a few of A's.
+func TestFairnessBetweenOrganizations(t *testing.T) {
+	up := testkit.NewStandIn(t)
+	up.SetDelay(20 * time.Millisecond)
+	u, err := url.Parse(up.URL)
+	require.NoError(t, err)
+	routes := map[string]*upstream.Client{DefaultRoute: upstream.New(u, "tk", "test", nil)}
+	q := openTestQueue(t, &Config{Driver: SQLite, Settings: Settings{Workers: 2, MaxAttempts: 3, WorkerTimeout: 10 * time.Second}}, routes)
+	h := &testQueueHandle{q: q, route: DefaultRoute}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 300 {
+		wg.Go(func() {
+			wh := testWebhook(fmt.Sprintf("a-%d", i))
+			wh.OrganizationID, wh.OrganizationIDJSON = "org-A", json.RawMessage(`"org-A"`)
+			_, _, err := h.enqueue(ctx, wh, 0)
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	// A's backlog is being worked through when B's webhook comes.
+	require.Eventually(t, func() bool { return len(up.Calls()) >= 20 }, 30*time.Second, 5*time.Millisecond)
+	wh := testWebhook("b-1")
+	wh.OrganizationID, wh.OrganizationIDJSON = "org-B", json.RawMessage(`"org-B"`)
+	recorded := time.Now()
+	_, _, err = h.enqueue(ctx, wh, 0)
+	require.NoError(t, err)
+	var bStart time.Time
+	require.Eventually(t, func() bool {
+		calls := up.CallsFor("b-1")
+		if len(calls) > 0 {
+			bStart = calls[0].Start
+		}
+		return len(calls) > 0
+	}, 30*time.Second, 5*time.Millisecond)
+	before := 0
+	for _, c := range up.Calls() {
+		if c.Booking != "b-1" && c.Start.Before(bStart) && c.Start.After(recorded) {
+			before++
+		}
+	}
+	waiting := 0
+	for i := range 300 {
+		if len(up.CallsFor(fmt.Sprintf("a-%d", i))) == 0 {
+			waiting++
+		}
+	}
+	t.Logf("FAIRNESS: 2 workers, 300 syncs of organization A queued, then 1 of B once A's backlog was running: B's sync started %s after it was recorded; %d of A's syncs started in between; %d of A's were still waiting when B's ran",
+		bStart.Sub(recorded).Round(time.Millisecond), before, waiting)
+	assert.LessOrEqual(t, before, 5, "B waits for at most a few of A's syncs")
 }

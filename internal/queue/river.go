@@ -267,6 +267,9 @@ const createHealthTable = `CREATE TABLE IF NOT EXISTS receive_booking_health (
 	checked_at BIGINT  NOT NULL
 )`
 
+// errNoSlot says every max_in_flight slot is taken.
+var errNoSlot = errors.New("no free sync slot")
+
 // claimMargin is added to worker_timeout in a claim's until, for clocks.
 const claimMargin = 2 * time.Second
 
@@ -362,7 +365,9 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
 	}
 	if driver == Postgres {
-		cfg.FetchCooldown, cfg.FetchPollInterval = 50*time.Millisecond, time.Second
+		// LISTEN/NOTIFY announces new jobs; polling still finds snoozed ones
+		// (waiting for a booking or a max_in_flight slot).
+		cfg.FetchCooldown, cfg.FetchPollInterval = 20*time.Millisecond, 100*time.Millisecond
 	}
 	return cfg
 }
@@ -612,8 +617,12 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 	// recording its outcome may take longer, but a newer claim makes that
 	// recording stale, which finish handles.
 	until := time.Now().Add(workerTimeout + claimMargin).UnixNano()
-	if got, err := b.takeSlot(ctx, tx, job, until, maxInFlight); err != nil || !got {
+	got, err := b.takeSlot(ctx, tx, job, until, maxInFlight)
+	if err != nil {
 		return "", false, err
+	}
+	if !got {
+		return "", false, errNoSlot
 	}
 	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
 		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END

@@ -30,6 +30,9 @@ const (
 	// busySnooze is how long a sync waits when another sync of the same
 	// booking is running (on this or another instance).
 	busySnooze = time.Second
+	// slotSnooze is about how long a sync waits when max_in_flight syncs
+	// run already.
+	slotSnooze = 200 * time.Millisecond
 	// maxErrorDetails bounds the upstream answer kept in a job's error.
 	maxErrorDetails = 512
 	// finishAllowance bounds recording an attempt's outcome after its call.
@@ -65,6 +68,11 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	}
 	e := w.b.q
 	eventType, ok, err := w.b.claim(ctx, job, w.timeout, w.maxInFlight)
+	if errors.Is(err, errNoSlot) {
+		// Every slot is taken: look again soon (slots free up as syncs end,
+		// unlike a booking held by a long sync).
+		return river.JobSnooze(slotSnooze/2 + rand.N(slotSnooze))
+	}
 	if err != nil {
 		return e.scrubErr(err)
 	}
@@ -172,33 +180,47 @@ func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
 	return upstream.TruncateText([]byte(s.String(text)), maxErrorDetails)
 }
 
-// holdRetry notes the earliest retry of a failed attempt: no sooner than
-// the answer's Retry-After (capped), and, when the call was abandoned (the
-// worker's deadline passed, or Caddy is stopping) while import-bookings
-// may still be working on it, not before that run could have ended: it
-// keeps running after its caller hangs up, and a retry beside it would be
-// a second sync of the booking.
+// retryHold is what a failed attempt asks of its retry.
+type retryHold struct {
+	// at replaces the backoff: the answer's Retry-After (capped).
+	at time.Time
+	// notBefore is a floor: an abandoned call's possible end.
+	notBefore time.Time
+}
+
+// holdRetry notes what the retry of a failed attempt must respect: the
+// answer's Retry-After (capped) is when it comes, instead of the backoff;
+// and when the call was abandoned (the worker's deadline passed, or Caddy
+// is stopping) while import-bookings may still be working on it, not
+// before that run could have ended: it keeps running after its caller
+// hangs up, and a retry beside it would be a second sync of the booking.
 func (w *syncWorker[TDriver, TTx]) holdRetry(id int64, res *upstream.Result, abandoned bool) {
-	var at time.Time
+	var h retryHold
 	if res.RetryAfter > 0 {
-		at = time.Now().Add(min(res.RetryAfter, retryCap))
+		h.at = time.Now().Add(min(res.RetryAfter, retryCap))
 	}
 	if abandoned && res.Err != nil {
-		at = later(at, time.Now().Add(-res.Duration).Add(w.timeout))
+		h.notBefore = time.Now().Add(-res.Duration).Add(w.timeout)
 	}
-	if !at.IsZero() {
-		w.notBefore.Store(id, at)
+	if h != (retryHold{}) {
+		w.notBefore.Store(id, h)
 	}
 }
 
-// NextRetry is the retry policy's backoff, moved later if the attempt
-// asked (holdRetry).
+// NextRetry is the time the attempt's answer asked for (Retry-After), or
+// else the retry policy's backoff; never before an abandoned call could
+// have ended (holdRetry).
 func (w *syncWorker[TDriver, TTx]) NextRetry(job *river.Job[Args]) time.Time {
 	next := retryPolicy{}.NextRetry(job.JobRow)
-	if v, ok := w.notBefore.LoadAndDelete(job.ID); ok {
-		next = later(next, v.(time.Time))
+	v, ok := w.notBefore.LoadAndDelete(job.ID)
+	if !ok {
+		return next
 	}
-	return next
+	h := v.(retryHold)
+	if !h.at.IsZero() {
+		next = h.at
+	}
+	return later(next, h.notBefore)
 }
 
 func later(a, b time.Time) time.Time {

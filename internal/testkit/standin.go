@@ -29,8 +29,9 @@ type Call struct {
 	RequestID string
 	Start     time.Time
 	End       time.Time
-	// Status is what it answered; Cancelled that the caller had hung up
-	// by the time the answer was written.
+	// Status is what it answered, 0 when its Responder wrote nothing (as
+	// Hold and BlockUntil do when the caller hangs up); Cancelled that the
+	// caller had hung up by the time the answer was written.
 	Status    int
 	Cancelled bool
 }
@@ -51,7 +52,9 @@ type StandIn struct {
 	respond atomic.Pointer[Responder]
 
 	// Arrived receives each call when it has been recorded; Cancelled each
-	// call whose caller had gone when it was answered.
+	// call whose caller had gone when it was answered. Each buffers 4096
+	// calls; a call that finds it full is not sent, so that the stand-in
+	// never blocks on a test that does not read them.
 	Arrived   chan *Call
 	Cancelled chan *Call
 
@@ -108,11 +111,11 @@ func (s *StandIn) serve(w http.ResponseWriter, r *http.Request) {
 	s.maxPerBooking = max(s.maxPerBooking, s.inFlight[c.Booking])
 	s.maxTotal = max(s.maxTotal, s.total)
 	s.mu.Unlock()
-	s.Arrived <- c
+	send(s.Arrived, c)
 	if d := time.Duration(s.delay.Load()); d > 0 {
 		time.Sleep(d) // the work goes on whether or not the caller waits
 	}
-	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	rec := &statusRecorder{ResponseWriter: w}
 	if f := s.respond.Load(); f != nil {
 		(*f)(rec, r, c)
 	} else {
@@ -125,7 +128,15 @@ func (s *StandIn) serve(w http.ResponseWriter, r *http.Request) {
 	c.End, c.Status, c.Cancelled = time.Now(), rec.status, gone
 	s.mu.Unlock()
 	if gone {
-		s.Cancelled <- c
+		send(s.Cancelled, c)
+	}
+}
+
+// send delivers c unless ch is full.
+func send(ch chan *Call, c *Call) {
+	select {
+	case ch <- c:
+	default:
 	}
 }
 
@@ -169,8 +180,27 @@ type statusRecorder struct {
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	r.status = code
+	if r.status == 0 {
+		r.status = code
+	}
 	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Flush lets a Responder send what it has written so far.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		if r.status == 0 {
+			r.status = http.StatusOK
+		}
+		f.Flush()
+	}
 }
 
 // JSON answers with a fixed status and JSON body.
@@ -198,6 +228,24 @@ func BlockUntil(release <-chan struct{}) Responder {
 		case <-r.Context().Done():
 		case <-time.After(5 * time.Second):
 		}
+	}
+}
+
+// Hold holds each call for d, as a call bound to its caller: if the caller
+// hangs up first, the call ends there unanswered (Status 0: no sync);
+// otherwise it answers with then (nil: the success envelope).
+func Hold(d time.Duration, then Responder) Responder {
+	return func(w http.ResponseWriter, r *http.Request, c *Call) {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		if then == nil {
+			writeJSON(w, http.StatusOK, Envelope(c, "applied"))
+			return
+		}
+		then(w, r, c)
 	}
 }
 
@@ -234,8 +282,10 @@ func (s *StandIn) MaxInFlight() (perBooking, total int) {
 // SyncedAfter reports whether booking has a call that started after t and
 // was answered with a 2xx.
 func (s *StandIn) SyncedAfter(booking string, t time.Time) bool {
-	for _, c := range s.CallsFor(booking) {
-		if c.Start.After(t) && c.Status/100 == 2 && !c.End.IsZero() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.calls {
+		if c.Booking == booking && c.Start.After(t) && c.Status/100 == 2 && !c.End.IsZero() {
 			return true
 		}
 	}
