@@ -12,11 +12,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 )
 
@@ -33,6 +35,8 @@ type App struct {
 	mu     sync.Mutex
 	uses   map[string]*engineUse // by pool key
 	logger *zap.Logger
+	ctx    caddy.Context
+	events *caddyevents.App
 }
 
 // engineUse is what this config's handlers need from one database's engine.
@@ -41,8 +45,8 @@ type engineUse struct {
 	routes   map[string]*upstream.Client
 	secrets  []string
 	ref      *engineRef
-	observer queue.Observer // the metrics, if on
-	acquired bool           // Start took the engine from the pool
+	metrics  *metrics // nil when off
+	acquired bool     // Start took the engine from the pool
 	// first describes the handler that declared the settings, for
 	// conflict errors.
 	first string
@@ -61,7 +65,65 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.uses = make(map[string]*engineUse)
+	a.ctx = ctx
+	ev, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading the events app: %w", err)
+	}
+	a.events = ev.(*caddyevents.App)
 	return nil
+}
+
+// Events this app emits through Caddy's events app, for Caddy's own event
+// handlers (the origin module is receive_booking). Their data never holds
+// a secret.
+const (
+	// EventSyncFailed: a queued sync ended with a final answer (the job is
+	// cancelled). Data: queue, booking_id, organization_id, outcome,
+	// reason, job_id, attempt.
+	EventSyncFailed = "sync_failed"
+	// EventSyncExhausted: a queued sync ran out of attempts (the job is
+	// discarded, the dead letter). Data as EventSyncFailed.
+	EventSyncExhausted = "sync_exhausted"
+	// EventQueueUnavailable: webhooks cannot be recorded. Data: queue,
+	// reason.
+	EventQueueUnavailable = "queue_unavailable"
+	// EventQueueAvailable: webhooks can be recorded again. Data: queue.
+	EventQueueAvailable = "queue_available"
+)
+
+// engineObserver feeds an engine's news to the metrics and to Caddy's events.
+type engineObserver struct {
+	a *App
+	m *metrics
+}
+
+func (o engineObserver) Synced(acceptedAt time.Time) { o.m.observeSyncLag(acceptedAt) }
+
+func (o engineObserver) Sampled(s *queue.Stats) { o.m.setQueueStats(s) }
+
+func (o engineObserver) Failed(f queue.Failure) {
+	o.m.Failed(f.Kind)
+	name := EventSyncFailed
+	if f.Kind == queue.FailureExhausted {
+		name = EventSyncExhausted
+	}
+	o.a.emit(name, map[string]any{"queue": f.Queue, "booking_id": f.BookingID, "organization_id": f.OrganizationID,
+		"outcome": f.Outcome, "reason": f.Reason, "job_id": f.JobID, "attempt": f.Attempt})
+}
+
+func (o engineObserver) Availability(queueKey string, available bool, reason string) {
+	if available {
+		o.a.emit(EventQueueAvailable, map[string]any{"queue": queueKey})
+		return
+	}
+	o.a.emit(EventQueueUnavailable, map[string]any{"queue": queueKey, "reason": reason})
+}
+
+func (a *App) emit(name string, data map[string]any) {
+	if a.events != nil {
+		a.events.Emit(a.ctx, name, data)
+	}
 }
 
 // loadApp returns the config's receive_booking app, loading it if needed.
@@ -97,7 +159,7 @@ func (a *App) use(who string, rq *queue.Config, route string, up *upstream.Clien
 	u.routes[route] = up
 	u.secrets = append(u.secrets, secrets...)
 	if m != nil {
-		u.observer = m
+		u.metrics = m
 	}
 	return u.ref, nil
 }
@@ -119,7 +181,7 @@ func (a *App) Start() error {
 		u.acquired = true
 		e := val.(*queue.Engine)
 		e.Attach(a, u.routes, u.secrets, u.rq.Settings)
-		e.SetObserver(u.observer)
+		e.SetObserver(engineObserver{a: a, m: u.metrics})
 		u.ref.bind(e)
 	}
 	return nil

@@ -43,6 +43,19 @@ func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
 			resp.Body.Close()
 		}
 	})
+	if strings.Contains(directive, "queue ") {
+		// The queue opens in the background once Caddy has started (its
+		// migrations take a moment, more under -race): wait until it
+		// records webhooks, so that a test's first webhook is not a 503.
+		require.Eventually(t, func() bool {
+			resp, err := http.Get("http://localhost:2999/receive_booking/health")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}, 20*time.Second, 20*time.Millisecond, "the queue opens")
+	}
 	return tester
 }
 
@@ -255,7 +268,7 @@ func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 		target %s
 		mode async
 		queue sqlite %s
-		coalesce_window 300ms
+		coalesce_window 1s
 	}`, e2eSecret, up.URL, dbPath))
 	auth := map[string]string{"X-Api-Key": e2eSecret}
 	status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"q1","event_type":"booking.created"}`)

@@ -123,18 +123,12 @@ func (m *metrics) observeSyncLag(acceptedAt time.Time) {
 	m.syncLag.Observe(time.Since(acceptedAt).Seconds())
 }
 
-// Synced observes a queued sync's lag (queue.Observer).
-func (m *metrics) Synced(acceptedAt time.Time) { m.observeSyncLag(acceptedAt) }
-
-// Failed counts a queued sync that ended without syncing (queue.Observer).
+// Failed counts a queued sync that ended without syncing.
 func (m *metrics) Failed(kind string) {
 	if m != nil {
 		m.syncFailures.WithLabelValues(kind).Inc()
 	}
 }
-
-// Sampled sets the queue gauges (queue.Observer).
-func (m *metrics) Sampled(s *queue.Stats) { m.setQueueStats(s) }
 
 func (m *metrics) setQueueStats(s *queue.Stats) {
 	if m == nil || s == nil {

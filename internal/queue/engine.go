@@ -148,6 +148,8 @@ type Engine struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	observer atomic.Pointer[Observer]
+	// availability is the intake's last known state (avail*).
+	availability atomic.Int32
 }
 
 // Observer is told what the metrics need; every method must be cheap.
@@ -157,10 +159,21 @@ type Observer interface {
 	Synced(acceptedAt time.Time)
 	// Sampled is called with a fresh snapshot of the queue.
 	Sampled(s *Stats)
-	// Failed is called when a job ends without a sync: FailureFinal (the
-	// answer was final: the job is cancelled) or FailureExhausted (out of
-	// attempts: the job is discarded, the dead letter).
-	Failed(kind string)
+	// Failed is called when a job ends without a sync: f.Kind is
+	// FailureFinal (the answer was final: the job is cancelled) or
+	// FailureExhausted (out of attempts: the job is discarded, the dead
+	// letter). Its texts are scrubbed.
+	Failed(f Failure)
+	// Availability is called when the queue stops or starts being able to
+	// record webhooks; reason says why not (scrubbed).
+	Availability(queue string, available bool, reason string)
+}
+
+// Failure describes a job that ended without a sync.
+type Failure struct {
+	Kind, Queue, BookingID, OrganizationID, Outcome, Reason string
+	JobID                                                   int64
+	Attempt                                                 int
 }
 
 // Kinds of failed jobs, for Observer.Failed.
@@ -318,6 +331,7 @@ func (e *Engine) connectLoop() {
 		}
 		reason := e.scrubErr(err).Error()
 		if prev := e.down.Swap(&reason); prev == nil || *prev != reason {
+			e.setAvailable(false, reason)
 			e.logger.Error("queue unavailable; retrying", zap.String("queue", e.key), zap.String("reason", reason),
 				zap.Duration("retry_in", wait))
 		}
@@ -360,6 +374,7 @@ func (e *Engine) connect() error {
 	}
 	e.backend.Store(&backendBox{b})
 	e.down.Store(nil)
+	e.setAvailable(true, "")
 	e.logger.Info("queue started", zap.String("queue", e.key), zap.String("driver", e.rq.Driver),
 		zap.Int("workers", s.Workers))
 	return nil
@@ -381,6 +396,29 @@ func (e *Engine) current() (backend, error) {
 type errQueueDown struct{ reason string }
 
 func (e errQueueDown) Error() string { return "queue unavailable: " + e.reason }
+
+// setAvailable tells the observer when the queue's ability to record
+// webhooks changes (the first connection, an outage of the intake).
+func (e *Engine) setAvailable(up bool, reason string) {
+	state := int32(availDown)
+	if up {
+		state = availUp
+	}
+	was := e.availability.Swap(state)
+	if was == state || (was == availUnknown && up) {
+		return // no change, or the normal start
+	}
+	if o := e.observe(); o != nil {
+		o.Availability(e.key, up, reason)
+	}
+}
+
+// Availability states of the intake.
+const (
+	availUnknown = iota
+	availDown
+	availUp
+)
 
 // StopWaiting withdraws a sender's Wait channel (it stopped waiting).
 func (e *Engine) StopWaiting(jobID int64, ch chan *Outcome) { e.waiters.remove(jobID, ch) }
@@ -505,6 +543,7 @@ func (e *Engine) commitBatch(batch []*Entry) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := b.insertBatch(ctx, batch); err != nil {
+		e.setAvailable(false, e.scrubErr(err).Error())
 		for _, r := range batch {
 			if r.Wait != nil {
 				e.waiters.remove(r.JobID, r.Wait)
@@ -512,6 +551,7 @@ func (e *Engine) commitBatch(batch []*Entry) error {
 		}
 		return fmt.Errorf("recording webhooks: %w", e.scrubErr(err))
 	}
+	e.setAvailable(true, "")
 	for _, r := range batch {
 		if r.Wait != nil && r.ctx.Err() != nil {
 			e.waiters.remove(r.JobID, r.Wait) // it gave up before the commit

@@ -270,17 +270,17 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 
 	w := &syncWorker[*riversqlite.Driver, *sql.Tx]{timeout: time.Minute}
 	job := &river.Job[Args]{JobRow: &rivertype.JobRow{ID: 7, Attempt: 1}}
-	w.holdRetry(job.ID, slow, false)
+	w.planRetry(job, slow, false)
 	assert.WithinDuration(t, time.Now().Add(120*time.Second), w.NextRetry(job), 2*time.Second)
-	w.holdRetry(job.ID, &upstream.Result{Status: 503, RetryAfter: time.Second}, false)
+	w.planRetry(job, &upstream.Result{Status: 503, RetryAfter: time.Second}, false)
 	assert.WithinDuration(t, time.Now().Add(time.Second), w.NextRetry(job), 500*time.Millisecond, "sooner than the backoff too")
 	assert.Less(t, time.Until(w.NextRetry(job)), 10*time.Second, "used once: the next failure backs off normally")
 
-	w.holdRetry(job.ID, &upstream.Result{Status: 503, RetryAfter: 99999 * time.Second}, false)
+	w.planRetry(job, &upstream.Result{Status: 503, RetryAfter: 99999 * time.Second}, false)
 	assert.WithinDuration(t, time.Now().Add(retryCap), w.NextRetry(job), 2*time.Second, "capped")
 
 	abandoned := &upstream.Result{Err: errors.New("canceled"), Duration: 10 * time.Second}
-	w.holdRetry(job.ID, abandoned, true)
+	w.planRetry(job, abandoned, true)
 	assert.WithinDuration(t, time.Now().Add(50*time.Second), w.NextRetry(job), 2*time.Second,
 		"not before worker_timeout after the abandoned call started")
 

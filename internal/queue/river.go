@@ -777,9 +777,7 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 		return nil, err
 	}
 	if superseded {
-		b.q.logger.Info("failed sync superseded by a newer job", zap.Int64("job_id", job.ID),
-			zap.Int64("by_job_id", row.waiting.Int64), zap.String("error", jobErr.Error()))
-		return nil, nil
+		return nil, nil // the newer job carries the sync; logged by the worker
 	}
 	return jobErr, nil
 }

@@ -100,23 +100,30 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		deliver(waiting, &Outcome{Result: res, Err: "recording the sync's outcome failed"})
 		return e.scrubErr(err)
 	}
-	if jobErr != nil && !res.Permanent() {
-		w.holdRetry(job.ID, res, ctx.Err() != nil)
+	var next time.Time
+	if riverErr != nil && !res.Permanent() && job.Attempt < job.MaxAttempts {
+		next = w.planRetry(job, res, ctx.Err() != nil)
 	}
 	deliver(waiting, outcomeOf(job, res, jobErr))
-	w.logOutcome(job, res, jobErr)
+	w.logOutcome(job, res, jobErr, riverErr, next)
 	if o := e.observe(); o != nil {
 		switch {
 		case jobErr == nil:
 			o.Synced(job.Args.AcceptedAt)
 		case riverErr == nil: // superseded by a newer job
 		case res.Permanent():
-			o.Failed(FailureFinal)
+			o.Failed(w.failure(FailureFinal, job, res))
 		case job.Attempt >= job.MaxAttempts:
-			o.Failed(FailureExhausted)
+			o.Failed(w.failure(FailureExhausted, job, res))
 		}
 	}
 	return riverErr
+}
+
+func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], res *upstream.Result) Failure {
+	e := w.b.q
+	return Failure{Kind: kind, Queue: e.key, BookingID: job.Args.BookingKey, OrganizationID: job.Args.OrganizationID,
+		Outcome: res.Outcome, Reason: e.scrub.String(res.Describe()), JobID: job.ID, Attempt: job.Attempt}
 }
 
 // outcomeOf is what a waiting sender is told of an attempt.
@@ -133,17 +140,35 @@ func outcomeOf(job *river.Job[Args], res *upstream.Result, jobErr error) *Outcom
 	return out
 }
 
-func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstream.Result, jobErr error) {
+// logOutcome writes one line per attempt: synced (info), failed and to be
+// retried (warn, with the next run), superseded by a newer job (info),
+// failed for good or out of attempts (error). No secret: the error text
+// was scrubbed.
+func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstream.Result, jobErr, riverErr error, next time.Time) {
+	log := w.b.q.logger
 	fields := []zap.Field{
-		zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt),
+		zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt), zap.Int("max_attempts", job.MaxAttempts),
 		zap.String("booking_id", job.Args.BookingKey), zap.String("organization_id", job.Args.OrganizationID),
 		zap.Int("upstream_status", res.Status), zap.Duration("upstream_duration", res.Duration),
 	}
+	if res.Outcome != "" {
+		fields = append(fields, zap.String("outcome", res.Outcome))
+	}
 	if jobErr == nil {
-		w.b.q.logger.Info("booking synced", fields...)
+		log.Info("booking synced", fields...)
 		return
 	}
-	w.b.q.logger.Warn("queued sync failed", append(fields, zap.Error(jobErr))...)
+	fields = append(fields, zap.String("reason", res.Reason), zap.String("error", jobErr.Error()))
+	switch {
+	case riverErr == nil:
+		log.Info("failed sync superseded by a newer job", fields...)
+	case res.Permanent():
+		log.Error("sync failed for good; job cancelled", fields...)
+	case job.Attempt >= job.MaxAttempts:
+		log.Error("sync failed and is out of attempts; job discarded", fields...)
+	default:
+		log.Warn("sync failed; will retry", append(fields, zap.Time("next_run", next.UTC()))...)
+	}
 }
 
 // jobError turns a sync result into what River records: nil on success, a
@@ -180,47 +205,31 @@ func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
 	return upstream.TruncateText([]byte(s.String(text)), maxErrorDetails)
 }
 
-// retryHold is what a failed attempt asks of its retry.
-type retryHold struct {
-	// at replaces the backoff: the answer's Retry-After (capped).
-	at time.Time
-	// notBefore is a floor: an abandoned call's possible end.
-	notBefore time.Time
-}
-
-// holdRetry notes what the retry of a failed attempt must respect: the
-// answer's Retry-After (capped) is when it comes, instead of the backoff;
-// and when the call was abandoned (the worker's deadline passed, or Caddy
-// is stopping) while import-bookings may still be working on it, not
-// before that run could have ended: it keeps running after its caller
-// hangs up, and a retry beside it would be a second sync of the booking.
-func (w *syncWorker[TDriver, TTx]) holdRetry(id int64, res *upstream.Result, abandoned bool) {
-	var h retryHold
+// planRetry chooses when a failed attempt's retry comes, and keeps it for
+// NextRetry (River asks for it after Work returns, before it records the
+// attempt's error): the answer's Retry-After (capped) if it sent one, else
+// the backoff; and when the call was abandoned (the worker's deadline
+// passed, or Caddy is stopping) while import-bookings may still be working
+// on it, not before that run could have ended: it keeps running after its
+// caller hangs up, and a retry beside it would be a second sync.
+func (w *syncWorker[TDriver, TTx]) planRetry(job *river.Job[Args], res *upstream.Result, abandoned bool) time.Time {
+	next := retryPolicy{}.NextRetry(job.JobRow)
 	if res.RetryAfter > 0 {
-		h.at = time.Now().Add(min(res.RetryAfter, retryCap))
+		next = time.Now().Add(min(res.RetryAfter, retryCap))
 	}
 	if abandoned && res.Err != nil {
-		h.notBefore = time.Now().Add(-res.Duration).Add(w.timeout)
+		next = later(next, time.Now().Add(-res.Duration).Add(w.timeout))
 	}
-	if h != (retryHold{}) {
-		w.notBefore.Store(id, h)
-	}
+	w.notBefore.Store(job.ID, next)
+	return next
 }
 
-// NextRetry is the time the attempt's answer asked for (Retry-After), or
-// else the retry policy's backoff; never before an abandoned call could
-// have ended (holdRetry).
+// NextRetry is the time planRetry chose, or else the retry policy's.
 func (w *syncWorker[TDriver, TTx]) NextRetry(job *river.Job[Args]) time.Time {
-	next := retryPolicy{}.NextRetry(job.JobRow)
-	v, ok := w.notBefore.LoadAndDelete(job.ID)
-	if !ok {
-		return next
+	if v, ok := w.notBefore.LoadAndDelete(job.ID); ok {
+		return v.(time.Time)
 	}
-	h := v.(retryHold)
-	if !h.at.IsZero() {
-		next = h.at
-	}
-	return later(next, h.notBefore)
+	return retryPolicy{}.NextRetry(job.JobRow)
 }
 
 func later(a, b time.Time) time.Time {
