@@ -4,7 +4,7 @@
 #   make test TESTFLAGS='-run TestX -v'
 #   make run                   build Caddy with this module and run Caddyfile.example
 #   make build                 only build ./caddy (xcaddy)
-#   make bench                 go run ./bench
+#   make bench                 the benchmark driver (its own module in bench/), writes BENCHMARKS.md
 #   make fuzz [FUZZTIME=10m]   each Fuzz target for FUZZTIME, one after another
 #   make lint                  go vet and staticcheck
 XCADDY_VERSION := v0.4.5
@@ -41,11 +41,12 @@ build: | $(XCADDY)
 		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
 
 bench:
-	go run ./bench
+	cd bench && go run . -out ../BENCHMARKS.md $(BENCHFLAGS)
 
 lint:
 	go vet ./...
 	go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd bench && go vet ./...
 
 # Fuzz targets are listed by go test, package by package (a package that
 # does not compile fails here, rather than fuzzing nothing).

@@ -283,6 +283,9 @@ func runAdminScenario(t *testing.T, driver string) {
 	assert.Equal(t, false, replayed["coalesced"])
 	e.waitState(d1, "completed")
 	assert.Len(t, e.up.CallsFor("d1"), 2, "the failed call and the replay")
+	done := e.expect(http.MethodGet, fmt.Sprintf("/receive_booking/jobs/%d", d1), 200)
+	assert.Equal(t, float64(2), done["attempts"])
+	assert.Equal(t, float64(2), done["max_attempts"], "a replay gets a fresh budget of max_attempts (1) more attempts")
 	e.expect(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry", d1), http.StatusConflict)
 
 	// A replay for a booking with a waiting sync merges into it.

@@ -194,6 +194,8 @@ func TestValidateBesideRunningServer(t *testing.T) {
 	}`, e2eSecret, stand.URL, filepath.Join(dataDir, "validate.sqlite3")))
 	status, _, _ := sendOne(http.DefaultClient, p.url, "v1")
 	require.Equal(t, 200, status)
+	assert.Equal(t, "caddy-receive-booking/v0.0.0-00010101000000-000000000000", stand.Calls()[0].Header.Get("User-Agent"),
+		"the User-Agent carries the module version the binary was built with")
 	cmd := exec.Command(caddyBinary(t), "validate", "--config", p.config, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+dataDir)
 	out, err := cmd.CombinedOutput()

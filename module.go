@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -24,11 +25,30 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
 )
 
-// version is sent upstream in the User-Agent header.
-const version = "0.1.0"
+// modulePath is this module's path, to find its version in the build.
+const modulePath = "github.com/bookingwebhook/caddy-receive-booking"
 
-// userAgent is what every call to import-bookings sends as User-Agent.
-const userAgent = "caddy-receive-booking/" + version
+// userAgent is what every call to import-bookings sends as User-Agent:
+// caddy-receive-booking/<the module version this Caddy was built with>.
+var userAgent = "caddy-receive-booking/" + moduleVersion()
+
+// moduleVersion is this module's version as recorded in the binary's build
+// information (xcaddy builds it as a dependency), or "devel".
+func moduleVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	if bi.Main.Path == modulePath && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	for _, d := range bi.Deps {
+		if d.Path == modulePath {
+			return d.Version
+		}
+	}
+	return "devel"
+}
 
 const (
 	defaultTimeout     = 12 * time.Second

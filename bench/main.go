@@ -1,7 +1,7 @@
 // Command bench compares receive_booking with stock Caddy and with the
 // upstream alone, on one machine in one run, and writes BENCHMARKS.md.
 //
-//	go run ./bench [-duration 10s] [-concurrency 64] [-caddy path] [-pg dsn] [-out BENCHMARKS.md]
+//	make bench   (cd bench && go run . -out ../BENCHMARKS.md) [-duration 10s] [-concurrency 64] [-caddy path] [-pg dsn] [-out BENCHMARKS.md]
 //
 // See bench/README.md.
 package main
@@ -67,14 +67,16 @@ type bench struct {
 }
 
 func run() error {
+	// The driver is a module of its own (its load generator is no
+	// dependency of the plugin); the plugin is the directory above it.
 	gomod, err := goEnv("GOMOD")
 	if err != nil {
 		return err
 	}
-	if gomod == "" || gomod == os.DevNull {
-		return fmt.Errorf("run from the repository root (no go.mod found)")
+	if gomod == "" || gomod == os.DevNull || filepath.Base(filepath.Dir(gomod)) != "bench" {
+		return fmt.Errorf("run from the repository root with make bench, or from bench/ (no bench/go.mod found)")
 	}
-	repoRoot := filepath.Dir(gomod)
+	repoRoot := filepath.Dir(filepath.Dir(gomod))
 
 	tmp, err := os.MkdirTemp("", "rb-bench-")
 	if err != nil {

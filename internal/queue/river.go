@@ -919,6 +919,12 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 	if _, err := b.cl().JobRetryTx(ctx, tx, id); err != nil {
 		return nil, err
 	}
+	// A replay gets a fresh budget: max_attempts more attempts from now,
+	// whatever the job used before.
+	if err := b.db.exec(ctx, tx, `UPDATE river_job SET max_attempts = attempt + $2 WHERE id = $1`,
+		id, b.maxAttempts.Load()); err != nil {
+		return nil, fmt.Errorf("renewing attempts: %w", err)
+	}
 	if err := b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id); err != nil {
 		return nil, err
 	}
