@@ -377,6 +377,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 		target %s
 		mode async
 		coalesce_window 0
+		worker_timeout 5s
 		queue sqlite %s
 	}`, e2eSecret, stand.URL, filepath.Join(dir, "queue.sqlite3")))
 	last := map[string]time.Time{}

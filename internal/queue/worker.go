@@ -95,7 +95,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
-	riverErr, err := w.b.finish(fctx, job, res, jobErr)
+	riverErr, err := w.finishRetrying(fctx, job, res, jobErr)
 	if err != nil {
 		deliver(waiting, &Outcome{Result: res, Err: "recording the sync's outcome failed"})
 		return e.scrubErr(err)
@@ -124,6 +124,26 @@ func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], re
 	e := w.b.q
 	return Failure{Kind: kind, Queue: e.key, BookingID: job.Args.BookingKey, OrganizationID: job.Args.OrganizationID,
 		Outcome: res.Outcome, Reason: e.scrub.String(res.Describe()), JobID: job.ID, Attempt: job.Attempt}
+}
+
+// finishRetrying records the attempt's outcome, trying again while the
+// database refuses (a full disk, a dropped connection) within ctx: until it
+// is recorded, the booking stays claimed by this attempt.
+func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error) (error, error) {
+	wait := 50 * time.Millisecond
+	for {
+		riverErr, err := w.b.finish(ctx, job, res, jobErr)
+		if err == nil {
+			return riverErr, nil
+		}
+		w.b.q.logger.Warn("recording a sync's outcome failed; retrying", zap.Int64("job_id", job.ID), zap.Error(w.b.q.scrubErr(err)))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, err
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // outcomeOf is what a waiting sender is told of an attempt.
