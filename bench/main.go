@@ -88,6 +88,13 @@ func run() error {
 		defer os.RemoveAll(tmp)
 	}
 	b := &bench{tmp: tmp, caddyBin: *flagCaddy}
+	if b.caddyBin != "" {
+		// Caddy runs in a scenario's own directory: the path must not be
+		// relative.
+		if b.caddyBin, err = filepath.Abs(b.caddyBin); err != nil {
+			return err
+		}
+	}
 	if b.caddyBin == "" {
 		if b.caddyBin, err = buildCaddy(repoRoot, tmp); err != nil {
 			return err
