@@ -10,6 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 
+# The dashboard's browser test drives Debian's headless Chromium: install it
+# as PostgreSQL is installed (root needed), unless RB_CHROMIUM names one.
+if [ -z "${RB_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
+	echo "test.sh: installing Debian's chromium for the dashboard's browser test" >&2
+	apt-get install -y --no-install-recommends chromium >/dev/null
+fi
+
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP

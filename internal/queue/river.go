@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -79,6 +80,8 @@ type intake interface {
 	restartWorkers(s Settings) error
 	// workerSettings are the settings the workers run with.
 	workerSettings() Settings
+	// dashboard is a read-only River UI served under prefix.
+	dashboard(prefix string) (http.Handler, error)
 	close(ctx context.Context) error
 }
 
@@ -161,6 +164,8 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	client      atomic.Pointer[river.Client[TTx]]
 	maxAttempts atomic.Int64
 	settings    Settings // of client; the engine serialises restarts
+	// dash is the read-only River UI on the current client.
+	dash dashboards
 	// retiring are clients replaced by a restart, finishing their syncs.
 	retiring sync.WaitGroup
 	retired  sync.Map // *river.Client[TTx] -> struct{}
@@ -947,6 +952,7 @@ func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
 	})
 	wg.Wait()
 	b.retiring.Wait()
+	b.closeDashboard()
 	b.db.close()
 	return nil
 }
