@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
@@ -192,11 +193,11 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 	switch verb {
 	case "jobs":
 		jobs, _ := v["jobs"].([]any)
-		fmt.Fprintln(tw, "ID\tSTATE\tBOOKING\tORGANIZATION\tATTEMPTS\tLAST ERROR")
+		fmt.Fprintln(tw, "ID\tSTATE\tBOOKING\tORGANIZATION\tATTEMPTS\tNEXT RUN\tLAST ERROR")
 		for _, j := range jobs {
 			job := j.(map[string]any)
-			fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v/%v\t%s\n", num(job["id"]), job["state"], job["booking_key"],
-				str(job["organization_id"]), num(job["attempts"]), num(job["max_attempts"]), cut(str(job["last_error"]), 80))
+			fmt.Fprintf(tw, "%v\t%v\t%v\t%v\t%v/%v\t%s\t%s\n", num(job["id"]), job["state"], job["booking_key"],
+				str(job["organization_id"]), num(job["attempts"]), num(job["max_attempts"]), nextRun(job), cut(str(job["last_error"]), 80))
 		}
 		if len(jobs) == 0 {
 			fmt.Fprintln(tw, "(none)")
@@ -252,6 +253,18 @@ func num(v any) any {
 		return int64(f)
 	}
 	return v
+}
+
+// nextRun is when a job that is not done will run (its scheduled time),
+// or "-".
+func nextRun(job map[string]any) string {
+	switch job["state"] {
+	case "available", "scheduled", "retryable":
+		if t, err := time.Parse(time.RFC3339Nano, str(job["scheduled_at"])); err == nil {
+			return t.UTC().Format("15:04:05") + " UTC"
+		}
+	}
+	return "-"
 }
 
 func str(v any) string {

@@ -187,7 +187,7 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstrea
 	case job.Attempt >= job.MaxAttempts:
 		log.Error("sync failed and is out of attempts; job discarded", fields...)
 	default:
-		log.Warn("sync failed; will retry", append(fields, zap.Time("next_run", next.UTC()))...)
+		log.Warn("sync failed; will retry", append(fields, zap.String("next_run", next.UTC().Format(time.RFC3339)))...)
 	}
 }
 
