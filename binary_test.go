@@ -98,6 +98,17 @@ http://127.0.0.1:%d {
 	return p
 }
 
+// startQueued runs the binary with one receive_booking handler in front of
+// target, with the test secret and a SQLite queue in its data directory;
+// lines are added to the handler's block.
+func startQueued(t *testing.T, target string, lines ...string) *caddyProcess {
+	t.Helper()
+	dataDir := t.TempDir()
+	lines = append([]string{"secret " + e2eSecret, "target " + target}, lines...)
+	lines = append(lines, "queue sqlite "+filepath.Join(dataDir, "q.sqlite3"))
+	return startCaddy(t, dataDir, "receive_booking {\n\t\t"+strings.Join(lines, "\n\t\t")+"\n\t}")
+}
+
 func (p *caddyProcess) kill() {
 	if p.cmd.ProcessState == nil {
 		_ = p.cmd.Process.Kill()

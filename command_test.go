@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,12 +48,7 @@ func TestCommands(t *testing.T) {
 		}
 		return 200, testkit.Envelope(c, "not_found")
 	})
-	dataDir := t.TempDir()
-	p := startCaddy(t, dataDir, fmt.Sprintf(`receive_booking {
-		secret %s
-		target %s
-		queue sqlite %s
-	}`, e2eSecret, stand.Target(), filepath.Join(dataDir, "q.sqlite3")))
+	p := startQueued(t, stand.Target())
 	status, _, _ := sendOne(http.DefaultClient, p.url, "cli-ok")
 	require.Equal(t, 200, status)
 	status, body, _ := sendOne(http.DefaultClient, p.url, "cli-gone")

@@ -231,14 +231,7 @@ func TestRedirectsEndToEnd(t *testing.T) {
 		w.Header().Set("Location", locations[where])
 		w.WriteHeader(n)
 	})
-	dataDir := t.TempDir()
-	p := startCaddy(t, dataDir, fmt.Sprintf(`receive_booking {
-		secret %s
-		target %s
-		target_key sb_secret_must-stay-home
-		coalesce_window 0
-		queue sqlite %s
-	}`, e2eSecret, stand.Target(), filepath.Join(dataDir, "q.sqlite3")))
+	p := startQueued(t, stand.Target(), "target_key sb_secret_must-stay-home", "coalesce_window 0")
 	for _, code := range []int{301, 302, 307, 308} {
 		for where := range locations {
 			booking := fmt.Sprintf("%d-%s", code, where)
@@ -274,14 +267,7 @@ func TestRetryAfterOnTime(t *testing.T) {
 			testkit.WriteJSON(w, 200, testkit.Envelope(c, "applied"))
 		}
 	})
-	dataDir := t.TempDir()
-	p := startCaddy(t, dataDir, fmt.Sprintf(`receive_booking {
-		secret %s
-		target %s
-		mode async
-		coalesce_window 0
-		queue sqlite %s
-	}`, e2eSecret, stand.Target(), filepath.Join(dataDir, "q.sqlite3")))
+	p := startQueued(t, stand.Target(), "mode async", "coalesce_window 0")
 	status, _, _ := sendOne(http.DefaultClient, p.url, "ra")
 	require.Equal(t, 202, status)
 	require.Eventually(t, func() bool { return len(stand.Calls()) >= 3 }, 30*time.Second, 20*time.Millisecond)
