@@ -37,6 +37,18 @@ type App struct {
 	logger *zap.Logger
 	ctx    caddy.Context
 	events *caddyevents.App
+
+	// Events wait until the config is running: Caddy starts its apps in
+	// no fixed order, and the events app must not be used before its own
+	// Start. pending holds those emitted before (a bounded few).
+	evMu    sync.Mutex
+	live    bool
+	pending []pendingEvent
+}
+
+type pendingEvent struct {
+	name string
+	data map[string]any
 }
 
 // engineUse is what this config's handlers need from one database's engine.
@@ -121,8 +133,45 @@ func (o engineObserver) Availability(queueKey string, available bool, reason str
 }
 
 func (a *App) emit(name string, data map[string]any) {
-	if a.events != nil {
-		a.events.Emit(a.ctx, name, data)
+	if a.events == nil {
+		return
+	}
+	a.evMu.Lock()
+	if !a.live {
+		if len(a.pending) < 64 {
+			a.pending = append(a.pending, pendingEvent{name, data})
+		}
+		a.evMu.Unlock()
+		return
+	}
+	a.evMu.Unlock()
+	a.events.Emit(a.ctx, name, data)
+}
+
+// goLive lets events through once this app's config is the running one
+// (every app, the events app included, has started), and sends those that
+// came before.
+func (a *App) goLive() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if activeApp() != a {
+			continue
+		}
+		a.evMu.Lock()
+		a.live = true
+		pending := a.pending
+		a.pending = nil
+		a.evMu.Unlock()
+		for _, e := range pending {
+			a.events.Emit(a.ctx, e.name, e.data)
+		}
+		return
 	}
 }
 
@@ -170,6 +219,7 @@ func (a *App) use(who string, rq *queue.Config, route string, up *upstream.Clien
 func (a *App) Start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	go a.goLive()
 	for _, key := range a.keys() {
 		u := a.uses[key]
 		val, _, err := queuePool.LoadOrNew(key, func() (caddy.Destructor, error) {
