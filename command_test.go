@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -100,7 +101,7 @@ func TestCommands(t *testing.T) {
 	assert.Regexp(t, fmt.Sprintf(`(?m)^job_id\s+%d$`, gone), out)
 	require.Eventually(t, func() bool {
 		out, _ := runCLI(t, p, "job", fmt.Sprint(gone))
-		return strings.Contains(out, "completed")
+		return regexp.MustCompile(`(?m)^state\s+completed$`).MatchString(out)
 	}, 10*time.Second, 100*time.Millisecond, "the replayed job syncs")
 
 	out, code = runCLI(t, p, "retry", "--state", "cancelled")

@@ -518,16 +518,7 @@ func (e *Engine) batchLoop() {
 			e.failPending()
 			return
 		}
-		batch := append(make([]*Entry, 0, 16), first)
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-e.reqs:
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
+		batch := gather(first, e.reqs, maxBatch)
 		err := e.commitBatch(batch)
 		for _, r := range batch {
 			r.done <- err

@@ -166,6 +166,12 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	settings    Settings // of client; the engine serialises restarts
 	// dash is the read-only River UI on the current client.
 	dash dashboards
+	// group, when set, shares transactions between concurrent writes
+	// (SQLite, see groupCommit).
+	group *groupCommit[TTx]
+	// wake, when set, tells this process's River client at once that jobs
+	// were committed (SQLite; PostgreSQL has LISTEN/NOTIFY).
+	wake func()
 	// retiring are clients replaced by a restart, finishing their syncs.
 	retiring sync.WaitGroup
 	retired  sync.Map // *river.Client[TTx] -> struct{}
@@ -351,11 +357,13 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		Logger:  slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
 		Queues:  map[string]river.QueueConfig{riverQueueName: {MaxWorkers: localWorkers(s, driver)}},
 		Workers: workers,
-		// PostgreSQL announces new jobs (LISTEN/NOTIFY); SQLite has no
-		// such thing: poll often (a sender in auto mode waits for the
-		// pick-up), it is one indexed query on a local file.
-		FetchCooldown:     5 * time.Millisecond,
-		FetchPollInterval: 20 * time.Millisecond,
+		// New jobs are announced (PostgreSQL: LISTEN/NOTIFY; SQLite: in
+		// this process, see wakeDriver), so a sender in auto mode does not
+		// wait for a poll. Polling still finds jobs whose snooze (the
+		// coalescing window, a busy booking) or retry time has come.
+		// A fetch is a write transaction: at most one per cooldown.
+		FetchCooldown:     time.Millisecond,
+		FetchPollInterval: 100 * time.Millisecond,
 		JobTimeout:        s.WorkerTimeout,
 		// A sync that was running when a process died is run again once
 		// it has been running longer than any sync may.
@@ -370,9 +378,7 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
 	}
 	if driver == Postgres {
-		// LISTEN/NOTIFY announces new jobs; polling still finds snoozed ones
-		// (waiting for a booking or a max_in_flight slot).
-		cfg.FetchCooldown, cfg.FetchPollInterval = 20*time.Millisecond, 100*time.Millisecond
+		cfg.FetchCooldown = 20 * time.Millisecond
 	}
 	return cfg
 }
@@ -382,33 +388,67 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 // has one, or else becomes one new job; all new jobs are inserted with one
 // statement.
 func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*Entry) error {
+	var fresh [][]*Entry
+	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
+		fresh = fresh[:0]
+		groups := groupByBooking(batch)
+		// Lock booking rows in one global order, so that two batches committing
+		// at once (PostgreSQL) never wait on each other in a cycle.
+		slices.SortFunc(groups, func(x, y []*Entry) int {
+			a, b := x[0], y[0]
+			return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
+				strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
+		})
+		for _, group := range groups {
+			merged, err := b.mergeGroup(ctx, tx, group)
+			if err != nil {
+				return err
+			}
+			if !merged {
+				fresh = append(fresh, group)
+			}
+		}
+		return b.insertJobs(ctx, tx, fresh)
+	})
+	if err != nil {
+		return err
+	}
+	if len(fresh) > 0 {
+		b.announce()
+	}
+	return nil
+}
+
+// write runs fn in a transaction: a shared one on SQLite (group commit),
+// its own on PostgreSQL, where connections write side by side and one
+// transaction holding several bookings' row locks could deadlock with
+// another instance's.
+func (b *riverBackend[TDriver, TTx]) write(ctx context.Context, fn func(context.Context, TTx) error) error {
+	return b.writeOpts(ctx, false, fn)
+}
+
+// writeOpts is write; relaxed allows a commit that is not synced to disk
+// at once (SQLite; see groupCommit).
+func (b *riverBackend[TDriver, TTx]) writeOpts(ctx context.Context, relaxed bool, fn func(context.Context, TTx) error) error {
+	if b.group != nil {
+		return b.group.do(ctx, relaxed, fn)
+	}
 	tx, err := b.db.begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer b.db.rollback(ctx, tx)
-	var fresh [][]*Entry
-	groups := groupByBooking(batch)
-	// Lock booking rows in one global order, so that two batches committing
-	// at once (PostgreSQL) never wait on each other in a cycle.
-	slices.SortFunc(groups, func(x, y []*Entry) int {
-		a, b := x[0], y[0]
-		return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
-			strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
-	})
-	for _, group := range groups {
-		merged, err := b.mergeGroup(ctx, tx, group)
-		if err != nil {
-			return err
-		}
-		if !merged {
-			fresh = append(fresh, group)
-		}
-	}
-	if err := b.insertJobs(ctx, tx, fresh); err != nil {
+	if err := fn(ctx, tx); err != nil {
 		return err
 	}
 	return b.db.commit(ctx, tx)
+}
+
+// announce wakes the workers for jobs just committed.
+func (b *riverBackend[TDriver, TTx]) announce() {
+	if b.wake != nil {
+		b.wake()
+	}
 }
 
 // groupByBooking groups webhooks by booking, in order of first arrival.
@@ -593,51 +633,62 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 // waiting slot, so that webhooks from now on cause a new sync after it.
 // It returns the latest event type seen for the booking.
 func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration, maxInFlight int) (eventType string, ok bool, err error) {
-	tx, err := b.db.begin(ctx)
-	if err != nil {
-		return "", false, err
-	}
-	defer b.db.rollback(ctx, tx)
-	row, err := b.lockBooking(ctx, tx, &job.Args)
-	if err != nil {
-		return "", false, err
-	}
-	if row.running.Valid && !row.holds(job) {
-		// Another sync holds the booking: busy while its call may still be
-		// running (until its worker_timeout and the time to record it have
-		// passed, even if its process died or River rescued it: import-
-		// bookings goes on without its caller), or while River says it
-		// runs (rows from before running_until was kept).
-		if row.until.Valid && time.Now().UnixNano() < row.until.Int64 {
-			return "", false, nil
+	err = b.write(ctx, func(ctx context.Context, tx TTx) error {
+		row, err := b.lockBooking(ctx, tx, &job.Args)
+		if err != nil {
+			return err
 		}
-		if !row.until.Valid && row.running.Int64 != job.ID {
-			busy, err := b.jobInStates(ctx, tx, row.running.Int64, jobIsRunning)
-			if err != nil || busy {
-				return "", false, err
+		if row.running.Valid && !row.holds(job) {
+			// Another sync holds the booking: busy while its call may still be
+			// running (until its worker_timeout and the time to record it have
+			// passed, even if its process died or River rescued it: import-
+			// bookings goes on without its caller), or while River says it
+			// runs (rows from before running_until was kept).
+			if row.until.Valid && time.Now().UnixNano() < row.until.Int64 {
+				return errBusy
+			}
+			if !row.until.Valid && row.running.Int64 != job.ID {
+				busy, err := b.jobInStates(ctx, tx, row.running.Int64, jobIsRunning)
+				if err != nil {
+					return err
+				}
+				if busy {
+					return errBusy
+				}
 			}
 		}
+		// The call is bounded by the job's timeout (River cancels it then);
+		// recording its outcome may take longer, but a newer claim makes that
+		// recording stale, which finish handles.
+		until := time.Now().Add(workerTimeout + claimMargin).UnixNano()
+		got, err := b.takeSlot(ctx, tx, job, until, maxInFlight)
+		if err != nil {
+			return err
+		}
+		if !got {
+			return errNoSlot
+		}
+		err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
+			waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
+			WHERE target_id = $2 AND org = $3 AND booking = $4`,
+			job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey, job.Attempt, until)
+		if err != nil {
+			return fmt.Errorf("claiming booking: %w", err)
+		}
+		eventType = row.eventType
+		return nil
+	})
+	if errors.Is(err, errBusy) {
+		return "", false, nil
 	}
-	// The call is bounded by the job's timeout (River cancels it then);
-	// recording its outcome may take longer, but a newer claim makes that
-	// recording stale, which finish handles.
-	until := time.Now().Add(workerTimeout + claimMargin).UnixNano()
-	got, err := b.takeSlot(ctx, tx, job, until, maxInFlight)
 	if err != nil {
 		return "", false, err
 	}
-	if !got {
-		return "", false, errNoSlot
-	}
-	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
-		waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
-		WHERE target_id = $2 AND org = $3 AND booking = $4`,
-		job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey, job.Attempt, until)
-	if err != nil {
-		return "", false, fmt.Errorf("claiming booking: %w", err)
-	}
-	return row.eventType, true, b.db.commit(ctx, tx)
+	return eventType, true, nil
 }
+
+// errBusy undoes a claim whose booking another sync holds.
+var errBusy = errors.New("booking busy")
 
 // takeSlot takes one of the maxInFlight slots shared by every instance
 // (PostgreSQL), or reports that all are held by calls that may be running.
@@ -717,18 +768,31 @@ func (h scrubHandler) WithGroup(name string) slog.Handler {
 	return scrubHandler{h.Handler.WithGroup(name), h.s}
 }
 
-// finish ends a job's run in one transaction with its booking row: on
-// success the job completes; on a retriable failure it goes back to the
-// waiting slot (webhooks merge into its retry), unless a newer job already
-// waits for the booking, which then carries the sync and this one
-// completes as superseded. It returns the error River should record, or
-// the database's error.
+// finish releases the booking after a job's attempt: on a retriable
+// failure the job goes back to the waiting slot (webhooks merge into its
+// retry), unless a newer job already waits for the booking, which then
+// carries the sync and this one completes as superseded. It returns the
+// error River should record (River's completer then records the job's
+// state, in batches), or the database's error. If the process dies
+// between the two, the job is still running to River and runs again once
+// its call can no longer be running: a sync repeated, none lost.
 func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error) (record, err error) {
-	tx, err := b.db.begin(ctx)
+	// A finish need not reach the disk before the next durable commit: if
+	// power fails first, the job is still running in River's (durable)
+	// fetch and the booking still claimed, so it runs again once its call
+	// can no longer be running; a sync repeated, none lost or overlapped.
+	err = b.writeOpts(ctx, true, func(ctx context.Context, tx TTx) error {
+		var err error
+		record, err = b.finishTx(ctx, tx, job, jobErr)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer b.db.rollback(ctx, tx)
+	return record, nil
+}
+
+func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], jobErr error) (record, err error) {
 	row, err := b.lockBooking(ctx, tx, &job.Args)
 	if err != nil {
 		return nil, err
@@ -744,7 +808,6 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 		}
 		return jobErr, nil
 	}
-	complete := jobErr == nil
 	retriable := jobErr != nil && !isCancel(jobErr)
 	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
 	if superseded {
@@ -772,14 +835,6 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	if err := b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
 		WHERE job_id = $1 AND attempt = $2`, job.ID, job.Attempt); err != nil {
 		return nil, fmt.Errorf("releasing sync slot: %w", err)
-	}
-	if complete || superseded {
-		if _, err := river.JobCompleteTx[TDriver](ctx, tx, job); err != nil {
-			return nil, fmt.Errorf("completing job: %w", err)
-		}
-	}
-	if err := b.db.commit(ctx, tx); err != nil {
-		return nil, err
 	}
 	if superseded {
 		return nil, nil // the newer job carries the sync; logged by the worker
@@ -933,7 +988,11 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 	if err := b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id); err != nil {
 		return nil, err
 	}
-	return res, b.db.commit(ctx, tx)
+	if err := b.db.commit(ctx, tx); err != nil {
+		return nil, err
+	}
+	b.announce()
+	return res, nil
 }
 
 // close stops the workers (in-flight syncs that take too long are
@@ -952,6 +1011,9 @@ func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
 	})
 	wg.Wait()
 	b.retiring.Wait()
+	if b.group != nil {
+		b.group.close()
+	}
 	b.closeDashboard()
 	b.db.close()
 	return nil

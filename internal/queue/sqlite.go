@@ -6,6 +6,8 @@ package queue
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
@@ -13,8 +15,14 @@ import (
 
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
-	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+	"modernc.org/sqlite" // the pure-Go SQLite driver
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/stmtcache"
 )
+
+// stmtCacheSize bounds the prepared statements kept: River's and the
+// queue's hot statements are well under it.
+const stmtCacheSize = 128
 
 // sqliteDialect runs the queue on an embedded SQLite file through one
 // connection: SQLite has one writer at a time anyway, and River's SQLite
@@ -39,11 +47,14 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	// survives a power cut, not just a crash. Batching keeps it cheap.
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
 		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+	base, err := sqlite.NewConnector(dsn)
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("opening queue file: %w", err)
 	}
+	// Parsing SQL was the largest cost of a record and a sync here; the
+	// connection keeps its statements (River's and ours, a few dozen).
+	db := sql.OpenDB(stmtcache.Connector(base, stmtCacheSize))
 	db.SetMaxOpenConns(1)
 	d := &sqliteDialect{db: db, lock: lock}
 	b, err := newSQLiteBackend(ctx, d, q)
@@ -55,8 +66,7 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 }
 
 func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend, error) {
-	driver := riversqlite.New(d.db)
-	migrator, err := rivermigrate.New(driver, nil)
+	migrator, err := rivermigrate.New(riversqlite.New(d.db), nil)
 	if err != nil {
 		return nil, fmt.Errorf("preparing migrations: %w", err)
 	}
@@ -77,11 +87,44 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 		fmt.Sprintf("+%d seconds", int(q.rq.WorkerTimeout.Seconds())), riverQueueName); err != nil {
 		return nil, fmt.Errorf("recovering interrupted jobs: %w", err)
 	}
-	return &riverBackend[*riversqlite.Driver, *sql.Tx]{driver: driver, db: d, q: q}, nil
+	driver := newWakeDriver(d.db)
+	insert, _ := json.Marshal(struct {
+		Queue string `json:"queue"`
+	}{riverQueueName})
+	return &riverBackend[*wakeDriver, *sql.Tx]{driver: driver, db: d, q: q, group: newGroupCommit(d, d.beginRelaxed),
+		wake: func() { driver.hub.publish(topicInsert, string(insert)) }}, nil
 }
 
 func (d *sqliteDialect) begin(ctx context.Context) (*sql.Tx, error) {
 	return d.db.BeginTx(ctx, nil)
+}
+
+// beginRelaxed begins a transaction that commits with synchronous=NORMAL
+// (see groupCommit). The setting belongs to the connection: it is held
+// from the setting to its restoring, so no other transaction commits
+// with it, and a connection whose restoring fails is discarded (a new one
+// opens with FULL).
+func (d *sqliteDialect) beginRelaxed(ctx context.Context) (*sql.Tx, func(), error) {
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	end := func() {
+		if _, err := conn.ExecContext(context.Background(), `PRAGMA synchronous = FULL`); err != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		_ = conn.Close()
+	}
+	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
+		end()
+		return nil, nil, err
+	}
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		end()
+		return nil, nil, err
+	}
+	return tx, end, nil
 }
 
 func (d *sqliteDialect) commit(_ context.Context, tx *sql.Tx) error { return tx.Commit() }

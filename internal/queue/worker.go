@@ -92,19 +92,21 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		res = up.Sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
 		jobErr = jobError(res, &e.scrub)
 	}
+	// The senders waiting for this attempt have their answer now: it is
+	// the call's, whatever recording it does (a recording that fails
+	// leaves the job to run again, which repeats a sync but loses none).
+	deliver(waiting, outcomeOf(job, res, jobErr))
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
 	riverErr, err := w.finishRetrying(fctx, job, res, jobErr)
 	if err != nil {
-		deliver(waiting, &Outcome{Result: res, Err: "recording the sync's outcome failed"})
 		return e.scrubErr(err)
 	}
 	var next time.Time
 	if riverErr != nil && !res.Permanent() && job.Attempt < job.MaxAttempts {
 		next = w.planRetry(job, res, ctx.Err() != nil)
 	}
-	deliver(waiting, outcomeOf(job, res, jobErr))
 	w.logOutcome(job, res, jobErr, riverErr, next)
 	if o := e.observe(); o != nil {
 		switch {

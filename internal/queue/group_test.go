@@ -1,0 +1,170 @@
+package queue
+
+// Group commit and the in-process wake-up, on a real SQLite file opened as
+// the engine opens it.
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivermigrate"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"modernc.org/sqlite"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/stmtcache"
+)
+
+func openTestDialect(t *testing.T) *sqliteDialect {
+	t.Helper()
+	dsn := "file:" + filepath.Join(t.TempDir(), "g.sqlite3") +
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
+	base, err := sqlite.NewConnector(dsn)
+	require.NoError(t, err)
+	db := sql.OpenDB(stmtcache.Connector(base, stmtCacheSize))
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { _ = db.Close() })
+	_, err = db.Exec(`CREATE TABLE t (id INTEGER PRIMARY KEY)`)
+	require.NoError(t, err)
+	return &sqliteDialect{db: db}
+}
+
+func synchronousOf(t *testing.T, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) int {
+	t.Helper()
+	var n int
+	require.NoError(t, q.QueryRowContext(context.Background(), `PRAGMA synchronous`).Scan(&n))
+	return n
+}
+
+func TestGroupCommitUndoesOnlyTheFailedWrite(t *testing.T) {
+	d := openTestDialect(t)
+	g := newGroupCommit(d, d.beginRelaxed)
+	defer g.close()
+	boom := errors.New("boom")
+	const n = 40
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			errs[i] = g.do(t.Context(), i%2 == 0, func(ctx context.Context, tx *sql.Tx) error {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO t (id) VALUES (?)`, i); err != nil {
+					return err
+				}
+				if i%4 == 3 {
+					return boom // after its insert: the insert must be undone
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	rows, err := d.db.Query(`SELECT id FROM t ORDER BY id`)
+	require.NoError(t, err)
+	var got []int
+	for rows.Next() {
+		var id int
+		require.NoError(t, rows.Scan(&id))
+		got = append(got, id)
+	}
+	require.NoError(t, rows.Close())
+	var want []int
+	for i := range n {
+		if i%4 == 3 {
+			assert.ErrorIs(t, errs[i], boom, "op %d", i)
+		} else {
+			assert.NoError(t, errs[i], "op %d", i)
+			want = append(want, i)
+		}
+	}
+	assert.Equal(t, want, got)
+	// Whatever mix of relaxed and durable writes ran, the connection is
+	// back to FULL.
+	assert.Equal(t, 2, synchronousOf(t, d.db))
+}
+
+func TestRelaxedWritesCommitWithoutSync(t *testing.T) {
+	d := openTestDialect(t)
+	g := newGroupCommit(d, d.beginRelaxed)
+	var during int
+	require.NoError(t, g.do(t.Context(), true, func(ctx context.Context, tx *sql.Tx) error {
+		during = synchronousOf(t, tx)
+		_, err := tx.ExecContext(ctx, `INSERT INTO t (id) VALUES (1)`)
+		return err
+	}))
+	assert.Equal(t, 1, during, "NORMAL inside a relaxed transaction")
+	require.NoError(t, g.do(t.Context(), false, func(ctx context.Context, tx *sql.Tx) error {
+		during = synchronousOf(t, tx)
+		return nil
+	}))
+	assert.Equal(t, 2, during, "FULL inside a durable one")
+	assert.Equal(t, 2, synchronousOf(t, d.db), "FULL for every other transaction")
+
+	g.close()
+	err := g.do(t.Context(), false, func(context.Context, *sql.Tx) error { return nil })
+	assert.ErrorIs(t, err, errGroupStopped)
+}
+
+type wakeArgs struct{ N int }
+
+func (wakeArgs) Kind() string { return "wake_test" }
+
+type wakeWorker struct {
+	river.WorkerDefaults[wakeArgs]
+	ran chan time.Time
+}
+
+func (w *wakeWorker) Work(context.Context, *river.Job[wakeArgs]) error {
+	w.ran <- time.Now()
+	return nil
+}
+
+// A job inserted in a transaction of ours and announced after the commit
+// runs long before River's next poll.
+func TestWakeUpRunsJobsBeforeThePoll(t *testing.T) {
+	d := openTestDialect(t)
+	driver := newWakeDriver(d.db)
+	m, err := rivermigrate.New(driver.Driver, nil)
+	require.NoError(t, err)
+	_, err = m.Migrate(t.Context(), rivermigrate.DirectionUp, nil)
+	require.NoError(t, err)
+	w := &wakeWorker{ran: make(chan time.Time, 10)}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, w)
+	const poll = time.Minute
+	c, err := river.NewClient(driver, &river.Config{
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: 2}},
+		Workers:           workers,
+		FetchPollInterval: poll,
+		FetchCooldown:     time.Millisecond,
+		TestOnly:          true,
+	})
+	require.NoError(t, err)
+	require.NoError(t, c.Start(t.Context()))
+	defer func() { require.NoError(t, c.Stop(context.Background())) }()
+	time.Sleep(200 * time.Millisecond) // past the first fetch at start
+
+	for i := range 3 {
+		tx, err := d.db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		_, err = c.InsertTx(t.Context(), tx, wakeArgs{N: i}, nil)
+		require.NoError(t, err)
+		require.NoError(t, tx.Commit())
+		committed := time.Now()
+		driver.hub.publish(topicInsert, fmt.Sprintf(`{"queue":%q}`, river.QueueDefault))
+		select {
+		case at := <-w.ran:
+			t.Logf("job %d ran %s after its commit (poll every %s)", i, at.Sub(committed).Round(time.Microsecond), poll)
+		case <-time.After(poll / 4):
+			t.Fatalf("job %d did not run before the poll", i)
+		}
+	}
+}
