@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -56,6 +57,44 @@ func buildCaddy(repoRoot, dir string) (string, error) {
 	}
 	logf("built in %s", time.Since(start).Round(time.Second))
 	return out, nil
+}
+
+// copyCaddy copies the Caddy binary at src into dir, so that the whole
+// run (and the profiles' symbols) use one binary even if src is rebuilt
+// meanwhile. A missing or unrunnable src (being rebuilt) is waited for.
+func copyCaddy(src, dir string) (string, error) {
+	dst := filepath.Join(dir, "caddy")
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		err := copyFile(src, dst)
+		if err == nil {
+			if err = exec.Command(dst, "version").Run(); err == nil {
+				return dst, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("caddy binary %s: %w", src, err)
+		}
+		logf("caddy binary %s not usable yet (%v): retrying in 5s", src, err)
+		time.Sleep(5 * time.Second)
+	}
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 func goEnv(name string) (string, error) {
@@ -179,6 +218,9 @@ func (c *caddyProc) waitReady(limit time.Duration) error {
 // stop asks Caddy to stop through its admin API, and kills it if it has
 // not exited in time.
 func (c *caddyProc) stop() {
+	if c == nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/stop", c.admin), nil)
@@ -215,13 +257,79 @@ func (c *caddyProc) procStatus(field string) (uint64, error) {
 	return 0, fmt.Errorf("%s not found in /proc/%d/status", field, c.cmd.Process.Pid)
 }
 
+// cpuTime is the CPU time (user and system) Caddy has used so far, from
+// /proc/<pid>/stat.
+func (c *caddyProc) cpuTime() (time.Duration, error) {
+	return procCPUTime(c.cmd.Process.Pid)
+}
+
+func procCPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces), from the
+	// third: utime and stime are the 14th and 15th.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	var ticks uint64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / time.Duration(clockTicks()), nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times.
+var clockTicks = sync.OnceValue(func() int64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if n, perr := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil && perr == nil && n > 0 {
+		return n
+	}
+	return 100
+})
+
+// resetPeak resets VmHWM to the current RSS (clear_refs 5, Linux 4.0+),
+// so that the peak read after a load is the load's, not Caddy's startup's.
+func (c *caddyProc) resetPeak() error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", c.cmd.Process.Pid), []byte("5"), 0o200)
+}
+
+// adminGet GETs path from Caddy's admin endpoint and times the call.
+func (c *caddyProc) adminGet(path string) (int, []byte, time.Duration, error) {
+	client := &http.Client{Timeout: 60 * time.Second}
+	start := time.Now()
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", c.admin, path))
+	if err != nil {
+		return 0, nil, time.Since(start), err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, b, time.Since(start), err
+}
+
 // logLines counts the lines Caddy wrote to its log.
 func (c *caddyProc) logLines() int {
+	if c == nil {
+		return 0
+	}
 	b, err := os.ReadFile(c.logPath)
 	if err != nil {
 		return 0
 	}
 	return bytes.Count(b, []byte("\n"))
+}
+
+// logContains reports whether Caddy's log holds s.
+func (c *caddyProc) logContains(s string) bool {
+	b, err := os.ReadFile(c.logPath)
+	return err == nil && bytes.Contains(b, []byte(s))
 }
 
 func tail(path string, n int) string {

@@ -1,9 +1,11 @@
 // Command bench compares receive_booking with stock Caddy and with the
 // upstream alone, on one machine in one run, and writes BENCHMARKS.md.
 //
-//	make bench   (cd bench && go run . -out ../BENCHMARKS.md) [-duration 10s] [-concurrency 64] [-caddy path] [-pg dsn] [-out BENCHMARKS.md]
+//	make bench   (cd bench && go run . -out ../BENCHMARKS.md $(BENCHFLAGS))
 //
-// See bench/README.md.
+// The load comes from wrk (apt-get install wrk) for the closed-loop
+// scenarios, and from goroutines of the driver for the bursts. See
+// bench/README.md for the flags and the scenarios.
 package main
 
 import (
@@ -16,22 +18,30 @@ import (
 )
 
 var (
-	flagDuration    = flag.Duration("duration", 10*time.Second, "measured duration of each throughput scenario (1-5)")
-	flagConcurrency = flag.Int("concurrency", 64, "requests kept in flight in scenarios 1-5")
-	flagCaddy       = flag.String("caddy", "", "Caddy binary built with this module (default: build one with xcaddy)")
+	flagDuration    = flag.Duration("duration", 10*time.Second, "measured duration of each wrk scenario (1-5, 8), after a 1s warm-up")
+	flagConcurrency = flag.Int("concurrency", 32, "connections wrk keeps busy in scenarios 1-5, 9 and 10 (wrk -c)")
+	flagCaddy       = flag.String("caddy", "", "Caddy binary built with this module, copied at start (default: build one with xcaddy)")
+	flagWrk         = flag.String("wrk", "", "wrk binary (default: wrk from PATH)")
 	flagPG          = flag.String("pg", os.Getenv("RB_TEST_POSTGRES_DSN"), "PostgreSQL DSN for scenario 5-pg, preferably a dedicated database (default: $RB_TEST_POSTGRES_DSN; skipped when empty)")
 	flagOut         = flag.String("out", "BENCHMARKS.md", "markdown report to write (\"\" or \"-\": stdout only)")
-	flagKeep        = flag.Bool("keep", false, "keep the temporary directory (Caddyfiles, Caddy logs, SQLite files)")
-	flagProfile     = flag.String("profile", "", "directory to save a CPU profile of Caddy (admin /debug/pprof) for each throughput scenario's measured window")
-	flagOnly        = flag.String("only", "", "comma-separated scenarios to run (e.g. 4,5-sqlite,7); default: all")
+	flagKeep        = flag.Bool("keep", false, "keep the temporary directory (Caddyfiles, Caddy logs, SQLite files, profiles)")
+	flagPprof       = flag.Bool("pprof", true, "take a CPU profile of Caddy over each measured window and show its top entries (-pprof=false: off)")
+	flagProfile     = flag.String("profile", "", "directory to keep the CPU profiles in, with the Caddy binary they belong to (default: the run's temporary directory)")
+	flagOnly        = flag.String("only", "", "comma-separated scenarios to run; a number selects its variants too (e.g. 4,5,7-async); default: all")
+	flagDrain       = flag.Int("drain", 20_000, "jobs queued before the drain of scenario 9")
+	flagBacklog     = flag.Int("backlog", 1_000_000, "backlog scenario 10 grows to (0: skip scenario 10)")
 )
 
 const (
 	bookingsCycled = 10_000
 	burstWebhooks  = 1_000
 	burstBookings  = 50
-	burstBound     = 100
-	memInflight    = 1_000
+	burstSpread    = time.Second
+	burstDelay     = 200 * time.Millisecond
+	autoCallBound  = 60
+	memSenders     = 1_000
+	memDelay       = 2 * time.Second
+	warmup         = time.Second
 )
 
 func logf(format string, args ...any) {
@@ -49,19 +59,33 @@ func main() {
 // row is one line of the report.
 type row struct {
 	key, name string
+	site      string // the Caddyfile site block ("" without Caddy)
 	load      *loadResult
-	upstream  int64 // -1: not applicable
-	bound     string
+	rate      float64 // jobs/s (scenario 9); else load.okPerSec()
+	upstream  int64   // -1: not applicable
+	perBook   int64   // most calls in flight at once for one booking; -1: not measured
+	inflight  int64   // most calls in flight at once at the stub
 	idleKB    uint64
 	peakKB    uint64
-	inflight  int64 // most concurrent calls seen by the stub
+	caddyCPU  float64 // % of one core over the measured window; -1: n/a
+	driverCPU float64 // the driver's own (stub, burst senders); -1: n/a
+	otherCPU  float64 // the rest of the machine; -1: n/a
 	logLines  int
-	note      string
+	leaked    bool // the API key appears in Caddy's log
+	profile   string
+	note      string // why the scenario has no figures, or what went wrong
+	failed    bool   // the scenario's figures cannot be trusted (errors, non-2xx)
+	extra     string // a sentence for the notes below the table
+
+	tenths   []tenth // scenario 10
+	statsMax time.Duration
 }
 
 type bench struct {
 	tmp      string
 	caddyBin string
+	profDir  string
+	wrk      *wrkTool
 	stub     *stub
 	rows     []*row
 }
@@ -87,49 +111,35 @@ func run() error {
 	} else {
 		defer os.RemoveAll(tmp)
 	}
-	b := &bench{tmp: tmp, caddyBin: *flagCaddy}
-	if b.caddyBin != "" {
-		// Caddy runs in a scenario's own directory: the path must not be
-		// relative.
-		if b.caddyBin, err = filepath.Abs(b.caddyBin); err != nil {
+	b := &bench{tmp: tmp, profDir: *flagProfile}
+	if b.wrk, err = findWrk(tmp); err != nil {
+		return err
+	}
+	if b.profDir == "" {
+		b.profDir = filepath.Join(tmp, "profiles")
+	}
+	binDir := tmp
+	if *flagPprof && *flagProfile != "" {
+		// The profiles are kept: keep the binary they name next to them.
+		binDir = *flagProfile
+		if err := os.MkdirAll(binDir, 0o755); err != nil {
 			return err
 		}
 	}
-	if b.caddyBin == "" {
-		if b.caddyBin, err = buildCaddy(repoRoot, tmp); err != nil {
-			return err
-		}
+	if *flagCaddy != "" {
+		b.caddyBin, err = copyCaddy(*flagCaddy, binDir)
+	} else {
+		b.caddyBin, err = buildCaddy(repoRoot, binDir)
+	}
+	if err != nil {
+		return err
 	}
 	if b.stub, err = startStub(); err != nil {
 		return err
 	}
+	defer b.stub.srv.Close()
 	started := time.Now()
-
-	b.throughput("1", "Ceiling: Caddy `respond`", 200, `header Content-Type application/json
-respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
-	b.throughput("2", "Direct: load straight at the stub (no Caddy)", 200, "")
-	b.throughput("3", "Stock Caddy: `header` matcher + `reverse_proxy`", 200, b.stock())
-	b.throughput("4", "receive_booking `mode sync`", 200, b.receiveBooking("mode sync"))
-	b.throughput("4-auto", "receive_booking `mode auto`, SQLite (record, then wait for the sync)", 200,
-		b.receiveBooking("mode auto", "queue sqlite "+filepath.Join(tmp, "4-auto", "queue.sqlite3")))
-	b.throughput("5-sqlite", "receive_booking `mode async`, SQLite (durable 202s/s)", 202,
-		b.receiveBooking("mode async", "queue sqlite "+filepath.Join(tmp, "5-sqlite", "queue.sqlite3")))
-	if *flagPG == "" && want("5-pg") {
-		b.rows = append(b.rows, &row{key: "5-pg", name: "receive_booking `mode async`, PostgreSQL (durable 202s/s)", upstream: -1,
-			note: "skipped: no DSN (-pg or RB_TEST_POSTGRES_DSN)"})
-	} else {
-		b.throughput("5-pg", "receive_booking `mode async`, PostgreSQL (durable 202s/s)", 202,
-			b.receiveBooking("mode async", "queue postgres `"+*flagPG+"`"))
-	}
-	b.coalescing("6-async", "Coalescing burst, `mode async` (SQLite, window 1s)",
-		b.receiveBooking("mode async", "queue sqlite "+filepath.Join(tmp, "6-async", "queue.sqlite3")))
-	b.coalescing("6-sync", "Coalescing burst, `mode sync` (in-process coalescer)",
-		b.receiveBooking("mode sync", "timeout 30s"))
-	b.latency("8-sync", "Latency, 1 in flight: receive_booking `mode sync`", b.receiveBooking("mode sync"))
-	b.latency("8-auto", "Latency, 1 in flight: receive_booking `mode auto`, SQLite", b.receiveBooking("mode auto",
-		"queue sqlite "+filepath.Join(tmp, "8-auto", "queue.sqlite3")))
-	b.memory("7", "Memory: 1,000 in-flight syncs, stub takes 2 s (`mode sync`)", b.receiveBooking("mode sync", "timeout 10s"))
-	b.memory("7-stock", "Reference for 7: stock Caddy (as in 3), 1,000 in flight, stub takes 2 s", b.stock())
+	b.scenarios()
 	total := time.Since(started)
 
 	report := b.report(total)
@@ -140,31 +150,73 @@ respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
 		}
 		logf("wrote %s", *flagOut)
 	}
-	b.stub.srv.Close()
 	return nil
 }
 
+// scenarios runs every selected scenario, one Caddy at a time.
+func (b *bench) scenarios() {
+	sqlite := func(key string) string { return "queue sqlite " + filepath.Join(b.tmp, key, "queue.sqlite3") }
+	b.throughput("1", "Ceiling: `respond` with a JSON body", 200, `header Content-Type application/json
+respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
+	b.throughput("2", "Direct: wrk straight at the stub (no Caddy)", 200, "")
+	b.throughput("3", "Stock: `header` matcher + `reverse_proxy`, `respond 401`, no log", 200, b.stock(false))
+	b.throughput("3-log", "Stock as 3, with an access log (X-Api-Key filtered out)", 200, b.stock(true))
+	b.throughput("4", "receive_booking `mode sync`", 200, b.receiveBooking("mode sync"))
+	b.throughput("4-auto", "receive_booking `mode auto`, SQLite (record, wait for the sync)", 200,
+		b.receiveBooking("mode auto", sqlite("4-auto")))
+	b.throughput("5-sqlite", "receive_booking `mode async`, SQLite (durable 202s)", 202,
+		b.receiveBooking("mode async", sqlite("5-sqlite")))
+	const pgName = "receive_booking `mode async`, PostgreSQL (durable 202s)"
+	if *flagPG == "" {
+		b.skip("5-pg", pgName, "skipped: no DSN (-pg or RB_TEST_POSTGRES_DSN)")
+	} else {
+		b.throughput("5-pg", pgName, 202, b.receiveBooking("mode async", "queue postgres `"+*flagPG+"`"))
+	}
+	b.coalescing("6-async", "Burst, `mode async`, SQLite", b.receiveBooking("mode async", sqlite("6-async")))
+	// Auto mode starts a booking's first sync at once (coalesce_window 0):
+	// a burst then costs a first and a follow-up sync per booking. An
+	// installation that expects bursts sets a window, as async has.
+	b.coalescing("6-auto", "Burst, `mode auto`, SQLite, `coalesce_window 1s` (senders wait for the sync)",
+		b.receiveBooking("mode auto", "coalesce_window 1s", sqlite("6-auto")))
+	b.coalescing("6-auto-0", "Burst, `mode auto`, SQLite, default `coalesce_window` (0)", b.receiveBooking("mode auto", sqlite("6-auto-0")))
+	b.coalescing("6-sync", "Burst, `mode sync` (in-process coalescer)", b.receiveBooking("mode sync"))
+	b.memory("7-async", "Memory: 1,000 senders at once, `mode async`, SQLite", 202, 0,
+		b.receiveBooking("mode async", sqlite("7-async")))
+	b.memory("7", "Memory: 1,000 senders at once, `mode sync`, stub takes 2 s", 200, memDelay, b.receiveBooking("mode sync"))
+	b.memory("7-stock", "Memory: as 7 through stock Caddy (as 3)", 200, memDelay, b.stock(false))
+	b.latency("8-sync", "Latency, 1 in flight: `mode sync`", b.receiveBooking("mode sync"))
+	b.latency("8-auto", "Latency, 1 in flight: `mode auto`, SQLite", b.receiveBooking("mode auto", sqlite("8-auto")))
+	b.drain("9", fmt.Sprintf("Drain: %d queued jobs, `mode async`, SQLite", *flagDrain), b.receiveBooking("mode async", sqlite("9")))
+	if *flagBacklog <= 0 {
+		b.skip("10", "Backlog growth", "skipped: -backlog 0")
+	} else {
+		b.backlog("10", fmt.Sprintf("Backlog growth to %d jobs, `mode async`, SQLite, nothing drains", *flagBacklog),
+			b.receiveBooking("mode async", sqlite("10")))
+	}
+}
+
 // stock is what a user would build with stock Caddy: a header matcher in
-// front of reverse_proxy, 401 otherwise.
-func (b *bench) stock() string {
-	return fmt.Sprintf(`@ok header X-Api-Key %s
+// front of reverse_proxy, 401 otherwise; with log, an access log like the
+// line receive_booking writes, without the API key.
+func (b *bench) stock(log bool) string {
+	s := fmt.Sprintf(`@ok header X-Api-Key %s
 route {
 	reverse_proxy @ok %s
 	respond 401
 }`, apiKey, b.stub.addr)
-}
-
-// want reports whether -only selects the scenario.
-func want(key string) bool {
-	if *flagOnly == "" {
-		return true
-	}
-	for k := range strings.SplitSeq(*flagOnly, ",") {
-		if k = strings.TrimSpace(k); k == key || (k == "5" && strings.HasPrefix(key, "5-")) || (k == "6" && strings.HasPrefix(key, "6-")) {
-			return true
+	if log {
+		s = `log {
+	output stderr
+	format filter {
+		wrap json
+		fields {
+			request>headers>X-Api-Key delete
 		}
 	}
-	return false
+}
+` + s
+	}
+	return s
 }
 
 func (b *bench) receiveBooking(extra ...string) string {
@@ -177,139 +229,24 @@ func (b *bench) receiveBooking(extra ...string) string {
 	return "receive_booking {\n\t" + strings.Join(lines, "\n\t") + "\n}"
 }
 
-func (b *bench) warmup() time.Duration {
-	return min(max(*flagDuration/5, 200*time.Millisecond), time.Second)
+// want reports whether -only selects the scenario: its key, or its
+// number alone for every variant ("5" selects 5-sqlite and 5-pg).
+func want(key string) bool {
+	if *flagOnly == "" {
+		return true
+	}
+	for k := range strings.SplitSeq(*flagOnly, ",") {
+		if k = strings.TrimSpace(k); k == key || strings.HasPrefix(key, k+"-") {
+			return true
+		}
+	}
+	return false
 }
 
-// throughput runs a closed-loop scenario: concurrency requests in flight
-// for the duration, after a warm-up. An empty site loads the stub itself.
-// start adds a scenario's row, makes the stub answer after delay and, when
-// site is set, starts Caddy with it (c is nil for a scenario without
-// Caddy). ok is false when the scenario is not selected or Caddy did not
-// start; the row then says why.
-func (b *bench) start(key, name string, delay time.Duration, site string) (r *row, c *caddyProc, ok bool) {
-	if !want(key) {
-		return nil, nil, false
+func (b *bench) skip(key, name, note string) {
+	if want(key) {
+		b.rows = append(b.rows, &row{key: key, name: name, upstream: -1, perBook: -1, caddyCPU: -1, driverCPU: -1, otherCPU: -1, note: note})
 	}
-	r = &row{key: key, name: name, upstream: -1}
-	b.rows = append(b.rows, r)
-	logf("scenario %s: %s", key, name)
-	b.stub.reset(delay)
-	if site == "" {
-		return r, nil, true
-	}
-	c, err := startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site)
-	if err != nil {
-		r.note = "Caddy did not start: " + firstLine(err.Error())
-		logf("%v", err)
-		return r, nil, false
-	}
-	return r, c, true
-}
-
-func (b *bench) throughput(key, name string, status int, site string) {
-	b.closedRun(key, name, status, *flagConcurrency, site)
-}
-
-// latency is a closed loop with one request in flight: what one sender
-// waits, without queueing behind others.
-func (b *bench) latency(key, name, site string) {
-	b.closedRun(key, name, 200, 1, site)
-}
-
-func (b *bench) closedRun(key, name string, status, concurrency int, site string) {
-	r, c, ok := b.start(key, name, 0, site)
-	if !ok {
-		return
-	}
-	url := b.stub.url()
-	if c != nil {
-		defer c.stop()
-		url = c.siteURL()
-	}
-	tr := webhookTargeter(url, cycle(bookingsCycled))
-	got, body, err := probe(tr)
-	if err != nil || got != status {
-		r.note = fmt.Sprintf("probe failed: status %d, want %d: %v %s", got, status, err, oneLine(body))
-		logf("%s", r.note)
-		return
-	}
-	closedLoop(tr, concurrency, b.warmup())
-	b.stub.reset(0)
-	var lines0 int
-	if c != nil {
-		lines0 = c.logLines()
-	}
-	var profiled chan struct{}
-	if c != nil && *flagProfile != "" {
-		profiled = make(chan struct{})
-		go func() {
-			defer close(profiled)
-			if err := c.cpuProfile(filepath.Join(*flagProfile, key+".cpu.pprof"), *flagDuration); err != nil {
-				logf("  profile: %v", err)
-			}
-		}()
-	}
-	r.load = closedLoop(tr, concurrency, *flagDuration)
-	if profiled != nil {
-		<-profiled
-	}
-	if site != "" && !strings.HasPrefix(site, "header Content-Type") {
-		r.upstream = b.stub.calls.Load()
-	}
-	if c != nil {
-		r.logLines = c.logLines() - lines0
-	}
-	if r.load.nonOK() > 0 {
-		r.note = "answers: " + r.load.codesString()
-	}
-	logf("  %.0f/s p50 %s p99 %s non-2xx %d", r.load.okPerSec(), ms(r.load.p50), ms(r.load.p99), r.load.nonOK())
-}
-
-// coalescing sends 1,000 webhooks over 50 bookings within one second
-// against a stub taking 200 ms, and counts the upstream calls once they
-// have stopped.
-func (b *bench) coalescing(key, name, site string) {
-	r, c, ok := b.start(key, name, 200*time.Millisecond, site)
-	if !ok {
-		return
-	}
-	defer c.stop()
-	r.bound = fmt.Sprintf("bound %d, naive %d", burstBound, burstWebhooks)
-	r.load = burst(webhookTargeter(c.siteURL(), cycle(burstBookings)), burstWebhooks, burstWebhooks)
-	r.upstream = b.stub.waitQuiet(3*time.Second, 90*time.Second)
-	r.inflight = b.stub.maxInflight.Load()
-	if r.load.nonOK() > 0 {
-		r.note = "answers: " + r.load.codesString()
-	}
-	logf("  sent %d in %s, upstream calls %d, non-2xx %d", r.load.requests, r.load.elapsed.Round(time.Millisecond), r.upstream, r.load.nonOK())
-}
-
-// memory holds 1,000 syncs in flight against a stub that takes 2 s and
-// reads Caddy's peak RSS.
-func (b *bench) memory(key, name, site string) {
-	r, c, ok := b.start(key, name, 2*time.Second, site)
-	if !ok {
-		return
-	}
-	defer c.stop()
-	var err error
-	time.Sleep(time.Second)
-	if r.idleKB, err = c.procStatus("VmRSS"); err != nil {
-		r.note = err.Error()
-		return
-	}
-	// 1,000 requests within 0.1 s: all are in flight for most of the 2 s.
-	r.load = burst(webhookTargeter(c.siteURL(), distinct), memInflight, 10*memInflight)
-	if r.peakKB, err = c.procStatus("VmHWM"); err != nil {
-		r.note = err.Error()
-	}
-	r.upstream = b.stub.calls.Load()
-	r.inflight = b.stub.maxInflight.Load()
-	if r.load.nonOK() > 0 {
-		r.note = "answers: " + r.load.codesString()
-	}
-	logf("  idle %.1f MiB, peak %.1f MiB, stub saw %d at once", mib(r.idleKB), mib(r.peakKB), r.inflight)
 }
 
 func (b *bench) find(key string) *row {

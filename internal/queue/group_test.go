@@ -8,18 +8,22 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivermigrate"
+	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"modernc.org/sqlite"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/stmtcache"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 )
 
 func openTestDialect(t *testing.T) *sqliteDialect {
@@ -167,4 +171,67 @@ func TestWakeUpRunsJobsBeforeThePoll(t *testing.T) {
 			t.Fatalf("job %d did not run before the poll", i)
 		}
 	}
+}
+
+// The counts the triggers keep match River's rows through inserts,
+// merges, syncs, retries, permanent failures, replays, deletions and a
+// restart.
+func TestJobCountsFollowRiver(t *testing.T) {
+	up := newGatedUpstream(t, false)
+	var n atomic.Int64
+	up.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
+		switch n.Add(1) % 3 {
+		case 0:
+			testkit.WriteJSON(w, 200, testkit.Envelope(c, "applied"))
+		case 1:
+			testkit.WriteJSON(w, 503, `{"error":"busy"}`) // retried
+		default:
+			testkit.WriteJSON(w, 404, `{"error":"gone"}`) // cancelled
+		}
+	})
+	qh := testQueue(t, SQLite, up.StandIn)
+	ctx := t.Context()
+	for i := range 60 {
+		_, _, err := qh.enqueue(ctx, testWebhook(fmt.Sprintf("b%d", i%40)), 0)
+		require.NoError(t, err)
+	}
+	b := qh.backend().(*riverBackend[*wakeDriver, *sql.Tx])
+	db := b.db.(*sqliteDialect).db
+	counted := func() map[string]int64 {
+		rows, err := db.QueryContext(ctx, `SELECT state, count(*) FROM river_job WHERE queue = ? GROUP BY state`, riverQueueName)
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]int64{}
+		for _, st := range StatsStates {
+			out[st] = 0
+		}
+		for rows.Next() {
+			var st string
+			var c int64
+			require.NoError(t, rows.Scan(&st, &c))
+			out[st] = c
+		}
+		return out
+	}
+	same := func() bool {
+		s, err := qh.q.Stats(ctx)
+		require.NoError(t, err)
+		return assert.ObjectsAreEqual(counted(), s.Counts)
+	}
+	require.Eventually(t, func() bool { return len(up.Calls()) >= 40 }, 20*time.Second, 20*time.Millisecond)
+	// Two reads of a changing queue agree once it holds still a moment.
+	require.Eventually(t, same, 10*time.Second, 50*time.Millisecond, "while jobs run and retry")
+	jobs, err := b.ListJobs(ctx, []rivertype.JobState{rivertype.JobStateCancelled}, 5, 0, "")
+	require.NoError(t, err)
+	require.NotEmpty(t, jobs)
+	_, err = b.ReplayJob(ctx, jobs[0].ID)
+	require.NoError(t, err)
+	if len(jobs) > 1 {
+		_, err = b.DeleteJob(ctx, jobs[1].ID)
+		require.NoError(t, err)
+	}
+	require.Eventually(t, same, 10*time.Second, 50*time.Millisecond, "after a replay and a deletion")
+	s, err := qh.q.Stats(ctx)
+	require.NoError(t, err)
+	t.Logf("counts: %v", s.Counts)
 }

@@ -541,19 +541,25 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 // then by time, so one organization's thousands of queued syncs hold back
 // another's webhook by at most a few syncs.
 func fairPriority(waiting int) int {
+	// fairPriorityCap must stay the last threshold below.
 	switch {
 	case waiting < 3:
 		return 1
 	case waiting < 30:
 		return 2
-	case waiting < 300:
+	case waiting < fairPriorityCap:
 		return 3
 	}
 	return 4
 }
 
+// fairPriorityCap is where fairPriority reaches its lowest priority.
+const fairPriorityCap = 300
+
 // waitingByOrg counts, for each organization of the groups, its bookings
-// with a sync waiting (an index covers it).
+// with a sync waiting (an index covers it), up to fairPriority's last
+// step: beyond it the priority no longer changes, and a bulk change's
+// backlog of thousands need not be counted for every batch.
 func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, groups [][]*Entry) (map[string]int, error) {
 	out := make(map[string]int)
 	for _, g := range groups {
@@ -562,8 +568,8 @@ func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, g
 			continue
 		}
 		var n int
-		if err := b.db.queryRow(ctx, tx, `SELECT count(*) FROM receive_booking_booking
-			WHERE org = $1 AND waiting_job_id IS NOT NULL`, org).Scan(&n); err != nil {
+		if err := b.db.queryRow(ctx, tx, `SELECT count(*) FROM (SELECT 1 FROM receive_booking_booking
+			WHERE org = $1 AND waiting_job_id IS NOT NULL LIMIT $2) AS w`, org, fairPriorityCap).Scan(&n); err != nil {
 			return nil, fmt.Errorf("counting waiting syncs: %w", err)
 		}
 		out[org] = n
@@ -877,7 +883,7 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) 
 }
 
 func (b *riverBackend[TDriver, TTx]) countByState(ctx context.Context) (map[string]int64, error) {
-	rows, err := b.db.queryRows(ctx, `SELECT state, count(*) FROM river_job WHERE queue = $1 GROUP BY state`, riverQueueName)
+	rows, err := b.db.queryRows(ctx, countQuery(b.q.rq.Driver), riverQueueName)
 	if err != nil {
 		return nil, err
 	}

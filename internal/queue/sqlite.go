@@ -76,6 +76,9 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 	if err := migrateOurs(func(ddl string) error { _, err := d.db.ExecContext(ctx, ddl); return err }); err != nil {
 		return nil, err
 	}
+	if err := setupTally(ctx, d.db); err != nil {
+		return nil, err
+	}
 	// This process holds the file's lock, so a job still marked running
 	// was cut short by a crash: make it available again, rather than
 	// waiting for River's rescuer, but not before its call could have
