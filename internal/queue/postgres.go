@@ -142,6 +142,14 @@ func (d *pgDialect) queryRows(ctx context.Context, query string, args ...any) (r
 	return pgRows{rows}, nil
 }
 
+func (d *pgDialect) queryTx(ctx context.Context, tx pgx.Tx, query string, args ...any) (rowsIter, error) {
+	rows, err := tx.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgRows{rows}, nil
+}
+
 func (d *pgDialect) lockSuffix() string { return " FOR UPDATE" }
 
 func (d *pgDialect) close() { d.pool.Close() }

@@ -127,6 +127,7 @@ type dialect[TTx any] interface {
 	exec(ctx context.Context, tx TTx, query string, args ...any) error
 	queryRow(ctx context.Context, tx TTx, query string, args ...any) scanner
 	queryRows(ctx context.Context, query string, args ...any) (rowsIter, error)
+	queryTx(ctx context.Context, tx TTx, query string, args ...any) (rowsIter, error)
 	// lockSuffix locks a selected row until the transaction ends; SQLite
 	// needs none, its immediate transactions hold the write lock.
 	lockSuffix() string
@@ -254,16 +255,6 @@ const createBookingTable = `CREATE TABLE IF NOT EXISTS receive_booking_booking (
 // the running attempt, and until when its call may still be running.
 var bookingColumns = []string{"running_attempt BIGINT", "running_until BIGINT"}
 
-// upsertBooking records a webhook for a booking, locking the row until the
-// transaction ends, and returns the booking's waiting job and whether a
-// webhook may merge into it.
-const upsertBooking = `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
-	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
-RETURNING waiting_job_id, (SELECT count(*) FROM river_job
-	WHERE river_job.id = receive_booking_booking.waiting_job_id AND river_job.state IN (` + mergeableStates + `))`
-
 // createWebhookIDTable holds the webhook-ids seen within the signature
 // tolerance window, shared by every instance on the database.
 const createWebhookIDTable = `CREATE TABLE IF NOT EXISTS receive_booking_webhook_id (
@@ -390,7 +381,6 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*Entry) error {
 	var fresh [][]*Entry
 	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
-		fresh = fresh[:0]
 		groups := groupByBooking(batch)
 		// Lock booking rows in one global order, so that two batches committing
 		// at once (PostgreSQL) never wait on each other in a cycle.
@@ -399,14 +389,9 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*E
 			return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
 				strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
 		})
-		for _, group := range groups {
-			merged, err := b.mergeGroup(ctx, tx, group)
-			if err != nil {
-				return err
-			}
-			if !merged {
-				fresh = append(fresh, group)
-			}
+		var err error
+		if fresh, err = b.mergeGroups(ctx, tx, groups); err != nil {
+			return err
 		}
 		return b.insertJobs(ctx, tx, fresh)
 	})
@@ -472,27 +457,6 @@ func groupByBooking(batch []*Entry) [][]*Entry {
 	return groups
 }
 
-// mergeGroup records a booking's webhooks and merges them into its waiting
-// sync, if it has one that has not started.
-func (b *riverBackend[TDriver, TTx]) mergeGroup(ctx context.Context, tx TTx, group []*Entry) (bool, error) {
-	first, last := group[0], group[len(group)-1]
-	var waiting sql.NullInt64
-	var mergeable int
-	err := b.db.queryRow(ctx, tx, upsertBooking, first.Route, first.Webhook.OrganizationID, first.Webhook.BookingKey,
-		last.Webhook.EventType).Scan(&waiting, &mergeable)
-	if err != nil {
-		return false, fmt.Errorf("recording booking: %w", err)
-	}
-	if !waiting.Valid || mergeable == 0 {
-		return false, nil
-	}
-	for _, r := range group {
-		r.JobID, r.Coalesced = waiting.Int64, true
-		b.addWaiter(r)
-	}
-	return true, nil
-}
-
 // insertJobs inserts one job for each group and makes it the booking's
 // waiting sync; later webhooks of a group merge into it.
 func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry) error {
@@ -526,12 +490,8 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 			r.JobID, r.Coalesced = id, j > 0
 			b.addWaiter(r)
 		}
-		r := g[0]
-		if err := b.setWaiting(ctx, tx, r.Route, r.Webhook.OrganizationID, r.Webhook.BookingKey, id); err != nil {
-			return err
-		}
 	}
-	return nil
+	return b.setWaitingGroups(ctx, tx, groups)
 }
 
 // fairPriority is a new sync's River priority (1 runs first) from how many
@@ -859,6 +819,31 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) 
 		return nil, fmt.Errorf("counting jobs: %w", err)
 	}
 	s := &Stats{Counts: counts}
+	if b.q.rq.Driver == SQLite {
+		// Jobs are created in id order: the first pending one by id is
+		// the oldest. River's list sorts every pending job for it (half a
+		// second with a million queued, on the only connection); this
+		// scans ids from the start and stops at the first pending one,
+		// past only finished jobs kept as history.
+		rows, err := b.db.queryRows(ctx, `SELECT unixepoch(created_at, 'subsec') FROM river_job
+			WHERE queue = $1 AND +state IN ('available', 'retryable', 'scheduled', 'running', 'pending')
+			ORDER BY id LIMIT 1`, riverQueueName)
+		if err != nil {
+			return nil, fmt.Errorf("finding oldest job: %w", err)
+		}
+		var created sql.NullFloat64
+		if rows.Next() {
+			err = rows.Scan(&created)
+		}
+		rows.Close()
+		if err = cmp.Or(err, rows.Err()); err != nil {
+			return nil, fmt.Errorf("finding oldest job: %w", err)
+		}
+		if created.Valid {
+			s.OldestPendingSeconds = max(float64(time.Now().UnixMicro())/1e6-created.Float64, 0)
+		}
+		return s, b.lastSync(ctx, s)
+	}
 	// The rows are closed by now: on SQLite the one connection is free.
 	oldest, err := b.cl().JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
 		States(rivertype.JobStateAvailable, rivertype.JobStateRetryable, rivertype.JobStateScheduled, rivertype.JobStateRunning).
@@ -869,17 +854,22 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) 
 	if len(oldest.Jobs) > 0 {
 		s.OldestPendingSeconds = time.Since(oldest.Jobs[0].CreatedAt).Seconds()
 	}
-	// The last successful sync of any instance sharing the queue.
+	return s, b.lastSync(ctx, s)
+}
+
+// lastSync sets the last successful sync of any instance sharing the
+// queue (an index on state and finalized_at covers it).
+func (b *riverBackend[TDriver, TTx]) lastSync(ctx context.Context, s *Stats) error {
 	last, err := b.cl().JobList(ctx, river.NewJobListParams().Queues(riverQueueName).
 		States(rivertype.JobStateCompleted).OrderBy(river.JobListOrderByFinalizedAt, river.SortOrderDesc).First(1))
 	if err != nil {
-		return nil, fmt.Errorf("finding last sync: %w", err)
+		return fmt.Errorf("finding last sync: %w", err)
 	}
 	if len(last.Jobs) > 0 && last.Jobs[0].FinalizedAt != nil {
 		t := last.Jobs[0].FinalizedAt.UTC()
 		s.LastSyncAt = &t
 	}
-	return s, nil
+	return nil
 }
 
 func (b *riverBackend[TDriver, TTx]) countByState(ctx context.Context) (map[string]int64, error) {

@@ -151,6 +151,14 @@ func (d *sqliteDialect) queryRows(ctx context.Context, query string, args ...any
 	return sqlRows{rows}, nil
 }
 
+func (d *sqliteDialect) queryTx(ctx context.Context, tx *sql.Tx, query string, args ...any) (rowsIter, error) {
+	rows, err := tx.QueryContext(ctx, rebindSQLite(query), args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rows}, nil
+}
+
 func (d *sqliteDialect) lockSuffix() string { return "" }
 
 func (d *sqliteDialect) close() {
