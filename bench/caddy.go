@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -347,18 +348,23 @@ func tail(path string, n int) string {
 // cpuProfile saves a CPU profile of Caddy taken over d through its admin
 // API's /debug/pprof endpoint.
 func (c *caddyProc) cpuProfile(path string, d time.Duration) error {
+	secs := max(int(d.Round(time.Second)/time.Second), 1)
+	return c.fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), path, d+30*time.Second)
+}
+
+// fetch saves an admin API answer (a profile) to path.
+func (c *caddyProc) fetch(uri, path string, timeout time.Duration) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	secs := max(int(d.Round(time.Second)/time.Second), 1)
-	client := &http.Client{Timeout: d + 30*time.Second}
-	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", c.admin, secs))
+	client := &http.Client{Timeout: timeout}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", c.admin, uri))
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin pprof: status %d", resp.StatusCode)
+		return fmt.Errorf("admin %s: status %d", uri, resp.StatusCode)
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -369,4 +375,36 @@ func (c *caddyProc) cpuProfile(path string, d time.Duration) error {
 		return err
 	}
 	return f.Close()
+}
+
+// goroutines is Caddy's goroutine count, from the admin API (0 if it
+// cannot tell).
+func (c *caddyProc) goroutines() int {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", c.admin))
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var n int
+	_, _ = fmt.Fscanf(resp.Body, "goroutine profile: total %d", &n)
+	return n
+}
+
+// memStats are the Go runtime's memory figures (admin /debug/vars), in
+// bytes.
+type memStats struct {
+	HeapInuse, StackInuse, Sys uint64
+}
+
+func (c *caddyProc) memStats() memStats {
+	client := &http.Client{Timeout: 10 * time.Second}
+	var v struct{ Memstats memStats }
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/vars", c.admin))
+	if err != nil {
+		return v.Memstats
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(&v)
+	return v.Memstats
 }

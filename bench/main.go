@@ -59,23 +59,28 @@ func main() {
 // row is one line of the report.
 type row struct {
 	key, name string
-	site      string // the Caddyfile site block ("" without Caddy)
-	load      *loadResult
-	rate      float64 // jobs/s (scenario 9); else load.okPerSec()
-	upstream  int64   // -1: not applicable
-	perBook   int64   // most calls in flight at once for one booking; -1: not measured
-	inflight  int64   // most calls in flight at once at the stub
-	idleKB    uint64
-	peakKB    uint64
-	caddyCPU  float64 // % of one core over the measured window; -1: n/a
-	driverCPU float64 // the driver's own (stub, burst senders); -1: n/a
-	otherCPU  float64 // the rest of the machine; -1: n/a
-	logLines  int
-	leaked    bool // the API key appears in Caddy's log
-	profile   string
-	note      string // why the scenario has no figures, or what went wrong
-	failed    bool   // the scenario's figures cannot be trusted (errors, non-2xx)
-	extra     string // a sentence for the notes below the table
+	// heapProfile is a heap profile taken during a memory burst, with
+	// the goroutine count then.
+	heapProfile string
+	goroutines  int
+	mem         memStats
+	site        string // the Caddyfile site block ("" without Caddy)
+	load        *loadResult
+	rate        float64 // jobs/s (scenario 9); else load.okPerSec()
+	upstream    int64   // -1: not applicable
+	perBook     int64   // most calls in flight at once for one booking; -1: not measured
+	inflight    int64   // most calls in flight at once at the stub
+	idleKB      uint64
+	peakKB      uint64
+	caddyCPU    float64 // % of one core over the measured window; -1: n/a
+	driverCPU   float64 // the driver's own (stub, burst senders); -1: n/a
+	otherCPU    float64 // the rest of the machine; -1: n/a
+	logLines    int
+	leaked      bool // the API key appears in Caddy's log
+	profile     string
+	note        string // why the scenario has no figures, or what went wrong
+	failed      bool   // the scenario's figures cannot be trusted (errors, non-2xx)
+	extra       string // a sentence for the notes below the table
 
 	tenths   []tenth // scenario 10
 	statsMax time.Duration

@@ -24,6 +24,7 @@ func (b *bench) report(total time.Duration) string {
 	b.backlogTable(w)
 	b.targets(w)
 	b.profiles(w)
+	b.heapProfiles(w)
 	b.configs(w)
 	return w.String()
 }
@@ -356,10 +357,39 @@ func (b *bench) profiles(w *printer) {
 	}
 }
 
+// heapProfiles shows what was live during each memory burst.
+func (b *bench) heapProfiles(w *printer) {
+	var shown bool
+	for _, r := range b.rows {
+		if r.heapProfile == "" {
+			continue
+		}
+		if !shown {
+			w.p("## What holds the memory during a burst\n\n`go tool pprof -top -nodecount=8 -sample_index=inuse_space <caddy> <scenario>.heap.pprof`,\n" +
+				"taken 150 ms into each memory burst (live heap only: goroutine stacks and the runtime's\n" +
+				"free pages are part of RSS but not of this profile).\n\n")
+			shown = true
+		}
+		w.p("**%s** — %s; at that moment: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB, from the OS %.1f MiB (Go runtime)\n\n",
+			r.key, r.name, r.goroutines, float64(r.mem.StackInuse)/(1<<20), float64(r.mem.HeapInuse)/(1<<20), float64(r.mem.Sys)/(1<<20))
+		summary, rows, err := pprofTop(b.caddyBin, r.heapProfile, "-sample_index=inuse_space")
+		if err != nil {
+			w.p("(%s)\n\n", oneLine(err.Error()))
+			continue
+		}
+		w.p("%s\n\n| flat %% | cum %% | function |\n|---:|---:|---|\n", summary)
+		for _, pr := range rows {
+			w.p("| %s | %s | `%s` |\n", pr[0], pr[1], pr[2])
+		}
+		w.p("\n")
+	}
+}
+
 // pprofTop runs go tool pprof -top and returns its Duration line and, for
 // each of the top entries, flat %, cum % and the function.
-func pprofTop(bin, profile string) (string, [][3]string, error) {
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=8", bin, profile).CombinedOutput()
+func pprofTop(bin, profile string, flags ...string) (string, [][3]string, error) {
+	args := append([]string{"tool", "pprof", "-top", "-nodecount=8"}, flags...)
+	out, err := exec.Command("go", append(args, bin, profile)...).CombinedOutput()
 	if err != nil {
 		return "", nil, fmt.Errorf("go tool pprof: %v: %s", err, out)
 	}
@@ -369,7 +399,7 @@ func pprofTop(bin, profile string) (string, [][3]string, error) {
 	for line := range strings.SplitSeq(string(out), "\n") {
 		f := strings.Fields(line)
 		switch {
-		case strings.HasPrefix(line, "Duration:"):
+		case strings.HasPrefix(line, "Duration:"), summary == "" && strings.HasPrefix(line, "Showing nodes accounting for"):
 			summary = strings.TrimSpace(line)
 		case len(f) > 0 && f[0] == "flat":
 			inTable = true

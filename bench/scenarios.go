@@ -174,7 +174,23 @@ func (b *bench) memory(key, name string, status int, delay time.Duration, site s
 	}
 	b.stub.reset(delay)
 	cpu := c.startCPU()
+	// What is live while the senders wait: a heap profile and the
+	// goroutine count, taken 150 ms into the burst.
+	snap := make(chan struct{})
+	go func() {
+		defer close(snap)
+		time.Sleep(150 * time.Millisecond)
+		path := filepath.Join(b.profDir, r.key+".heap.pprof")
+		if err := c.fetch("/debug/pprof/heap", path, 30*time.Second); err != nil {
+			logf("  heap profile: %v", err)
+			return
+		}
+		r.heapProfile = path
+		r.goroutines = c.goroutines()
+		r.mem = c.memStats()
+	}()
 	r.load = burst(url, distinct, memSenders, 0, 2*time.Minute)
+	<-snap
 	r.setCPU(cpu.stop(), -1)
 	r.upstream = b.stub.waitQuiet(2*time.Second, 2*time.Minute)
 	r.inflight = b.stub.maxInflight.Load()
