@@ -169,6 +169,10 @@ respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
 	b.throughput("4", "receive_booking `mode sync`", 200, b.receiveBooking("mode sync"))
 	b.throughput("4-auto", "receive_booking `mode auto`, SQLite (record, wait for the sync)", 200,
 		b.receiveBooking("mode auto", sqlite("4-auto")))
+	// Each sender in auto mode holds a worker for its sync: with 32 in
+	// flight, 10 workers (the default) are the limit.
+	b.throughput("4-auto-w32", "receive_booking `mode auto`, SQLite, `workers 32`", 200,
+		b.receiveBooking("mode auto", "workers 32", sqlite("4-auto-w32")))
 	b.throughput("5-sqlite", "receive_booking `mode async`, SQLite (durable 202s)", 202,
 		b.receiveBooking("mode async", sqlite("5-sqlite")))
 	const pgName = "receive_booking `mode async`, PostgreSQL (durable 202s)"

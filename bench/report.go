@@ -268,6 +268,8 @@ func (b *bench) targetList() []target {
 	add("5-pg (async, PostgreSQL) ≥ 0.25× respond", []*row{s5pg, s1}, func() (string, bool) { return vsCeil(s5pg, 0.25) })
 	s4a := b.find("4-auto")
 	add("4-auto (auto, SQLite) ≥ 0.15× respond", []*row{s4a, s1}, func() (string, bool) { return vsCeil(s4a, 0.15) })
+	s4a32 := b.find("4-auto-w32")
+	add("4-auto-w32 (auto, SQLite, workers 32) ≥ 0.15× respond", []*row{s4a32, s1}, func() (string, bool) { return vsCeil(s4a32, 0.15) })
 	s8s, s8a := b.find("8-sync"), b.find("8-auto")
 	add("8: auto p50 − sync p50 ≤ 2 ms (1 in flight)", []*row{s8s, s8a}, func() (string, bool) {
 		d := s8a.load.p50 - s8s.load.p50
