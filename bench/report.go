@@ -58,6 +58,10 @@ func (b *bench) header(w *printer, total time.Duration) {
 		"  senders of a burst); \"other\" is the machine's busy time (`/proc/stat`) beyond those three: other\n"+
 		"  processes, and kernel work (loopback networking) charged to none. Upstream calls are the stub's\n"+
 		"  during the measured window (for 6, 7, 9: until it has been quiet for 2-3 s).\n", nproc(), nproc())
+	if *flagPG != "" {
+		w.p("- PostgreSQL for 5-pg (read with `psql -c 'SHOW …'`): %s. Durable acknowledgements need\n"+
+			"  fsync and synchronous_commit on (`RB_PG_DURABLE=1 scripts/pg.sh start` keeps them).\n", pgSettings(*flagPG))
+	}
 	if *flagPprof {
 		w.p("- Caddy's CPU was profiled (admin `/debug/pprof/profile`) over each measured window; that costs a\n" +
 			"  little CPU. `-pprof=false` turns it off.\n")
@@ -548,4 +552,17 @@ func cmdOutput(name string, args ...string) string {
 		return "(" + err.Error() + ")"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// pgSettings reads the durability settings of the server at dsn.
+func pgSettings(dsn string) string {
+	var parts []string
+	for _, name := range []string{"server_version", "fsync", "synchronous_commit", "full_page_writes"} {
+		out, err := exec.Command("psql", dsn, "-Atc", "SHOW "+name).Output()
+		if err != nil {
+			return "unknown (psql: " + err.Error() + ")"
+		}
+		parts = append(parts, name+" = "+strings.TrimSpace(string(out)))
+	}
+	return strings.Join(parts, ", ")
 }

@@ -24,6 +24,10 @@
 #   RB_PG_OWNER  pid of the process the cluster belongs to (scripts/test.sh
 #                sets it). A later `start` removes clusters whose owner has
 #                died without stopping them (e.g. killed with SIGKILL).
+#   RB_PG_DURABLE=1  keep PostgreSQL's durable defaults (fsync,
+#                synchronous_commit, full_page_writes on): for measuring
+#                durable acknowledgements (make bench); the tests turn
+#                them off for speed.
 set -euo pipefail
 
 tmp="${TMPDIR:-/tmp}"
@@ -225,10 +229,14 @@ start() {
 		unix_socket_directories = '$dir'
 		password_encryption = 'scram-sha-256'
 		max_connections = 200
-		fsync = off
-		synchronous_commit = off
-		full_page_writes = off
 	CONF
+	if [ "${RB_PG_DURABLE:-}" != 1 ]; then
+		as_pg sh -c "cat >>'$dir/data/postgresql.conf'" <<-CONF
+			fsync = off
+			synchronous_commit = off
+			full_page_writes = off
+		CONF
+	fi
 
 	# Free ports are taken from 55432 up; a start that loses a race for
 	# one (another server binds it first) tries the next.
