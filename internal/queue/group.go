@@ -8,9 +8,10 @@ package queue
 //
 // A write may be relaxed: its commit need not be on disk before it
 // returns (a sync's finish, which a power cut would only make run again).
-// A transaction of relaxed writes only commits with synchronous=NORMAL:
-// in WAL mode it survives a crash of the process, and the next durable
-// commit syncs it to disk with everything before it.
+// A transaction of relaxed writes commits with synchronous=NORMAL: in WAL
+// mode it survives a crash of the process, and the next durable commit
+// syncs it to disk with everything before it. Any other write makes its
+// transaction durable (synchronous=FULL).
 
 import (
 	"context"
@@ -26,9 +27,9 @@ var errGroupStopped = errors.New("queue stopped")
 
 type groupCommit[TTx any] struct {
 	db dialect[TTx]
-	// relaxed begins a transaction whose commit is not synced, and
-	// returns what ends it (after its commit or rollback).
-	relaxed func(context.Context) (TTx, func(), error)
+	// begin begins a transaction, durable or not, and returns what ends
+	// it (after its commit or rollback).
+	begin func(ctx context.Context, durable bool) (TTx, func(), error)
 
 	ops  chan *groupOp[TTx]
 	stop chan struct{}
@@ -42,8 +43,8 @@ type groupOp[TTx any] struct {
 	err     chan error
 }
 
-func newGroupCommit[TTx any](db dialect[TTx], relaxed func(context.Context) (TTx, func(), error)) *groupCommit[TTx] {
-	g := &groupCommit[TTx]{db: db, relaxed: relaxed, ops: make(chan *groupOp[TTx]), stop: make(chan struct{}), done: make(chan struct{})}
+func newGroupCommit[TTx any](db dialect[TTx], begin func(context.Context, bool) (TTx, func(), error)) *groupCommit[TTx] {
+	g := &groupCommit[TTx]{db: db, begin: begin, ops: make(chan *groupOp[TTx]), stop: make(chan struct{}), done: make(chan struct{})}
 	go g.loop()
 	return g
 }
@@ -101,21 +102,15 @@ func (g *groupCommit[TTx]) run(batch []*groupOp[TTx]) []error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	relaxed := g.relaxed != nil
+	durable := false
 	for _, op := range batch {
-		relaxed = relaxed && op.relaxed
+		durable = durable || !op.relaxed
 	}
-	var tx TTx
-	var err error
-	if relaxed {
-		var end func()
-		if tx, end, err = g.relaxed(ctx); err != nil {
-			return fail(err)
-		}
-		defer end()
-	} else if tx, err = g.db.begin(ctx); err != nil {
+	tx, end, err := g.begin(ctx, durable)
+	if err != nil {
 		return fail(err)
 	}
+	defer end()
 	defer g.db.rollback(ctx, tx)
 	if len(batch) == 1 {
 		if errs[0] = batch[0].fn(batch[0].ctx, tx); errs[0] != nil {

@@ -29,7 +29,7 @@ import (
 func openTestDialect(t *testing.T) *sqliteDialect {
 	t.Helper()
 	dsn := "file:" + filepath.Join(t.TempDir(), "g.sqlite3") +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	base, err := sqlite.NewConnector(dsn)
 	require.NoError(t, err)
 	db := sql.OpenDB(stmtcache.Connector(base, stmtCacheSize))
@@ -51,7 +51,7 @@ func synchronousOf(t *testing.T, q interface {
 
 func TestGroupCommitUndoesOnlyTheFailedWrite(t *testing.T) {
 	d := openTestDialect(t)
-	g := newGroupCommit(d, d.beginRelaxed)
+	g := newGroupCommit(d, d.beginSync)
 	defer g.close()
 	boom := errors.New("boom")
 	const n = 40
@@ -91,13 +91,13 @@ func TestGroupCommitUndoesOnlyTheFailedWrite(t *testing.T) {
 	}
 	assert.Equal(t, want, got)
 	// Whatever mix of relaxed and durable writes ran, the connection is
-	// back to FULL.
-	assert.Equal(t, 2, synchronousOf(t, d.db))
+	// back to NORMAL for River's own transactions.
+	assert.Equal(t, 1, synchronousOf(t, d.db))
 }
 
-func TestRelaxedWritesCommitWithoutSync(t *testing.T) {
+func TestOnlyDurableWritesSync(t *testing.T) {
 	d := openTestDialect(t)
-	g := newGroupCommit(d, d.beginRelaxed)
+	g := newGroupCommit(d, d.beginSync)
 	var during int
 	require.NoError(t, g.do(t.Context(), true, func(ctx context.Context, tx *sql.Tx) error {
 		during = synchronousOf(t, tx)
@@ -110,7 +110,7 @@ func TestRelaxedWritesCommitWithoutSync(t *testing.T) {
 		return nil
 	}))
 	assert.Equal(t, 2, during, "FULL inside a durable one")
-	assert.Equal(t, 2, synchronousOf(t, d.db), "FULL for every other transaction")
+	assert.Equal(t, 1, synchronousOf(t, d.db), "NORMAL for every other transaction")
 
 	g.close()
 	err := g.do(t.Context(), false, func(context.Context, *sql.Tx) error { return nil })

@@ -963,56 +963,53 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 	if err := json.Unmarshal(job.EncodedArgs, &args); err != nil {
 		return nil, fmt.Errorf("reading job args: %w", err)
 	}
-	tx, err := b.db.begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer b.db.rollback(ctx, tx)
-	// Check the state inside the transaction: River's retry leaves a
-	// running job as it is, and a running job must never take the
-	// booking's waiting slot (a webhook would merge into a sync that has
-	// already read the booking).
-	var state string
-	if err := b.db.queryRow(ctx, tx, `SELECT state FROM river_job WHERE id = $1`+b.db.lockSuffix(), id).Scan(&state); err != nil {
-		return nil, fmt.Errorf("reading job state: %w", err)
-	}
-	if !ReplayableStates[rivertype.JobState(state)] {
-		return nil, ErrNotReplayable
-	}
-	row, err := b.lockBooking(ctx, tx, &args)
-	if err != nil {
-		return nil, err
-	}
 	res := &ReplayResult{JobID: id}
-	if row.waiting.Valid && row.waiting.Int64 != id {
-		merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable)
+	err = b.write(ctx, func(ctx context.Context, tx TTx) error {
+		// Check the state inside the transaction: River's retry leaves a
+		// running job as it is, and a running job must never take the
+		// booking's waiting slot (a webhook would merge into a sync that
+		// has already read the booking).
+		var state string
+		if err := b.db.queryRow(ctx, tx, `SELECT state FROM river_job WHERE id = $1`+b.db.lockSuffix(), id).Scan(&state); err != nil {
+			return fmt.Errorf("reading job state: %w", err)
+		}
+		if !ReplayableStates[rivertype.JobState(state)] {
+			return ErrNotReplayable
+		}
+		row, err := b.lockBooking(ctx, tx, &args)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if merge {
-			if _, err := b.cl().JobDeleteTx(ctx, tx, id); err != nil {
-				return nil, err
+		if row.waiting.Valid && row.waiting.Int64 != id {
+			merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable)
+			if err != nil {
+				return err
 			}
-			res.JobID, res.Coalesced = row.waiting.Int64, true
-			return res, b.db.commit(ctx, tx)
+			if merge {
+				if _, err := b.cl().JobDeleteTx(ctx, tx, id); err != nil {
+					return err
+				}
+				res.JobID, res.Coalesced = row.waiting.Int64, true
+				return nil
+			}
 		}
-	}
-	if _, err := b.cl().JobRetryTx(ctx, tx, id); err != nil {
+		if _, err := b.cl().JobRetryTx(ctx, tx, id); err != nil {
+			return err
+		}
+		// A replay gets a fresh budget: max_attempts more attempts from
+		// now, whatever the job used before.
+		if err := b.db.exec(ctx, tx, `UPDATE river_job SET max_attempts = attempt + $2 WHERE id = $1`,
+			id, b.maxAttempts.Load()); err != nil {
+			return fmt.Errorf("renewing attempts: %w", err)
+		}
+		return b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id)
+	})
+	if err != nil {
 		return nil, err
 	}
-	// A replay gets a fresh budget: max_attempts more attempts from now,
-	// whatever the job used before.
-	if err := b.db.exec(ctx, tx, `UPDATE river_job SET max_attempts = attempt + $2 WHERE id = $1`,
-		id, b.maxAttempts.Load()); err != nil {
-		return nil, fmt.Errorf("renewing attempts: %w", err)
+	if !res.Coalesced {
+		b.announce()
 	}
-	if err := b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id); err != nil {
-		return nil, err
-	}
-	if err := b.db.commit(ctx, tx); err != nil {
-		return nil, err
-	}
-	b.announce()
 	return res, nil
 }
 
@@ -1042,16 +1039,10 @@ func (b *riverBackend[TDriver, TTx]) close(context.Context) error {
 
 // probe commits a one-row write, as recording a webhook would.
 func (b *riverBackend[TDriver, TTx]) probe(ctx context.Context) error {
-	tx, err := b.db.begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.db.rollback(ctx, tx)
-	if err := b.db.exec(ctx, tx, `INSERT INTO receive_booking_health (id, checked_at) VALUES (1, $1)
-		ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`, time.Now().UnixNano()); err != nil {
-		return err
-	}
-	return b.db.commit(ctx, tx)
+	return b.write(ctx, func(ctx context.Context, tx TTx) error {
+		return b.db.exec(ctx, tx, `INSERT INTO receive_booking_health (id, checked_at) VALUES (1, $1)
+			ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`, time.Now().UnixNano())
+	})
 }
 
 func (b *riverBackend[TDriver, TTx]) ReplaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error) {

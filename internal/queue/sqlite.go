@@ -43,10 +43,14 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	// synchronous(FULL): a webhook is answered 202 only once its record
-	// survives a power cut, not just a crash. Batching keeps it cheap.
+	// synchronous(NORMAL) by default, for River's own transactions (a
+	// fetch, a completion, maintenance): in WAL mode they survive a crash
+	// of the process, and the next durable commit takes them to disk. The
+	// commits that must survive a power cut before anything goes on (a
+	// webhook's record before its 2xx, a claim before its call, a replay,
+	// the health probe) run with synchronous=FULL (beginSync).
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	base, err := sqlite.NewConnector(dsn)
 	if err != nil {
 		lock.Close()
@@ -94,7 +98,7 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 	insert, _ := json.Marshal(struct {
 		Queue string `json:"queue"`
 	}{riverQueueName})
-	return &riverBackend[*wakeDriver, *sql.Tx]{driver: driver, db: d, q: q, group: newGroupCommit(d, d.beginRelaxed),
+	return &riverBackend[*wakeDriver, *sql.Tx]{driver: driver, db: d, q: q, group: newGroupCommit(d, d.beginSync),
 		wake: func() { driver.hub.publish(topicInsert, string(insert)) }}, nil
 }
 
@@ -102,23 +106,29 @@ func (d *sqliteDialect) begin(ctx context.Context) (*sql.Tx, error) {
 	return d.db.BeginTx(ctx, nil)
 }
 
-// beginRelaxed begins a transaction that commits with synchronous=NORMAL
-// (see groupCommit). The setting belongs to the connection: it is held
-// from the setting to its restoring, so no other transaction commits
-// with it, and a connection whose restoring fails is discarded (a new one
-// opens with FULL).
-func (d *sqliteDialect) beginRelaxed(ctx context.Context) (*sql.Tx, func(), error) {
+// beginSync begins a transaction that commits with synchronous=FULL
+// (durable: the commit is on disk when it returns) or with the
+// connection's NORMAL (see groupCommit). The setting belongs to the
+// connection: a durable transaction holds it from the setting to its
+// restoring, so that no other transaction commits with it, and a
+// connection whose restoring fails is discarded (a new one opens with
+// NORMAL).
+func (d *sqliteDialect) beginSync(ctx context.Context, durable bool) (*sql.Tx, func(), error) {
+	if !durable {
+		tx, err := d.db.BeginTx(ctx, nil)
+		return tx, func() {}, err
+	}
 	conn, err := d.db.Conn(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	end := func() {
-		if _, err := conn.ExecContext(context.Background(), `PRAGMA synchronous = FULL`); err != nil {
+		if _, err := conn.ExecContext(context.Background(), `PRAGMA synchronous = NORMAL`); err != nil {
 			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		_ = conn.Close()
 	}
-	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = NORMAL`); err != nil {
+	if _, err := conn.ExecContext(ctx, `PRAGMA synchronous = FULL`); err != nil {
 		end()
 		return nil, nil, err
 	}
