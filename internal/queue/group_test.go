@@ -235,3 +235,26 @@ func TestJobCountsFollowRiver(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("counts: %v", s.Counts)
 }
+
+// A job inside its coalescing window is available from the window's end:
+// River does not fetch it before then (only to snooze it).
+func TestWindowedJobsWaitUnfetched(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver string) {
+		up := newGatedUpstream(t, false)
+		qh := testQueue(t, driver, up.StandIn)
+		const window = 1500 * time.Millisecond
+		before := time.Now()
+		id, _, err := qh.enqueue(t.Context(), testWebhook("w1"), window)
+		require.NoError(t, err)
+		job, err := qh.backend().(JobStore).GetJob(t.Context(), id)
+		require.NoError(t, err)
+		assert.Equal(t, rivertype.JobStateAvailable, job.State)
+		assert.WithinDuration(t, before.Add(window), job.ScheduledAt, 100*time.Millisecond)
+		time.Sleep(window / 2)
+		job, err = qh.backend().(JobStore).GetJob(t.Context(), id)
+		require.NoError(t, err)
+		assert.Zero(t, job.Attempt, "not fetched inside the window")
+		require.Eventually(t, func() bool { return len(up.callsFor(`"w1"`)) == 1 }, 10*time.Second, 20*time.Millisecond)
+		assert.False(t, up.Calls()[0].Start.Before(before.Add(window)), "synced after the window")
+	})
+}

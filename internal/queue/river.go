@@ -345,10 +345,10 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 	cfg := &river.Config{
 		// River's own lines go through the engine's scrubber, under the
 		// module's logger.
-		Logger:              slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
-		Queues:              map[string]river.QueueConfig{riverQueueName: {MaxWorkers: localWorkers(s, driver)}},
-		Workers:             workers,
-		JobInsertMiddleware: []rivertype.JobInsertMiddleware{&windowStart{}},
+		Logger:     slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
+		Queues:     map[string]river.QueueConfig{riverQueueName: {MaxWorkers: localWorkers(s, driver)}},
+		Workers:    workers,
+		Middleware: []rivertype.Middleware{&windowStart{}},
 		// New jobs are announced (PostgreSQL: LISTEN/NOTIFY; SQLite: in
 		// this process, see wakeDriver), so a sender in auto mode does not
 		// wait for a poll. Polling still finds jobs whose snooze (the
