@@ -51,8 +51,8 @@ func newGroupCommit[TTx any](db dialect[TTx], begin func(context.Context, bool) 
 
 // do runs fn in the next shared transaction and returns once that has
 // committed, or fn's error (its savepoint is then rolled back), or the
-// commit's. ctx bounds the wait for a place in a transaction and fn's
-// statements.
+// commit's. ctx bounds the wait for a place in a transaction; fn runs
+// under the transaction's own deadline (see run).
 func (g *groupCommit[TTx]) do(ctx context.Context, relaxed bool, fn func(context.Context, TTx) error) error {
 	op := &groupOp[TTx]{ctx: ctx, relaxed: relaxed, fn: fn, err: make(chan error, 1)}
 	select {
@@ -112,8 +112,16 @@ func (g *groupCommit[TTx]) run(batch []*groupOp[TTx]) []error {
 	}
 	defer end()
 	defer g.db.rollback(ctx, tx)
+	// An op's statements run under the group's deadline, not its caller's
+	// context: SQLite answers a statement interrupted by a cancelled
+	// context by rolling back the whole transaction, every other op's
+	// savepoint included. A caller that has gone is skipped before its op
+	// starts; once started, the op runs to its end.
 	if len(batch) == 1 {
-		if errs[0] = batch[0].fn(batch[0].ctx, tx); errs[0] != nil {
+		if errs[0] = batch[0].ctx.Err(); errs[0] != nil {
+			return errs
+		}
+		if errs[0] = batch[0].fn(ctx, tx); errs[0] != nil {
 			return errs
 		}
 		return fail(g.db.commit(ctx, tx))
@@ -125,7 +133,7 @@ func (g *groupCommit[TTx]) run(batch []*groupOp[TTx]) []error {
 		if err := g.db.exec(ctx, tx, `SAVEPOINT rb_op`); err != nil {
 			return fail(err)
 		}
-		if errs[i] = op.fn(op.ctx, tx); errs[i] != nil {
+		if errs[i] = op.fn(ctx, tx); errs[i] != nil {
 			// Some errors (a full disk, an I/O error) end the whole
 			// transaction; then the rest fails with it.
 			if err := g.db.exec(ctx, tx, `ROLLBACK TO rb_op`); err != nil {

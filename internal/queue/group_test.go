@@ -258,3 +258,71 @@ func TestWindowedJobsWaitUnfetched(t *testing.T) {
 		assert.False(t, up.Calls()[0].Start.Before(before.Add(window)), "synced after the window")
 	})
 }
+
+// A caller whose context ends while its op runs does not take the other
+// ops of its transaction down with it (SQLite rolls back a whole
+// transaction when a statement is interrupted).
+func TestGroupCommitOutlivesACancelledCaller(t *testing.T) {
+	d := openTestDialect(t)
+	g := newGroupCommit(d, d.beginSync)
+	defer g.close()
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- g.do(t.Context(), false, func(context.Context, *sql.Tx) error {
+			<-release // hold the loop so that the ops below share the next transaction
+			return nil
+		})
+	}()
+	const n = 8
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		ctx, cancel := context.WithCancel(t.Context())
+		wg.Go(func() {
+			defer cancel()
+			errs[i] = g.do(ctx, false, func(ctx context.Context, tx *sql.Tx) error {
+				if i == 3 {
+					cancel() // the caller goes away while its op runs
+				}
+				_, err := tx.ExecContext(ctx, `INSERT INTO t (id) VALUES (?)`, i)
+				return err
+			})
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	require.NoError(t, <-first)
+	var count int
+	require.NoError(t, d.db.QueryRow(`SELECT count(*) FROM t`).Scan(&count))
+	for i, err := range errs {
+		assert.NoError(t, err, "op %d", i)
+	}
+	assert.Equal(t, n, count, "every op committed")
+}
+
+// The oldest pending job is found through the index of pending jobs, and
+// jobs done do not count.
+func TestOldestPendingJob(t *testing.T) {
+	up := newGatedUpstream(t, false)
+	qh := testQueue(t, SQLite, up.StandIn)
+	ctx := t.Context()
+	_, _, err := qh.enqueue(ctx, testWebhook("done"), 0)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(up.callsFor(`"done"`)) == 1 }, 10*time.Second, 20*time.Millisecond)
+	s, err := qh.q.Stats(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		s, err = qh.q.Stats(ctx)
+		require.NoError(t, err)
+		return s.Counts["completed"] == 1
+	}, 10*time.Second, 20*time.Millisecond)
+	assert.Zero(t, s.OldestPendingSeconds, "nothing pending")
+	_, _, err = qh.enqueue(ctx, testWebhook("waiting"), time.Minute)
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond)
+	s, err = qh.q.Stats(ctx)
+	require.NoError(t, err)
+	assert.InDelta(t, 0.3, s.OldestPendingSeconds, 0.25)
+}

@@ -847,12 +847,8 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) 
 	if b.q.rq.Driver == SQLite {
 		// Jobs are created in id order: the first pending one by id is
 		// the oldest. River's list sorts every pending job for it (half a
-		// second with a million queued, on the only connection); this
-		// scans ids from the start and stops at the first pending one,
-		// past only finished jobs kept as history.
-		rows, err := b.db.queryRows(ctx, `SELECT unixepoch(created_at, 'subsec') FROM river_job
-			WHERE queue = $1 AND +state IN ('available', 'retryable', 'scheduled', 'running', 'pending')
-			ORDER BY id LIMIT 1`, riverQueueName)
+		// second with a million queued, on the only connection).
+		rows, err := b.db.queryRows(ctx, oldestPendingSQLite, riverQueueName)
 		if err != nil {
 			return nil, fmt.Errorf("finding oldest job: %w", err)
 		}

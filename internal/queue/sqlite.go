@@ -21,8 +21,9 @@ import (
 )
 
 // stmtCacheSize bounds the prepared statements kept: River's and the
-// queue's hot statements are well under it.
-const stmtCacheSize = 128
+// queue's hot statements are well under it, River's fetch counting once
+// per number of idle workers it asks for.
+const stmtCacheSize = 256
 
 // sqliteDialect runs the queue on an embedded SQLite file through one
 // connection: SQLite has one writer at a time anyway, and River's SQLite

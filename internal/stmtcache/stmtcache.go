@@ -316,6 +316,20 @@ func (r *rows) ColumnTypeNullable(i int) (nullable, ok bool) {
 	return false, false
 }
 
+func (r *rows) ColumnTypeLength(i int) (length int64, ok bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypeLength); ok {
+		return t.ColumnTypeLength(i)
+	}
+	return 0, false
+}
+
+func (r *rows) ColumnTypePrecisionScale(i int) (precision, scale int64, ok bool) {
+	if t, ok := r.Rows.(driver.RowsColumnTypePrecisionScale); ok {
+		return t.ColumnTypePrecisionScale(i)
+	}
+	return 0, 0, false
+}
+
 func (r *rows) HasNextResultSet() bool {
 	if n, ok := r.Rows.(driver.RowsNextResultSet); ok {
 		return n.HasNextResultSet()
