@@ -609,10 +609,19 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 		a.route(), a.OrganizationID, a.BookingKey, a.EventType); err != nil {
 		return nil, fmt.Errorf("recording booking: %w", err)
 	}
+	return b.readBooking(ctx, tx, a)
+}
+
+// readBooking reads and locks a booking's row; a row that is gone reads
+// as one that nothing waits for or runs.
+func (b *riverBackend[TDriver, TTx]) readBooking(ctx context.Context, tx TTx, a *Args) (*bookingRow, error) {
 	row := &bookingRow{}
 	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id, running_attempt, running_until
 		FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.lockSuffix(),
 		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running, &row.attempt, &row.until)
+	if errors.Is(err, sql.ErrNoRows) || errors.Is(err, pgx.ErrNoRows) {
+		return row, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("locking booking: %w", err)
 	}
@@ -784,7 +793,9 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 }
 
 func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], jobErr error) (record, err error) {
-	row, err := b.lockBooking(ctx, tx, &job.Args)
+	// The claim made the row, and nothing removes a row while a sync
+	// runs: read it (a missing row reads as a claim passed on).
+	row, err := b.readBooking(ctx, tx, &job.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -812,20 +823,28 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 	if retriable && !superseded && job.Attempt < job.MaxAttempts {
 		backToWaiting = 1
 	}
-	err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
-		waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
-		running_job_id = NULL, running_attempt = NULL, running_until = NULL
-		WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
-	if err != nil {
-		return nil, fmt.Errorf("releasing booking: %w", err)
+	if backToWaiting == 0 && !row.waiting.Valid {
+		// Released, nothing waits: the row goes (the next webhook makes
+		// it again).
+		if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3`,
+			a.route(), a.OrganizationID, a.BookingKey); err != nil {
+			return nil, fmt.Errorf("releasing booking: %w", err)
+		}
+	} else {
+		err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
+			waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
+			running_job_id = NULL, running_attempt = NULL, running_until = NULL
+			WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
+		if err != nil {
+			return nil, fmt.Errorf("releasing booking: %w", err)
+		}
 	}
-	if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3
-		AND waiting_job_id IS NULL AND running_job_id IS NULL`, a.route(), a.OrganizationID, a.BookingKey); err != nil {
-		return nil, fmt.Errorf("cleaning booking: %w", err)
-	}
-	if err := b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
-		WHERE job_id = $1 AND attempt = $2`, job.ID, job.Attempt); err != nil {
-		return nil, fmt.Errorf("releasing sync slot: %w", err)
+	// Slots exist on PostgreSQL only (takeSlot).
+	if b.q.rq.Driver == Postgres {
+		if err := b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
+			WHERE job_id = $1 AND attempt = $2`, job.ID, job.Attempt); err != nil {
+			return nil, fmt.Errorf("releasing sync slot: %w", err)
+		}
 	}
 	if superseded {
 		return nil, nil // the newer job carries the sync; logged by the worker
