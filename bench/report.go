@@ -347,14 +347,8 @@ func (b *bench) profiles(w *printer) {
 			shown = true
 		}
 		w.p("**%s** — %s\n\n", r.key, r.name)
-		summary, rows, err := pprofTop(b.caddyBin, r.profile)
-		if err != nil {
-			w.p("(%s)\n\n", oneLine(err.Error()))
+		if !b.topTable(w, r.profile) {
 			continue
-		}
-		w.p("%s\n\n| flat %% | cum %% | function |\n|---:|---:|---|\n", summary)
-		for _, pr := range rows {
-			w.p("| %s | %s | `%s` |\n", pr[0], pr[1], pr[2])
 		}
 		if parts := pprofAreas(b.caddyBin, r.profile); parts != "" {
 			w.p("\nTime under (cum %%, of all samples): %s\n", parts)
@@ -378,17 +372,25 @@ func (b *bench) heapProfiles(w *printer) {
 		}
 		w.p("**%s** — %s; at that moment: %d goroutines, stacks %.1f MiB, heap in use %.1f MiB, from the OS %.1f MiB (Go runtime)\n\n",
 			r.key, r.name, r.goroutines, float64(r.mem.StackInuse)/(1<<20), float64(r.mem.HeapInuse)/(1<<20), float64(r.mem.Sys)/(1<<20))
-		summary, rows, err := pprofTop(b.caddyBin, r.heapProfile, "-sample_index=inuse_space")
-		if err != nil {
-			w.p("(%s)\n\n", oneLine(err.Error()))
-			continue
+		if b.topTable(w, r.heapProfile, "-sample_index=inuse_space") {
+			w.p("\n")
 		}
-		w.p("%s\n\n| flat %% | cum %% | function |\n|---:|---:|---|\n", summary)
-		for _, pr := range rows {
-			w.p("| %s | %s | `%s` |\n", pr[0], pr[1], pr[2])
-		}
-		w.p("\n")
 	}
+}
+
+// topTable writes a profile's top entries as a table, or why it cannot;
+// it reports whether it wrote the table.
+func (b *bench) topTable(w *printer, profile string, flags ...string) bool {
+	summary, rows, err := pprofTop(b.caddyBin, profile, flags...)
+	if err != nil {
+		w.p("(%s)\n\n", oneLine(err.Error()))
+		return false
+	}
+	w.p("%s\n\n| flat %% | cum %% | function |\n|---:|---:|---|\n", summary)
+	for _, pr := range rows {
+		w.p("| %s | %s | `%s` |\n", pr[0], pr[1], pr[2])
+	}
+	return true
 }
 
 // pprofTop runs go tool pprof -top and returns its Duration line and, for

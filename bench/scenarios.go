@@ -199,17 +199,23 @@ func (b *bench) memory(key, name string, status int, delay time.Duration, site s
 	logf("  idle %.1f MiB, peak %.1f MiB, stub saw %d at once, non-2xx %d", mib(r.idleKB), mib(r.peakKB), r.inflight, r.load.nonOK())
 }
 
+// startHeld is start for a queued scenario whose stub holds every call
+// until released; stop releases the stub and stops Caddy.
+func (b *bench) startHeld(key, name, site string) (r *row, c *caddyProc, url string, stop func(), ok bool) {
+	r, c, url, ok = b.start(key, name, site, 202)
+	b.stub.reset(0)
+	b.stub.holdCalls()
+	return r, c, url, func() { b.stub.release(); c.stop() }, ok
+}
+
 // drain queues -drain jobs for distinct bookings while the stub holds
 // every call, then releases it and times the syncs until all are done.
 func (b *bench) drain(key, name, site string) {
-	r, c, url, ok := b.start(key, name, site, 202)
-	defer c.stop()
+	r, c, url, stop, ok := b.startHeld(key, name, site)
+	defer stop()
 	if !ok {
 		return
 	}
-	b.stub.reset(0)
-	b.stub.holdCalls()
-	defer b.stub.release()
 	fill, err := b.wrk.run(wrkRun{url: url, connections: *flagConcurrency, duration: time.Hour, distinct: true, stopAfter: *flagDrain})
 	if err != nil {
 		b.fail(r, "filling: "+err.Error())
@@ -288,14 +294,11 @@ type tenth struct {
 // and the admin API's stats call after it. The first tenth starts with a
 // 1 s warm-up (its jobs count in the backlog, its acks not in the rate).
 func (b *bench) backlog(key, name, site string) {
-	r, c, url, ok := b.start(key, name, site, 202)
-	defer c.stop()
+	r, c, url, stop, ok := b.startHeld(key, name, site)
+	defer stop()
 	if !ok {
 		return
 	}
-	b.stub.reset(0)
-	b.stub.holdCalls()
-	defer b.stub.release()
 	per := (*flagBacklog + 9) / 10
 	run := wrkRun{url: url, connections: *flagConcurrency, duration: warmup, distinct: true, first: 1, stopAfter: max(per/2, 1)}
 	w, err := b.wrk.run(run)
