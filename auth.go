@@ -1,7 +1,8 @@
 package receivebooking
 
 // API-key authentication: the x-api-key and "Authorization: Bearer"
-// credentials, compared in constant time with every configured secret.
+// credentials, compared in constant time with every configured secret,
+// and the organization the matching secret belongs to.
 
 import (
 	"crypto/sha256"
@@ -22,33 +23,78 @@ const (
 	maxCredentialLen = 4096
 )
 
-// secretSet holds the SHA-256 digests of the configured API keys. Comparing
-// fixed-size digests makes the comparison independent of both the secrets'
-// and the candidate's length, so neither leaks through timing.
+// secretSet holds the SHA-256 digests of the configured API keys and the
+// organization each belongs to ("" for a shared key, which may act for any
+// organization). Comparing fixed-size digests makes the comparison
+// independent of both the secrets' and the candidate's length, so neither
+// leaks through timing.
 type secretSet struct {
 	digests [][sha256.Size]byte
+	orgs    []string
 }
 
 func newSecretSet(secrets []string) *secretSet {
-	s := &secretSet{digests: make([][sha256.Size]byte, len(secrets))}
-	for i, v := range secrets {
-		s.digests[i] = sha256.Sum256([]byte(v))
-	}
+	s := new(secretSet)
+	s.add("", secrets...)
 	return s
 }
 
-// match reports whether any candidate equals any configured secret. It
-// compares every candidate with every secret, without an early exit, so the
-// time taken says neither which secret matched nor how much of it.
-func (s *secretSet) match(candidates []string) bool {
-	var found int
+// add appends keys that belong to org ("": shared).
+func (s *secretSet) add(org string, secrets ...string) {
+	for _, v := range secrets {
+		s.digests = append(s.digests, sha256.Sum256([]byte(v)))
+		s.orgs = append(s.orgs, org)
+	}
+}
+
+func (s *secretSet) empty() bool { return s == nil || len(s.digests) == 0 }
+
+// match reports whether any candidate equals any configured secret, and
+// the organization the matched secrets bind the request to. It compares
+// every candidate with every secret, without an early exit, so the time
+// taken says neither which secret matched nor how much of it.
+func (s *secretSet) match(candidates []string) (bool, orgBinding) {
+	hits := make([]int, len(s.digests))
 	for _, c := range candidates {
 		d := sha256.Sum256([]byte(c))
 		for i := range s.digests {
-			found |= subtle.ConstantTimeCompare(d[:], s.digests[i][:])
+			hits[i] |= subtle.ConstantTimeCompare(d[:], s.digests[i][:])
 		}
 	}
-	return found == 1
+	var b orgBinding
+	found := false
+	for i, hit := range hits {
+		if hit == 1 {
+			found = true
+			b = b.and(s.orgs[i])
+		}
+	}
+	return found, b
+}
+
+// orgBinding is the organization a request's credentials bind it to.
+type orgBinding struct {
+	org string
+	// conflict: credentials of two different organizations.
+	conflict bool
+}
+
+// join binds b to o's organization as well.
+func (b orgBinding) join(o orgBinding) orgBinding {
+	b.conflict = b.conflict || o.conflict
+	return b.and(o.org)
+}
+
+// and binds b to org as well ("" binds to nothing more).
+func (b orgBinding) and(org string) orgBinding {
+	switch {
+	case org == "" || b.conflict:
+	case b.org == "":
+		b.org = org
+	case b.org != org:
+		b.conflict = true
+	}
+	return b
 }
 
 // credentials collects the API keys a request presents: every x-api-key
@@ -110,10 +156,14 @@ func stripCredentials(h http.Header) {
 	h.Del(headerAuthorization)
 }
 
-// authenticate reports whether the request carries a configured API key,
-// and strips the credentials from it either way.
-func (s *secretSet) authenticate(h http.Header) bool {
+// authenticate reports whether the request carries a configured API key
+// and the organization it binds the request to, and strips the
+// credentials from the request either way.
+func (s *secretSet) authenticate(h http.Header) (bool, orgBinding) {
 	creds, ok := credentials(h)
 	stripCredentials(h)
-	return ok && s.match(creds)
+	if !ok {
+		return false, orgBinding{}
+	}
+	return s.match(creds)
 }

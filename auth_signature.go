@@ -35,21 +35,37 @@ const (
 // provisionSigning resolves the signing secrets and chooses what a webhook
 // must present: the API key, a Standard Webhooks signature, or both.
 func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
-	raw, err := resolveAll(repl, "signing_secret", h.SigningSecrets)
-	if err != nil {
+	var keys []standardwebhooks.Key
+	add := func(org, field string, vals []string) error {
+		raw, err := resolveAll(repl, field, vals)
+		if err != nil {
+			return err
+		}
+		for i, s := range raw {
+			h.secretValues = append(h.secretValues, s, strings.TrimPrefix(strings.TrimSpace(s), standardwebhooks.SecretPrefix))
+			k, err := standardwebhooks.ParseSecret(s)
+			if err != nil {
+				// err names what is wrong, never the value.
+				return fmt.Errorf("%s #%d: %w", field, i+1, err)
+			}
+			for j, other := range keys {
+				if string(other) == string(k) && h.sigOrgs[j] != org {
+					return fmt.Errorf("%s #%d is also a signing secret of %s: a signing secret belongs to one organization, or is shared", field, i+1, describeOrg(h.sigOrgs[j]))
+				}
+			}
+			keys = append(keys, k)
+			h.sigOrgs = append(h.sigOrgs, org)
+		}
+		return nil
+	}
+	if err := add("", "signing_secret", h.SigningSecrets); err != nil {
 		return err
 	}
-	for _, v := range raw {
-		h.secretValues = append(h.secretValues, v, strings.TrimPrefix(strings.TrimSpace(v), standardwebhooks.SecretPrefix))
-	}
-	keys := make([]standardwebhooks.Key, 0, len(raw))
-	for i, s := range raw {
-		k, err := standardwebhooks.ParseSecret(s)
-		if err != nil {
-			// err names what is wrong, never the value.
-			return fmt.Errorf("signing_secret #%d: %w", i+1, err)
+	for _, o := range h.Organizations {
+		id, _ := resolve(repl, "organization id", o.ID) // checked by provisionAuth
+		if err := add(id, fmt.Sprintf("organization %q: signing_secret", id), o.SigningSecrets); err != nil {
+			return err
 		}
-		keys = append(keys, k)
 	}
 	tolerance, err := resolveDuration(repl, "tolerance", h.Tolerance, standardwebhooks.DefaultTolerance)
 	if err != nil {
@@ -63,7 +79,7 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 		return err
 	}
 	if mode == "" {
-		mode = defaultAuthMode(h.secrets != nil, len(keys) > 0)
+		mode = defaultAuthMode(!h.secrets.empty(), len(keys) > 0)
 	}
 	switch mode {
 	case authKey, authSignature, authBoth:
@@ -72,8 +88,8 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	}
 	h.authKey = mode == authKey || mode == authBoth
 	h.authSig = mode == authSignature || mode == authBoth
-	if h.authKey && h.secrets == nil {
-		return errors.New("secret: at least one non-empty secret is required")
+	if h.authKey && h.secrets.empty() {
+		return errors.New("secret: at least one non-empty secret (shared, or an organization's) is required")
 	}
 	if h.authSig && len(keys) == 0 {
 		return errors.New("signing_secret: at least one signing secret is required")
@@ -97,29 +113,35 @@ func defaultAuthMode(haveKeys, haveSigning bool) string {
 
 // checkSignature verifies a webhook's Standard Webhooks signature over the
 // raw body, then that its id was not delivered before. It returns the
-// rejection reason, or "" and the webhook id on success.
-func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string) {
+// rejection reason, or "", the webhook id and the organization the signing
+// secrets bind the webhook to on success.
+func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string, bind orgBinding) {
 	id = r.Header.Get(headerWebhookID)
-	err := h.verifier.Verify(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
+	signed, err := h.verifier.VerifyKeys(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
 	switch {
 	case errors.Is(err, standardwebhooks.ErrMissingSignature):
-		return "missing_signature", ""
+		return "missing_signature", "", bind
 	case errors.Is(err, standardwebhooks.ErrStaleTimestamp):
-		return "stale_timestamp", ""
+		return "stale_timestamp", "", bind
 	case err != nil:
-		return "bad_signature", ""
+		return "bad_signature", "", bind
+	}
+	for i, ok := range signed {
+		if ok {
+			bind = bind.and(h.sigOrgs[i])
+		}
 	}
 	seen, err := h.replay.seen(ctx, id, time.Now())
 	if err != nil {
 		// Fail closed would turn a database hiccup into lost webhooks:
 		// the signature and timestamp already bound the exposure.
 		h.logger.Warn("checking webhook-id for replay", zap.String("error", h.scrub.String(err.Error())))
-		return "", id
+		return "", id, bind
 	}
 	if seen {
-		return "replay", ""
+		return "replay", "", bind
 	}
-	return "", id
+	return "", id, bind
 }
 
 // replayStore remembers the webhook-ids delivered within the tolerance

@@ -35,6 +35,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	receive_booking [<matcher>] {
 //		secret          <secret...>
 //		signing_secret  <whsec_...>
+//		organization    <id> {
+//			secret         <secret...>
+//			signing_secret <whsec_...>
+//		}
 //		tolerance       <duration>
 //		auth            key|signature|both
 //		target          <url>
@@ -42,7 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout         <duration>
 //		body_timeout    <duration>
 //		max_body        <size>
-//		require         organization_id
+//		contract        envelope|legacy
 //		cors            <origin>|off
 //		mode            sync|async|auto
 //		queue           sqlite [<path>] | postgres <dsn>
@@ -57,8 +61,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // secret and signing_secret may repeat or take several values: all of them
-// are accepted, which is how a key is rotated. Every value accepts placeholders such as
-// {env.WEBHOOK_SECRET} or {file./run/secrets/webhook}.
+// are accepted, which is how a key is rotated. At the top they are shared
+// (a webhook they authenticate must name its organization_id); inside an
+// organization block they belong to that organization, which a webhook
+// they authenticate then syncs as. organization may repeat, once per id.
+// Every value accepts placeholders such as {env.WEBHOOK_SECRET} or
+// {file./run/secrets/webhook}. "require organization_id" is still accepted
+// and changes nothing: organization_id is always required.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -67,7 +76,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" {
+		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" && name != "organization" {
 			return d.Errf("%s: subdirective given twice", name)
 		}
 		seen[name] = true
@@ -107,6 +116,37 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 			}
 		}
 		h.Require = args
+		return nil
+	},
+	"contract": stringArg(func(h *Handler) *string { return &h.Contract }, checkContract),
+	"organization": func(h *Handler, d *caddyfile.Dispenser) error {
+		var o Organization
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		o.ID = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			name := d.Val()
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			switch name {
+			case "secret":
+				o.Secrets = append(o.Secrets, args...)
+			case "signing_secret":
+				o.SigningSecrets = append(o.SigningSecrets, args...)
+			default:
+				return d.Errf("organization %s: unknown subdirective %q (expected secret or signing_secret)", o.ID, name)
+			}
+		}
+		if len(o.Secrets)+len(o.SigningSecrets) == 0 {
+			return d.Errf("organization %s: needs a block with a secret or a signing_secret", o.ID)
+		}
+		h.Organizations = append(h.Organizations, o)
 		return nil
 	},
 	"metrics": func(h *Handler, d *caddyfile.Dispenser) error {
@@ -247,6 +287,14 @@ func checkAuth(d *caddyfile.Dispenser, _, v string) error {
 		return nil
 	}
 	return d.Errf("auth: expected key, signature or both, got %q", v)
+}
+
+func checkContract(d *caddyfile.Dispenser, _, v string) error {
+	switch v {
+	case contractEnvelope, contractLegacy:
+		return nil
+	}
+	return d.Errf("contract: expected envelope or legacy, got %q", v)
 }
 
 func checkMode(d *caddyfile.Dispenser, _, v string) error {

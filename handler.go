@@ -75,6 +75,7 @@ type response struct {
 	JobID          int64           `json:"job_id,omitempty"`
 	BookingID      json.RawMessage `json:"booking_id,omitempty"`
 	EventType      string          `json:"event_type,omitempty"`
+	Outcome        string          `json:"outcome,omitempty"`
 	SyncResult     json.RawMessage `json:"sync_result,omitempty"`
 	SyncError      string          `json:"sync_error,omitempty"`
 	UpstreamStatus int             `json:"upstream_status,omitempty"`
@@ -100,7 +101,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	h.log(r, a, time.Since(start))
 	h.metrics.observeAnswer(a)
-	if a.status == http.StatusOK {
+	if a.status == http.StatusOK && (a.outcome == outcomeSynced || a.outcome == outcomeCoalesced) {
 		h.metrics.observeSyncLag(start)
 	}
 	return nil
@@ -121,8 +122,14 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		w.Header().Set("Allow", corsAllowMethods)
 		return reject(http.StatusMethodNotAllowed, "Method not allowed", "method")
 	}
-	if h.authKey && !h.secrets.authenticate(r.Header) {
-		return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
+	// bind is the organization the sender's credentials belong to.
+	var bind orgBinding
+	if h.authKey {
+		ok, b := h.secrets.authenticate(r.Header)
+		if !ok {
+			return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
+		}
+		bind = b
 	}
 	stripCredentials(r.Header)
 	// Any Content-Type: the Edge Function parsed every body as JSON, and
@@ -134,19 +141,26 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 	}
 	var webhookID string
 	if h.authSig {
-		var reason string
-		if reason, webhookID = h.checkSignature(r.Context(), r, buf.Bytes()); reason != "" {
+		reason, id, b := h.checkSignature(r.Context(), r, buf.Bytes())
+		if reason != "" {
 			putBuffer(buf)
 			return reject(http.StatusUnauthorized, "Unauthorized", reason)
 		}
+		webhookID, bind = id, bind.join(b)
 	}
-	wh, err := payload.Parse(buf.Bytes(), h.requireOrg)
+	var wh *payload.Webhook
+	var err error = payload.ErrForbidden
+	if !bind.conflict {
+		// Credentials of two organizations (a key and a signing secret)
+		// act for neither.
+		wh, err = payload.Parse(buf.Bytes(), bind.org)
+	}
 	putBuffer(buf)
 	var a *answer
 	if err != nil {
 		var ie *payload.InputError
 		errors.As(err, &ie)
-		a = reject(http.StatusBadRequest, ie.Msg, ie.Reason)
+		a = reject(ie.Status, ie.Msg, ie.Reason)
 	} else {
 		a = h.dispatch(r, wh)
 	}
@@ -234,10 +248,13 @@ func (h *Handler) syncNow(r *http.Request, wh *payload.Webhook) *answer {
 const stillRunning = "the sync did not finish within the timeout; it goes on in the queue"
 
 // recordThenWait records the webhook, then waits up to timeout for the
-// first attempt of its sync that starts after the record: 200 when it
-// synced, 502 when it failed for good, 202 with sync_error when it failed
-// and will be retried, 202 when it is still running at the timeout (it is
-// never cancelled for that: it runs to its end, or to worker_timeout).
+// first attempt of its sync that starts after the record. A recorded
+// webhook is always answered 2xx (a 5xx asks the sender to send it again,
+// which cannot help): 200 when it synced; 200 with "success": false and the
+// outcome when the sync ended for good (a resend would end the same way);
+// 202 with sync_error when it failed and will be retried, or is still
+// running at the timeout (it is never cancelled for that: it runs to its
+// end, or to worker_timeout).
 func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	deadline := time.Now().Add(h.timeout)
 	wait := make(chan *queue.Outcome, 1)
@@ -250,10 +267,13 @@ func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	defer timer.Stop()
 	select {
 	case out := <-wait:
-		if out.Err == "" || out.Final {
+		switch {
+		case out.Err == "":
 			sa := h.syncAnswer(wh, out.Result, req.Coalesced)
 			sa.body.JobID = req.JobID
 			return sa
+		case out.Final:
+			return h.finalAnswer(wh, req, out)
 		}
 		a.body.SyncError = out.Err
 	case <-timer.C:
@@ -261,6 +281,22 @@ func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	case <-r.Context().Done():
 		// The webhook is recorded and its sync goes on.
 		a.silent, a.reason = true, "client_gone"
+	}
+	return a
+}
+
+// finalAnswer answers a recorded webhook whose sync ended for good without
+// syncing (not_found, a cancellation import-bookings will not apply, a
+// revision guard, a contract violation, the last attempt): 200, so that the
+// sender does not resend what would end the same way, with "success":
+// false, the outcome and why. The job keeps the failure for the operator.
+func (h *Handler) finalAnswer(wh *payload.Webhook, req *queue.Entry, out *queue.Outcome) *answer {
+	res := out.Result
+	a := &answer{status: http.StatusOK, wh: wh, res: res, outcome: outcomeFailed, reason: "final"}
+	a.body = response{
+		Accepted: true, Coalesced: &req.Coalesced, JobID: req.JobID, BookingID: wh.BookingID,
+		EventType: wh.EventTypeOrUnknown(), Outcome: res.Outcome, SyncError: out.Err,
+		UpstreamStatus: res.Status, SyncResult: scrubJSON(h.scrubText, res.Body),
 	}
 	return a
 }
@@ -419,7 +455,10 @@ func (h *Handler) log(r *http.Request, a *answer, d time.Duration) {
 		fields = append(fields,
 			zap.String("booking_id", a.wh.BookingKey),
 			zap.String("organization_id", a.wh.OrganizationID),
-			zap.String("event_type", payload.NormalizeEventType(a.wh.EventType)))
+			zap.String("event_type", a.wh.EventTypeOrUnknown()))
+		if a.wh.EventType != "" && !payload.KnownEventType(a.wh.EventType) {
+			fields = append(fields, zap.Bool("unknown_event_type", true))
+		}
 	}
 	if a.res != nil {
 		fields = append(fields, zap.Int("upstream_status", a.res.Status), zap.Duration("upstream_duration", a.res.Duration))

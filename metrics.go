@@ -100,7 +100,7 @@ func (m *metrics) observeAnswer(a *answer) {
 	}
 	event := "other"
 	if a.wh != nil {
-		event = payload.MetricEventType(payload.NormalizeEventType(a.wh.EventType))
+		event = payload.MetricEventType(a.wh.EventType)
 	}
 	m.webhooks.WithLabelValues(event, a.outcome).Inc()
 	if a.outcome == outcomeRejected || a.reason == "queue_unavailable" {

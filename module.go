@@ -55,6 +55,9 @@ const (
 	defaultMaxBody     = 1 << 20
 	defaultBodyTimeout = 10 * time.Second
 	defaultCORSOrigin  = "*"
+
+	contractEnvelope = "envelope"
+	contractLegacy   = "legacy"
 )
 
 func init() {
@@ -69,11 +72,30 @@ func init() {
 // stores and serves on its admin API holds only the placeholder, never the
 // secret itself.
 type Handler struct {
-	// Secrets are the API keys a sender may present, in the x-api-key
-	// header or as "Authorization: Bearer <secret>". Several may be active
-	// at once so that a key can be rotated without downtime. Required
-	// unless signing secrets are configured.
+	// Secrets are shared API keys a sender may present, in the x-api-key
+	// header or as "Authorization: Bearer <secret>": they may act for any
+	// organization, so a webhook authenticated by one must name its
+	// organization_id. Several may be active at once so that a key can be
+	// rotated without downtime. A key that belongs to one organization goes
+	// under Organizations instead. At least one key (shared or an
+	// organization's) is required unless signing secrets are configured.
 	Secrets []string `json:"secrets,omitempty"`
+
+	// Organizations binds API keys and signing secrets to the one
+	// organization each may act for. A webhook authenticated by an
+	// organization's key (or signing secret) syncs as that organization:
+	// without organization_id in its body, it is sent upstream with the
+	// organization's id; naming another organization, it is answered 403.
+	// One leaked key then syncs only its own organization's bookings.
+	Organizations []Organization `json:"organizations,omitempty"`
+
+	// Contract is what import-bookings' answers are held to. "envelope":
+	// only the single-booking envelope with outcome applied or
+	// already_current (success and completed true, ids echoed) is a sync.
+	// "legacy", for an import-bookings older than the envelope and weaker:
+	// a 2xx JSON answer without "outcome" is also a sync unless it says
+	// "success": false. Default: envelope.
+	Contract string `json:"contract,omitempty"`
 
 	// Target is the absolute http(s) URL of the import-bookings function.
 	// Required.
@@ -99,8 +121,10 @@ type Handler struct {
 	// slower one is answered 408. Default: 10s.
 	BodyTimeout string `json:"body_timeout,omitempty"`
 
-	// Require lists optional payload fields that must be present. Only
-	// "organization_id" is supported (newer EventFlow payloads carry it).
+	// Require is accepted for configs written for earlier versions. Only
+	// "organization_id" may be named, and it changes nothing: every webhook
+	// must now resolve to an organization (named in its body, or the one
+	// its key belongs to, see Organizations).
 	Require []string `json:"require,omitempty"`
 
 	// CORS is the Access-Control-Allow-Origin value sent with every answer
@@ -110,10 +134,11 @@ type Handler struct {
 	CORS string `json:"cors,omitempty"`
 
 	// Mode chooses how a webhook is answered: "sync" calls import-bookings
-	// while the sender waits; "async" records the webhook durably and
-	// answers 202; "auto" tries the sync and falls back to the queue when
-	// import-bookings is slow or unavailable. Default: "sync" without a
-	// queue, "auto" with one.
+	// while the sender waits (no queue); "async" records the webhook
+	// durably and answers 202; "auto" records it, then waits up to Timeout
+	// for its sync's first attempt and answers with its outcome (202 when
+	// the queue carries on). Default: "sync" without a queue, "auto" with
+	// one.
 	Mode string `json:"mode,omitempty"`
 
 	// Queue configures the durable queue. Without it, webhooks are only
@@ -163,6 +188,9 @@ type Handler struct {
 	DisableMetrics bool `json:"disable_metrics,omitempty"`
 
 	secrets        *secretSet
+	// sigOrgs[i] is the organization of the verifier's Keys[i] ("" when
+	// shared).
+	sigOrgs        []string
 	authKey        bool
 	authSig        bool
 	verifier       *standardwebhooks.Verifier
@@ -172,7 +200,6 @@ type Handler struct {
 	timeout        time.Duration
 	maxBody        int64
 	bodyTimeout    time.Duration
-	requireOrg     bool
 	corsOrigin     string
 	mode           string
 	coalesceWindow time.Duration
@@ -221,7 +248,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = provisionMetrics(ctx, h.DisableMetrics, h.logger)
 	h.upstream = upstream.New(h.target, h.targetKey, userAgent, h.metrics.observeUpstream)
-	contract, err := h.provisionContract()
+	contract, err := h.provisionContract(repl)
 	if err != nil {
 		return err
 	}
@@ -235,23 +262,73 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// Organization binds keys and signing secrets to the organization they
+// may act for.
+type Organization struct {
+	// ID is the organization's id, as import-bookings knows it (sent
+	// upstream as organization_id). Required.
+	ID string `json:"id"`
+	// Secrets are the organization's API keys; several for rotation.
+	Secrets []string `json:"secrets,omitempty"`
+	// SigningSecrets are the organization's Standard Webhooks signing
+	// secrets ("whsec_…"); several for rotation.
+	SigningSecrets []string `json:"signing_secrets,omitempty"`
+}
+
 func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
-	secrets, err := resolveAll(repl, "secret", h.Secrets)
-	if err != nil {
+	h.secrets = new(secretSet)
+	seen := map[string]string{} // secret -> its organization, to refuse one bound twice
+	add := func(org, field string, vals []string) error {
+		secrets, err := resolveAll(repl, field, vals)
+		if err != nil {
+			return err
+		}
+		for i, v := range secrets {
+			// A secret no request can present would leave Caddy answering 401
+			// to everyone: refuse it (credentials are trimmed and bounded).
+			if v != strings.TrimSpace(v) || len(v) > maxCredentialLen {
+				return fmt.Errorf("%s #%d: must not start or end with white space or exceed %d bytes", field, i+1, maxCredentialLen)
+			}
+			if other, dup := seen[v]; dup && other != org {
+				return fmt.Errorf("%s #%d is also a key of %s: a key belongs to one organization, or is shared", field, i+1, describeOrg(other))
+			}
+			seen[v] = org
+		}
+		h.secrets.add(org, secrets...)
+		h.secretValues = append(h.secretValues, secrets...)
+		return nil
+	}
+	if err := add("", "secret", h.Secrets); err != nil {
 		return err
 	}
-	for i, v := range secrets {
-		// A secret no request can present would leave Caddy answering 401
-		// to everyone: refuse it (credentials are trimmed and bounded).
-		if v != strings.TrimSpace(v) || len(v) > maxCredentialLen {
-			return fmt.Errorf("secret #%d: must not start or end with white space or exceed %d bytes", i+1, maxCredentialLen)
+	ids := map[string]bool{}
+	for i, o := range h.Organizations {
+		id, err := resolve(repl, "organization id", o.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := payload.Parse(fmt.Appendf(nil, `{"organization_id":%q,"booking_id":"b"}`, id), ""); err != nil || id == "" {
+			return fmt.Errorf("organization #%d: the id must be a non-empty identifier of at most %d bytes without control characters", i+1, payload.MaxFieldLen)
+		}
+		if ids[id] {
+			return fmt.Errorf("organization %q: configured twice", id)
+		}
+		ids[id] = true
+		if len(o.Secrets)+len(o.SigningSecrets) == 0 {
+			return fmt.Errorf("organization %q: needs a secret or a signing_secret", id)
+		}
+		if err := add(id, fmt.Sprintf("organization %q: secret", id), o.Secrets); err != nil {
+			return err
 		}
 	}
-	if len(secrets) > 0 {
-		h.secrets = newSecretSet(secrets)
-	}
-	h.secretValues = append(h.secretValues, secrets...)
 	return nil
+}
+
+func describeOrg(org string) string {
+	if org == "" {
+		return "every organization (shared)"
+	}
+	return fmt.Sprintf("organization %q", org)
 }
 
 func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
@@ -276,8 +353,15 @@ func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
 }
 
 // provisionContract adds the configured outcomes to import-bookings'
-// contract.
-func (h *Handler) provisionContract() (*upstream.Contract, error) {
+// contract and chooses which answers count as a sync.
+func (h *Handler) provisionContract(repl *caddy.Replacer) (*upstream.Contract, error) {
+	kind, err := resolve(repl, "contract", h.Contract)
+	if err != nil {
+		return nil, err
+	}
+	if kind != "" && kind != contractEnvelope && kind != contractLegacy {
+		return nil, fmt.Errorf("contract: expected %s or %s, got %q", contractEnvelope, contractLegacy, kind)
+	}
 	extra := make(map[string]upstream.Verdict, len(h.Outcomes))
 	for name, v := range h.Outcomes {
 		verdict, ok := upstream.ParseVerdict(v)
@@ -286,7 +370,9 @@ func (h *Handler) provisionContract() (*upstream.Contract, error) {
 		}
 		extra[name] = verdict
 	}
-	return upstream.NewContract(extra), nil
+	c := upstream.NewContract(extra)
+	c.SetLegacy(kind == contractLegacy)
+	return c, nil
 }
 
 // parseTarget accepts only absolute http(s) URLs. Its errors never echo the
@@ -318,9 +404,8 @@ func (h *Handler) provisionLimits(repl *caddy.Replacer) error {
 	}
 	for _, f := range h.Require {
 		if f != payload.FieldOrganizationID {
-			return fmt.Errorf("require: unsupported field %q (only %q)", f, payload.FieldOrganizationID)
+			return fmt.Errorf("require: unsupported field %q (organization_id is always required now; bind a key to an organization to sync webhooks that do not name one)", f)
 		}
-		h.requireOrg = true
 	}
 	cors, err := resolve(repl, "cors", h.CORS)
 	if err != nil {

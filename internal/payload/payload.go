@@ -1,6 +1,7 @@
 // Package payload validates EventFlow booking webhooks: one UTF-8 JSON
-// object, no duplicate keys, a booking_id (string or integer) and optional
-// organization_id and event_type, each a bounded identifier without control
+// object, no duplicate keys, an organization (named in the body, or the one
+// the sender's credential belongs to), a booking_id (string or integer) and
+// an optional event_type, each a bounded identifier without control
 // characters. Rejections carry the contract's exact messages.
 package payload
 
@@ -33,7 +34,8 @@ type Webhook struct {
 	// OrganizationIDJSON is organization_id as received (string or
 	// integer), forwarded unchanged like booking_id.
 	OrganizationIDJSON json.RawMessage
-	// EventType is the event_type as sent; empty when absent.
+	// EventType is the event_type, normalised (NormalizeEventType); empty
+	// when absent.
 	EventType string
 }
 
@@ -55,6 +57,7 @@ type Key struct{ Org, Booking string }
 
 // InputError is a client error with the exact message of the contract.
 type InputError struct {
+	Status int    // the answer's status: 400, or 403 for ErrForbidden
 	Msg    string // the answer's error message
 	Reason string // metrics and log reason
 }
@@ -62,27 +65,50 @@ type InputError struct {
 func (e *InputError) Error() string { return e.Msg }
 
 // ErrInvalidJSON is the answer to a body that is not one JSON object.
-var ErrInvalidJSON = &InputError{Msg: "Invalid JSON body", Reason: "invalid_json"}
+var ErrInvalidJSON = &InputError{Status: 400, Msg: "Invalid JSON body", Reason: "invalid_json"}
+
+// ErrForbidden is the answer to a webhook that names an organization its
+// sender's credential does not belong to.
+var ErrForbidden = &InputError{Status: 403, Msg: "Forbidden", Reason: "organization"}
 
 func missingField(name string) error {
-	return &InputError{Msg: "Missing required field: " + name, Reason: "missing_field"}
+	return &InputError{Status: 400, Msg: "Missing required field: " + name, Reason: "missing_field"}
 }
 
 func invalidField(name string) error {
-	return &InputError{Msg: "Invalid field: " + name, Reason: "invalid_field"}
+	return &InputError{Status: 400, Msg: "Invalid field: " + name, Reason: "invalid_field"}
 }
 
-// Parse validates a webhook body. The body must be one UTF-8 JSON
-// object with no duplicate top-level keys (parsers disagree on which
-// duplicate wins, so an ambiguous body is refused rather than guessed at)
-// and nothing after it.
-func Parse(body []byte, requireOrg bool) (*Webhook, error) {
+// Parse validates a webhook body and resolves its organization. boundOrg
+// is the organization the sender's credential belongs to, or "" when the
+// credential may act for any organization: the body must then name one.
+// A body naming another organization than boundOrg is ErrForbidden; one
+// naming none syncs as boundOrg.
+//
+// The checks run in the order of the platform's receive-booking: the
+// organization before booking_id. The body must be one UTF-8 JSON object
+// with no duplicate top-level keys (parsers disagree on which duplicate
+// wins, so an ambiguous body is refused rather than guessed at) and
+// nothing after it.
+func Parse(body []byte, boundOrg string) (*Webhook, error) {
 	fields, err := topLevelFields(body)
 	if err != nil {
 		return nil, err
 	}
 	wh := &Webhook{}
 	var present bool
+	if wh.OrganizationIDJSON, wh.OrganizationID, present, err = idField(fields[FieldOrganizationID], FieldOrganizationID, true); err != nil {
+		return nil, err
+	}
+	switch {
+	case present && boundOrg != "" && wh.OrganizationID != boundOrg:
+		return nil, ErrForbidden
+	case !present && boundOrg == "":
+		return nil, missingField(FieldOrganizationID)
+	case !present:
+		wh.OrganizationID = boundOrg
+		wh.OrganizationIDJSON, _ = json.Marshal(boundOrg)
+	}
 	wh.BookingID, wh.BookingKey, present, err = idField(fields[FieldBookingID], FieldBookingID, true)
 	if err != nil {
 		return nil, err
@@ -90,15 +116,10 @@ func Parse(body []byte, requireOrg bool) (*Webhook, error) {
 	if !present {
 		return nil, missingField(FieldBookingID)
 	}
-	if wh.OrganizationIDJSON, wh.OrganizationID, present, err = idField(fields[FieldOrganizationID], FieldOrganizationID, true); err != nil {
-		return nil, err
-	}
-	if requireOrg && !present {
-		return nil, missingField(FieldOrganizationID)
-	}
 	if _, wh.EventType, _, err = idField(fields[FieldEventType], FieldEventType, false); err != nil {
 		return nil, err
 	}
+	wh.EventType = NormalizeEventType(wh.EventType)
 	return wh, nil
 }
 
@@ -276,31 +297,37 @@ func hasControl(s string) bool {
 	return false
 }
 
-// NormalizeEventType maps the spellings EventFlow and others use for one
-// event onto one name: "created", "booking_created", "booking.created" and
-// "Booking-Created" are all "created". Unknown types keep their normalised
-// form; MetricEventType bounds them for labels.
+// NormalizeEventType spells an event type as the platform's
+// receive-booking does: in lower case, with the separator after "booking"
+// a dot. "booking_created", "BOOKING.CREATED" and "Booking-Created" are all
+// "booking.created"; "booking_offer_created" is "booking.offer_created".
+// Other types are kept, in lower case (they are accepted and logged).
 func NormalizeEventType(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	s = strings.NewReplacer(".", "_", "-", "_", ":", "_", " ", "_").Replace(strings.ToLower(s))
-	s = strings.TrimPrefix(s, "booking_")
-	if s == "canceled" {
-		s = "cancelled"
+	s = strings.ToLower(s)
+	if rest, ok := strings.CutPrefix(s, "booking"); ok && rest != "" && strings.ContainsRune("_-.: ", rune(rest[0])) {
+		return "booking." + rest[1:]
 	}
 	return s
 }
 
-// knownEventTypes are the event types EventFlow sends; anything else is
-// counted as "other" so that a sender cannot blow up label cardinality.
+// knownEventTypes are the event types EventFlow sends, normalised.
 var knownEventTypes = map[string]bool{
-	"created": true, "updated": true, "confirmed": true, "cancelled": true,
-	"offer": true, "offer_created": true, "deleted": true, "unknown": true,
+	"booking.created": true, "booking.updated": true, "booking.confirmed": true, "booking.cancelled": true,
+	"booking.canceled": true, "booking.offer": true, "booking.offer_created": true, "booking.deleted": true,
 }
 
+// KnownEventType reports whether a normalised event type is one EventFlow
+// sends.
+func KnownEventType(normalized string) bool { return knownEventTypes[normalized] }
+
+// MetricEventType is a normalised event type as a metric label: a known
+// type, "unknown" when absent, "other" for anything else, so that a sender
+// cannot blow up label cardinality.
 func MetricEventType(normalized string) string {
-	if knownEventTypes[normalized] {
+	switch {
+	case normalized == "":
+		return "unknown"
+	case knownEventTypes[normalized]:
 		return normalized
 	}
 	return "other"

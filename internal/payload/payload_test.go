@@ -29,10 +29,12 @@ func TestParseWebhook(t *testing.T) {
 		event   string
 	}
 	cases := []struct {
-		name       string
-		body       string
-		requireOrg bool
-		want       want
+		name string
+		body string
+		// unbound: the sender's key is shared, so the body must name the
+		// organization; otherwise the key belongs to "org-bound".
+		unbound bool
+		want    want
 	}{
 		{"string id", `{"booking_id":"b-1"}`, false, want{literal: `"b-1"`, key: "b-1"}},
 		{"integer id", `{"booking_id":123}`, false, want{literal: `123`, key: "123"}},
@@ -75,7 +77,13 @@ func TestParseWebhook(t *testing.T) {
 		{"empty object", `{}`, false, want{err: missingB}},
 		{"null id", `{"booking_id":null}`, false, want{err: missingB}},
 		{"empty id", `{"booking_id":""}`, false, want{err: missingB}},
-		{"missing checked before org", `{}`, true, want{err: missingB}},
+		{"organization checked before booking_id", `{}`, true, want{err: missingO}},
+		{"invalid organization checked before booking_id", `{"organization_id":1.5}`, false, want{err: invalidO}},
+		{"bound key, other organization", `{"booking_id":"b-1","organization_id":"org-other"}`, false, want{err: "Forbidden"}},
+		{"bound key, other organization before booking_id", `{"organization_id":"org-other"}`, false, want{err: "Forbidden"}},
+		{"bound key, its own organization", `{"booking_id":"b-1","organization_id":"org-bound"}`, false, want{literal: `"b-1"`, key: "b-1", org: "org-bound"}},
+		{"bound key, null organization", `{"booking_id":"b-1","organization_id":null}`, false, want{literal: `"b-1"`, key: "b-1", org: "org-bound"}},
+		{"event_type normalised", `{"booking_id":"b-1","event_type":"BOOKING_CREATED"}`, false, want{literal: `"b-1"`, key: "b-1", event: "booking.created"}},
 
 		{"float", `{"booking_id":1.5}`, false, want{err: invalidB}},
 		{"number 1e3", `{"booking_id":1e3}`, false, want{err: invalidB}},
@@ -109,12 +117,23 @@ func TestParseWebhook(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			wh, err := Parse([]byte(tc.body), tc.requireOrg)
+			bound, org := "org-bound", tc.want.org
+			if tc.unbound {
+				bound = ""
+			} else if org == "" {
+				org = bound
+			}
+			wh, err := Parse([]byte(tc.body), bound)
 			if tc.want.err != "" {
 				require.Error(t, err)
 				var ie *InputError
 				require.ErrorAs(t, err, &ie)
 				assert.Equal(t, tc.want.err, ie.Msg)
+				if ie == ErrForbidden {
+					assert.Equal(t, 403, ie.Status)
+				} else {
+					assert.Equal(t, 400, ie.Status)
+				}
 				assert.NotEmpty(t, ie.Reason)
 				assert.Nil(t, wh)
 				return
@@ -122,7 +141,10 @@ func TestParseWebhook(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, tc.want.literal, string(wh.BookingID))
 			assert.Equal(t, tc.want.key, wh.BookingKey)
-			assert.Equal(t, tc.want.org, wh.OrganizationID)
+			assert.Equal(t, org, wh.OrganizationID)
+			if !strings.Contains(tc.body, `"organization_id"`) || strings.Contains(tc.body, `"organization_id":null`) {
+				assert.JSONEq(t, `"`+org+`"`, string(wh.OrganizationIDJSON), "the bound organization is sent upstream")
+			}
 			assert.Equal(t, tc.want.event, wh.EventType)
 		})
 	}
@@ -159,13 +181,13 @@ func TestParseWebhookDeepNesting(t *testing.T) {
 		closer := map[string]string{"[": "]", "{\"a\":": "}"}[open]
 		deep := `{"booking_id":"b-1","x":` + strings.Repeat(open, 100000) + `1` + strings.Repeat(closer, 100000) + `}`
 		start := time.Now()
-		_, err := Parse([]byte(deep), false)
+		_, err := Parse([]byte(deep), "org-bound")
 		assert.EqualError(t, err, "Invalid JSON body")
 		assert.Less(t, time.Since(start), 500*time.Millisecond)
 	}
 	// Unbalanced: only openings.
 	start := time.Now()
-	_, err := Parse([]byte(`{"booking_id":"b-1","x":`+strings.Repeat("[", 100000)), false)
+	_, err := Parse([]byte(`{"booking_id":"b-1","x":`+strings.Repeat("[", 100000)), "org-bound")
 	assert.EqualError(t, err, "Invalid JSON body")
 	assert.Less(t, time.Since(start), 500*time.Millisecond)
 }
@@ -175,14 +197,14 @@ func TestParseWebhookDeepNesting(t *testing.T) {
 func TestParseWebhookManyKeysIsLinear(t *testing.T) {
 	body := `{` + manyKeys(50000) + `,"booking_id":"b-1"}`
 	start := time.Now()
-	wh, err := Parse([]byte(body), false)
+	wh, err := Parse([]byte(body), "org-bound")
 	require.NoError(t, err)
 	assert.Equal(t, "b-1", wh.BookingKey)
 	assert.Less(t, time.Since(start), time.Second)
 }
 
 func TestWebhookHelpers(t *testing.T) {
-	wh, err := Parse([]byte(`{"booking_id":7,"organization_id":"o"}`), false)
+	wh, err := Parse([]byte(`{"booking_id":7,"organization_id":"o"}`), "")
 	require.NoError(t, err)
 	assert.Equal(t, Key{Org: "o", Booking: "7"}, wh.Key())
 	assert.Equal(t, "unknown", wh.EventTypeOrUnknown())
@@ -192,45 +214,38 @@ func TestWebhookHelpers(t *testing.T) {
 
 func TestNormalizeEventType(t *testing.T) {
 	cases := map[string]string{
-		"created":           "created",
-		"booking_created":   "created",
-		"booking.created":   "created",
-		"Booking-Created":   "created",
-		"BOOKING.CREATED":   "created",
-		"booking:created":   "created",
-		"updated":           "updated",
-		"booking.updated":   "updated",
-		"booking_updated":   "updated",
-		"confirmed":         "confirmed",
-		"booking.confirmed": "confirmed",
-		"cancelled":         "cancelled",
-		"canceled":          "cancelled",
-		"booking.canceled":  "cancelled",
-		"Booking_Canceled":  "cancelled",
-		"booking.cancelled": "cancelled",
-		"offer.created":     "offer_created",
-		"deleted":           "deleted",
-		"":                  "unknown",
-		"something.else":    "something_else",
-		"booking":           "booking",
+		"booking_created":       "booking.created",
+		"booking.created":       "booking.created",
+		"Booking-Created":       "booking.created",
+		"BOOKING.CREATED":       "booking.created",
+		"booking:created":       "booking.created",
+		"booking updated":       "booking.updated",
+		"booking_offer_created": "booking.offer_created",
+		"Booking_Canceled":      "booking.canceled",
+		"created":               "created",
+		"":                      "",
+		"Something.Else":        "something.else",
+		"booking":               "booking",
+		"bookingcreated":        "bookingcreated",
 	}
 	for in, want := range cases {
 		assert.Equal(t, want, NormalizeEventType(in), "%q", in)
+		assert.Equal(t, want, NormalizeEventType(NormalizeEventType(in)), "idempotent: %q", in)
 	}
 }
 
 func TestMetricEventType(t *testing.T) {
-	for _, known := range []string{"created", "updated", "confirmed", "cancelled", "offer", "offer_created", "deleted", "unknown"} {
+	for _, known := range []string{"booking.created", "booking.updated", "booking.confirmed", "booking.cancelled", "booking.offer"} {
 		assert.Equal(t, known, MetricEventType(known))
+		assert.True(t, KnownEventType(known))
 	}
-	for _, in := range []string{"something_else", "booking", "x", strings.Repeat("a", 256), "canceled", "Created", "created "} {
+	for _, in := range []string{"something_else", "booking", "x", strings.Repeat("a", 256), "created", "Booking.created"} {
 		assert.Equal(t, "other", MetricEventType(in), "%q", in)
 	}
+	assert.Equal(t, "unknown", MetricEventType(""))
 	// Through normalisation, every spelling of a known event is bounded
 	// to its name, and anything else to "other".
-	assert.Equal(t, "created", MetricEventType(NormalizeEventType("Booking-Created")))
-	assert.Equal(t, "cancelled", MetricEventType(NormalizeEventType("booking.canceled")))
-	assert.Equal(t, "unknown", MetricEventType(NormalizeEventType("")))
+	assert.Equal(t, "booking.created", MetricEventType(NormalizeEventType("Booking-Created")))
 	assert.Equal(t, "other", MetricEventType(NormalizeEventType("booking.exploded")))
 }
 

@@ -18,7 +18,7 @@ const upsertBookingsReturning = `
 ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
 	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
 RETURNING target_id, org, booking, waiting_job_id, (SELECT count(*) FROM river_job
-	WHERE river_job.id = receive_booking_booking.waiting_job_id AND river_job.state IN (` + mergeableStates + `))`
+	WHERE river_job.id = receive_booking_booking.waiting_job_id AND ` + mergeable + `)`
 
 // upsertBookings records a batch's bookings (route, org, booking, latest
 // event type), locking their rows until the transaction ends, and
@@ -117,6 +117,7 @@ func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, gr
 		return nil, fmt.Errorf("recording bookings: %w", err)
 	}
 	var fresh [][]*Entry
+	var merged []int64
 	for _, g := range groups {
 		s, ok := found[keyOf(g[0])]
 		if !ok {
@@ -126,12 +127,33 @@ func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, gr
 			fresh = append(fresh, g)
 			continue
 		}
+		merged = append(merged, s.waiting.Int64)
 		for _, r := range g {
 			r.JobID, r.Coalesced = s.waiting.Int64, true
 			b.addWaiter(r)
 		}
 	}
-	return fresh, nil
+	return fresh, b.renewAttempts(ctx, tx, merged)
+}
+
+// renewAttempts gives jobs that webhooks merged into max_attempts
+// attempts after their current one.
+func (b *riverBackend[TDriver, TTx]) renewAttempts(ctx context.Context, tx TTx, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	var arg any = ids
+	if b.q.rq.Driver == SQLite {
+		raw, err := json.Marshal(ids)
+		if err != nil {
+			return err
+		}
+		arg = string(raw)
+	}
+	if err := b.db.exec(ctx, tx, renewAttempts[b.q.rq.Driver], arg, b.maxAttempts.Load()); err != nil {
+		return fmt.Errorf("renewing attempts: %w", err)
+	}
+	return nil
 }
 
 // setWaitingGroups makes each group's new job its booking's waiting sync.

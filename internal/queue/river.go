@@ -322,15 +322,30 @@ RETURNING 1`
 
 // Queries that ask whether a job is in a set of states.
 const (
-	jobIsMergeable = `SELECT count(*) FROM river_job WHERE id = $1 AND state IN (` + mergeableStates + `)`
+	jobIsMergeable = `SELECT count(*) FROM river_job WHERE id = $1 AND ` + mergeable
 	jobIsRunning   = `SELECT count(*) FROM river_job WHERE id = $1 AND state = 'running'`
 )
 
-// mergeableStates are the states of a job a webhook may merge into: it
-// has not started, or it failed and will run again. A job leaves the
+// mergeable says, of a river_job row, that a webhook may merge into it:
+// it has not started, or it failed and will run again. A job leaves the
 // booking's waiting slot before its sync starts, so "running" here is a
-// job that has just failed and declared it will retry.
-const mergeableStates = `'available','scheduled','retryable','pending','running'`
+// job that River has fetched but not yet claimed the booking for, or one
+// that has just failed and declared it will retry. A running job on its
+// last attempt is not mergeable: River decides from the row it fetched
+// that it will not run again if it fails, so a change merged into it could
+// get no attempt of its own (the webhook makes a new job instead).
+const mergeable = `(river_job.state IN ('available','scheduled','retryable','pending')
+	OR (river_job.state = 'running' AND river_job.attempt < river_job.max_attempts))`
+
+// renewAttempts gives the jobs a webhook merged into a fresh budget:
+// maxAttempts attempts after their current one, so that every accepted
+// change gets max_attempts attempts that start after it (a change merged
+// into a job that had used all but one would otherwise get one). River
+// reads max_attempts when it fetches a job, and never writes it back.
+var renewAttempts = map[string]string{
+	Postgres: `UPDATE river_job SET max_attempts = GREATEST(max_attempts, attempt + $2) WHERE id = ANY($1::bigint[])`,
+	SQLite:   `UPDATE river_job SET max_attempts = max(max_attempts, attempt + $2) WHERE id IN (SELECT value FROM json_each($1))`,
+}
 
 // localWorkers is River's MaxWorkers: Workers, capped by MaxInFlight on
 // SQLite (one instance: the cap is simply the number of workers).
@@ -1005,7 +1020,9 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 					return err
 				}
 				res.JobID, res.Coalesced = row.waiting.Int64, true
-				return nil
+				// The replayed change gets a full budget in the job it
+				// joins, as a webhook's does.
+				return b.renewAttempts(ctx, tx, []int64{row.waiting.Int64})
 			}
 		}
 		if _, err := b.cl().JobRetryTx(ctx, tx, id); err != nil {

@@ -118,16 +118,24 @@ type Verifier struct {
 // verify authenticates a webhook from its three headers and raw body.
 // The timestamp is checked before any HMAC so stale requests cost nothing.
 func (v *Verifier) Verify(id, timestamp, sigHeader string, body []byte) error {
+	_, err := v.VerifyKeys(id, timestamp, sigHeader, body)
+	return err
+}
+
+// VerifyKeys is Verify that also says which keys signed the webhook:
+// signed[i] is true when Keys[i] made one of its signatures.
+func (v *Verifier) VerifyKeys(id, timestamp, sigHeader string, body []byte) (signed []bool, err error) {
 	if id == "" || timestamp == "" || sigHeader == "" {
-		return ErrMissingSignature
+		return nil, ErrMissingSignature
 	}
 	if !v.timestampOK(timestamp) {
-		return ErrStaleTimestamp
+		return nil, ErrStaleTimestamp
 	}
-	if !v.signatureOK(id, timestamp, sigHeader, body) {
-		return ErrBadSignature
+	signed, ok := v.signatureOK(id, timestamp, sigHeader, body)
+	if !ok {
+		return nil, ErrBadSignature
 	}
-	return nil
+	return signed, nil
 }
 
 // timestampOK accepts only canonical non-negative decimal unix seconds
@@ -149,18 +157,24 @@ func (v *Verifier) timestampOK(ts string) bool {
 // exits early and ORs the results, so timing depends only on the number
 // of entries and keys, not on which (if any) matched. Each key's HMAC is
 // computed once, so a long header costs compares, not HMACs.
-func (v *Verifier) signatureOK(id, ts, sigHeader string, body []byte) bool {
+func (v *Verifier) signatureOK(id, ts, sigHeader string, body []byte) ([]bool, bool) {
 	sigs := parseSignatureHeader(sigHeader)
 	match := 0
-	for _, k := range v.Keys {
+	hits := make([]int, len(v.Keys))
+	for i, k := range v.Keys {
 		want := k.Sign(id, ts, body)
 		for _, sig := range sigs {
 			// subtle.ConstantTimeCompare is what hmac.Equal wraps; its int
 			// result lets us accumulate without a data-dependent branch.
-			match |= subtle.ConstantTimeCompare(sig, want)
+			hits[i] |= subtle.ConstantTimeCompare(sig, want)
 		}
+		match |= hits[i]
 	}
-	return match == 1
+	signed := make([]bool, len(hits))
+	for i, h := range hits {
+		signed[i] = h == 1
+	}
+	return signed, match == 1
 }
 
 func (v *Verifier) clock() time.Time {

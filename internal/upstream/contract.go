@@ -70,10 +70,21 @@ var finalFailures = []string{
 	"automatic_destructive_sync_disabled", "cancellation_requires_explicit_apply",
 }
 
-// Contract judges answers. The zero value judges by DefaultOutcomes.
+// Contract judges answers. The zero value judges by DefaultOutcomes and
+// accepts only the envelope as a sync.
 type Contract struct {
 	outcomes map[string]Verdict
+	// legacy accepts a 2xx JSON answer without "outcome" as a sync unless
+	// it says "success": false (an import-bookings older than the
+	// envelope). Weaker: {"error":"boom"} is then a sync.
+	legacy bool
 }
+
+// SetLegacy makes c accept, beside the envelope, a 2xx JSON answer
+// without "outcome" as a sync unless it says "success": false.
+func (c *Contract) SetLegacy(on bool) { c.legacy = on }
+
+func (c *Contract) isLegacy() bool { return c != nil && c.legacy }
 
 // NewContract returns the default contract with extra outcomes added (a
 // later import-bookings may answer outcomes this module does not know: an
@@ -137,13 +148,36 @@ func (c *Contract) judge(req Request, res *Result, location string) {
 }
 
 func (c *Contract) judgeEnvelope(req Request, res *Result) {
+	violation := func(why string) { res.Verdict, res.Reason = Final, "contract violation: "+why }
+	switch t := firstByte(res.Body); t {
+	case '{':
+	case '[':
+		if c.isLegacy() {
+			res.Verdict = Synced
+			return
+		}
+		violation("an array, not the envelope")
+		return
+	default:
+		// null or a scalar: not an answer import-bookings gives; its
+		// gateway or a proxy in between may, and another attempt may not.
+		if c.isLegacy() {
+			res.Verdict = Synced
+			return
+		}
+		res.Reason = "not a JSON object"
+		return
+	}
 	var env envelope
-	if json.Unmarshal(res.Body, &env) != nil {
-		// Valid JSON, but not an object: nothing says it failed.
-		res.Verdict = Synced
+	if err := json.Unmarshal(res.Body, &env); err != nil {
+		violation("a field of the envelope has the wrong type")
 		return
 	}
 	if env.Outcome == nil {
+		if !c.isLegacy() {
+			violation(`no "outcome"`)
+			return
+		}
 		// An older import-bookings: 2xx unless it says "success": false.
 		if env.Success != nil && !*env.Success {
 			res.Reason = `"success": false`
@@ -153,7 +187,6 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 		return
 	}
 	res.Outcome = *env.Outcome
-	violation := func(why string) { res.Verdict, res.Reason = Final, "contract violation: "+why }
 	switch {
 	case env.Queued != nil && *env.Queued:
 		violation(`"queued": true`)
@@ -200,6 +233,14 @@ func incomplete(env *envelope) string {
 		return "result errors"
 	}
 	return ""
+}
+
+// firstByte is the first byte of a JSON text that is not white space.
+func firstByte(raw json.RawMessage) byte {
+	if t := bytes.TrimSpace(raw); len(t) > 0 {
+		return t[0]
+	}
+	return 0
 }
 
 func emptyJSON(raw json.RawMessage) bool {

@@ -61,8 +61,8 @@ func TestContractJudgesEveryAnswer(t *testing.T) {
 		{"applied with failed results", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"failed": 1} }))}, Final, "applied", `contract violation: outcome "applied" with failed results`},
 		{"applied with result errors", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"errors": []string{"e"}} }))}, Final, "applied", `contract violation: outcome "applied" with result errors`},
 		{"applied, empty results", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["results"] = map[string]any{"failed": 0, "errors": []string{}} }))}, Synced, "applied", ""},
-		{"no outcome (older)", Result{Status: 200, Body: []byte(`{"success":true}`)}, Synced, "", ""},
-		{"no outcome, success false", Result{Status: 200, Body: []byte(`{"success":false}`)}, Retry, "", `"success": false`},
+		{"no outcome", Result{Status: 200, Body: []byte(`{"success":true}`)}, Final, "", `contract violation: no "outcome"`},
+		{"no outcome, success false", Result{Status: 200, Body: []byte(`{"success":false}`)}, Final, "", `contract violation: no "outcome"`},
 		{"non-JSON 2xx", Result{Status: 200, Text: "<html>"}, Retry, "", "non-JSON answer"},
 		{"301", Result{Status: 301}, Final, "", "redirect: status 301 to no Location (configure the final URL as target)"},
 		{"400", Result{Status: 400, Body: []byte(`{}`)}, Final, "", ""},
@@ -93,6 +93,51 @@ func TestContractJudgesEveryAnswer(t *testing.T) {
 			assert.Equal(t, tc.reason, res.Reason)
 		})
 	}
+}
+
+// TestContractOnlyTheEnvelopeIsASync: every 2xx answer that is not the
+// envelope is judged as the platform's worker judges it, never as a sync:
+// an object without "outcome" or an array is a final contract violation;
+// null or a scalar is retried. Under the legacy contract (an
+// import-bookings older than the envelope) a 2xx JSON answer without
+// "success": false is a sync, as before.
+func TestContractOnlyTheEnvelopeIsASync(t *testing.T) {
+	req := Request{BookingID: []byte(`"b-1"`), OrganizationID: []byte(`"org-1"`)}
+	cases := []struct {
+		body           string
+		strict, legacy Verdict
+	}{
+		{`{"error":"boom"}`, Final, Synced},
+		{`null`, Retry, Synced},
+		{`[]`, Final, Synced},
+		{`{}`, Final, Synced},
+		{`"ok"`, Retry, Synced},
+		{`123`, Retry, Synced},
+		{`true`, Retry, Synced},
+		{`{"success":"false"}`, Final, Final},
+		{`{"success":1}`, Final, Final},
+		{`{"success":null}`, Final, Synced},
+		{`{"success":true}`, Final, Synced},
+		{`{"success":false}`, Final, Retry},
+		{` [1,2] `, Final, Synced},
+	}
+	legacy := NewContract(nil)
+	legacy.SetLegacy(true)
+	for _, tc := range cases {
+		for _, status := range []int{200, 201, 299} {
+			res := Result{Status: status, Body: []byte(tc.body)}
+			(&Contract{}).judge(req, &res, "")
+			assert.Equal(t, tc.strict.String(), res.Verdict.String(), "%d %s: %s", status, tc.body, res.Reason)
+			assert.NotEmpty(t, res.Reason, "%d %s: a failure says why", status, tc.body)
+			res = Result{Status: status, Body: []byte(tc.body)}
+			legacy.judge(req, &res, "")
+			assert.Equal(t, tc.legacy.String(), res.Verdict.String(), "legacy %d %s: %s", status, tc.body, res.Reason)
+		}
+	}
+	// The legacy contract still judges an envelope by its outcome.
+	res := Result{Status: 200, Body: []byte(envelopeJSON("not_found", nil))}
+	legacy.judge(req, &res, "")
+	assert.Equal(t, Final, res.Verdict)
 }
 
 func TestContractIDsCompareAsStrings(t *testing.T) {

@@ -130,7 +130,7 @@ func TestScrubError(t *testing.T) {
 }
 
 func TestSyncResultOkPermanent(t *testing.T) {
-	okBody := []byte(`{"success":true}`)
+	okBody := []byte(`{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":null,"outcome":"applied"}`)
 	cases := []struct {
 		name      string
 		res       Result
@@ -138,13 +138,13 @@ func TestSyncResultOkPermanent(t *testing.T) {
 		permanent bool
 	}{
 		{"200 JSON", Result{Status: 200, Body: okBody}, true, false},
-		{"200 JSON without success", Result{Status: 200, Body: []byte(`{"synced":1}`)}, true, false},
-		{"200 JSON array", Result{Status: 200, Body: []byte(`[]`)}, true, false},
-		{"200 success string false", Result{Status: 200, Body: []byte(`{"success":"false"}`)}, true, false},
+		{"200 JSON without outcome", Result{Status: 200, Body: []byte(`{"synced":1}`)}, false, true},
+		{"200 JSON array", Result{Status: 200, Body: []byte(`[]`)}, false, true},
+		{"200 JSON null", Result{Status: 200, Body: []byte(`null`)}, false, false},
+		{"200 success string false", Result{Status: 200, Body: []byte(`{"success":"false"}`)}, false, true},
 		{"204 no body", Result{Status: 204}, false, false},
-		{"200 success false", Result{Status: 200, Body: []byte(`{"success":false}`)}, false, false},
-		{"201 success false", Result{Status: 201, Body: []byte(`{"success":false,"error":"x"}`)}, false, false},
-		{"299 success false", Result{Status: 299, Body: []byte(`{"success":false}`)}, false, false},
+		{"200 success false", Result{Status: 200, Body: []byte(`{"success":false}`)}, false, true},
+		{"201 success false", Result{Status: 201, Body: []byte(`{"success":false,"error":"x"}`)}, false, true},
 		{"200 non-JSON", Result{Status: 200, Text: "<html>"}, false, false},
 		{"200 with transport error", Result{Status: 200, Body: okBody, Err: errors.New("reset")}, false, false},
 		{"300", Result{Status: 300, Body: okBody}, false, true},
@@ -183,7 +183,7 @@ func TestSyncResultDetailsAndDescribe(t *testing.T) {
 	assert.Equal(t, "upstream unreachable: connection refused", (&Result{Err: errors.New("connection refused")}).Describe())
 	judged := func(r Result) *Result { (&Contract{}).judge(Request{}, &r, ""); return &r }
 	assert.Equal(t, "upstream status 200: non-JSON answer", judged(Result{Status: 200, Text: "x"}).Describe())
-	assert.Equal(t, `upstream status 200: "success": false`, judged(Result{Status: 200, Body: []byte(`{"success":false}`)}).Describe())
+	assert.Equal(t, `upstream status 200: contract violation: no "outcome"`, judged(Result{Status: 200, Body: []byte(`{"success":false}`)}).Describe())
 	assert.Equal(t, "upstream status 503", (&Result{Status: 503}).Describe())
 }
 
@@ -205,9 +205,9 @@ func TestUpstreamSync(t *testing.T) {
 		respond testkit.Responder
 		check   func(t *testing.T, res *Result)
 	}{
-		{"200 JSON", testkit.JSON(200, `{"success":true}`), func(t *testing.T, res *Result) {
-			assert.True(t, res.OK())
-			assert.Equal(t, `{"success":true}`, string(res.Body))
+		{"200 envelope", testkit.JSON(200, `{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":"b-1","outcome":"applied"}`), func(t *testing.T, res *Result) {
+			assert.True(t, res.OK(), res.Reason)
+			assert.Contains(t, string(res.Body), `"outcome":"applied"`)
 		}},
 		{"Retry-After", func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
 			w.Header().Set("Retry-After", "7")
