@@ -123,20 +123,54 @@ func TestSecretSetMatch(t *testing.T) {
 		{nil, false},
 	}
 	for _, tc := range cases {
-		assert.Equal(t, tc.want, s.match(tc.cands), "%q", tc.cands)
+		got, bind := s.match(tc.cands)
+		assert.Equal(t, tc.want, got, "%q", tc.cands)
+		assert.Equal(t, orgBinding{}, bind, "shared keys bind to no organization")
 	}
 
+	matches := func(s *secretSet, c ...string) bool { ok, _ := s.match(c); return ok }
 	one := newSecretSet([]string{"only"})
-	assert.True(t, one.match([]string{"only"}))
-	assert.False(t, one.match([]string{"on"}))
+	assert.True(t, matches(one, "only"))
+	assert.False(t, matches(one, "on"))
 	empty := newSecretSet(nil)
-	assert.False(t, empty.match([]string{""}), "no configured secret matches nothing")
-	assert.False(t, empty.match([]string{"x"}))
+	assert.False(t, matches(empty, ""), "no configured secret matches nothing")
+	assert.False(t, matches(empty, "x"))
 
 	// The set keeps only digests: the secrets themselves are not held.
 	for _, d := range s.digests {
 		assert.NotContains(t, string(d[:]), "alpha")
 	}
+}
+
+// TestSecretSetOrganizations: a key bound to an organization binds the
+// request to it; keys of two organizations presented together conflict; a
+// shared key beside a bound one binds to the bound one's organization.
+func TestSecretSetOrganizations(t *testing.T) {
+	s := newSecretSet([]string{"shared"})
+	s.add("org-a", "key-a", "key-a-previous")
+	s.add("org-b", "key-b")
+	cases := []struct {
+		cands []string
+		ok    bool
+		want  orgBinding
+	}{
+		{[]string{"shared"}, true, orgBinding{}},
+		{[]string{"key-a"}, true, orgBinding{org: "org-a"}},
+		{[]string{"key-a-previous"}, true, orgBinding{org: "org-a"}},
+		{[]string{"key-b"}, true, orgBinding{org: "org-b"}},
+		{[]string{"key-a", "key-a-previous"}, true, orgBinding{org: "org-a"}},
+		{[]string{"shared", "key-b"}, true, orgBinding{org: "org-b"}},
+		{[]string{"key-a", "key-b"}, true, orgBinding{org: "org-a", conflict: true}},
+		{[]string{"wrong", "key-b"}, true, orgBinding{org: "org-b"}},
+		{[]string{"key-c"}, false, orgBinding{}},
+	}
+	for _, tc := range cases {
+		ok, bind := s.match(tc.cands)
+		assert.Equal(t, tc.ok, ok, "%q", tc.cands)
+		assert.Equal(t, tc.want, bind, "%q", tc.cands)
+	}
+	assert.Equal(t, orgBinding{org: "org-a", conflict: true}, orgBinding{org: "org-a"}.join(orgBinding{org: "org-b"}))
+	assert.Equal(t, orgBinding{org: "org-a"}, orgBinding{}.join(orgBinding{org: "org-a"}))
 }
 
 func TestAuthenticateStripsEitherWay(t *testing.T) {
@@ -154,7 +188,8 @@ func TestAuthenticateStripsEitherWay(t *testing.T) {
 	} {
 		h := tc.h
 		h.Set("Apikey", "kept")
-		assert.Equal(t, tc.want, s.authenticate(h))
+		got, _ := s.authenticate(h)
+		assert.Equal(t, tc.want, got)
 		assert.Empty(t, h.Values("X-Api-Key"))
 		assert.Empty(t, h.Values("Authorization"))
 		assert.Equal(t, "kept", h.Get("Apikey"), "only the credential headers are stripped")

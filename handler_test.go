@@ -616,7 +616,6 @@ func TestServeHTTPDefaults(t *testing.T) {
 	assert.Equal(t, 12*time.Second, h.timeout)
 	assert.EqualValues(t, 1<<20, h.maxBody)
 	assert.Equal(t, "*", h.corsOrigin)
-	assert.False(t, h.requireOrg)
 	assert.Equal(t, modeSync, h.mode)
 }
 

@@ -187,7 +187,7 @@ type Handler struct {
 	// DisableMetrics turns off the Prometheus metrics of this handler.
 	DisableMetrics bool `json:"disable_metrics,omitempty"`
 
-	secrets        *secretSet
+	secrets *secretSet
 	// sigOrgs[i] is the organization of the verifier's Keys[i] ("" when
 	// shared).
 	sigOrgs        []string
