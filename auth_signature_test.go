@@ -31,8 +31,8 @@ const (
 func signedHandler(t *testing.T, extra func(*Handler)) (*Handler, *testkit.StandIn) {
 	t.Helper()
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
-	h := &Handler{SigningSecrets: []string{testSigningSecret, testSigningSecret2}, Target: up.URL, DisableMetrics: true}
+	h := &Handler{Organizations: []Organization{{ID: "org-1", SigningSecrets: []string{testSigningSecret, testSigningSecret2}}},
+		Target: up.URL, DisableMetrics: true}
 	if extra != nil {
 		extra(h)
 	}
@@ -101,10 +101,10 @@ func TestSignedWebhooks(t *testing.T) {
 // upstream failed) can be retried with the same webhook-id.
 func TestSignedRetryIsNotAReplay(t *testing.T) {
 	h, up := signedHandler(t, nil)
-	up.Respond(testkit.JSON(http.StatusInternalServerError, e2eSynced))
+	up.Respond(testkit.JSON(http.StatusInternalServerError, `{}`))
 	body := `{"booking_id":"s2"}`
 	assert.Equal(t, 502, serve(h, signedRequest(t, testSigningSecret, "msg_r", time.Now(), body)).Code)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
+	up.Respond(nil)
 	assert.Equal(t, 200, serve(h, signedRequest(t, testSigningSecret, "msg_r", time.Now(), body)).Code)
 }
 
@@ -117,6 +117,56 @@ func TestSignedAndKeyBoth(t *testing.T) {
 	r = signedRequest(t, testSigningSecret, "msg_b2", time.Now(), body)
 	r.Header.Set("X-Api-Key", "api-key-1")
 	assert.Equal(t, 200, serve(h, r).Code)
+}
+
+// TestSigningSecretsBelongToOrganizations: a signature by an
+// organization's signing secret syncs as that organization and may not act
+// for another; a shared signing secret needs the body to name one; a key
+// and a signing secret of two different organizations act for neither.
+func TestSigningSecretsBelongToOrganizations(t *testing.T) {
+	const sharedSigning = "whsec_c2hhcmVkLXNpZ25pbmcta2V5LWZvci1ldmVyeW9uZQ=="
+	h, up := signedHandler(t, func(h *Handler) {
+		h.SigningSecrets = []string{sharedSigning}
+		h.Organizations = append(h.Organizations, Organization{ID: "org-2", Secrets: []string{"org-2-key"}})
+		h.Auth = authSignature
+	})
+	now := time.Now()
+	cases := []struct {
+		name, secret, body string
+		status             int
+		org                string
+	}{
+		{"own organization, named", testSigningSecret, `{"booking_id":"o1","organization_id":"org-1"}`, 200, "org-1"},
+		{"own organization, not named", testSigningSecret2, `{"booking_id":"o2"}`, 200, "org-1"},
+		{"another organization", testSigningSecret, `{"booking_id":"o3","organization_id":"org-2"}`, 403, ""},
+		{"shared, named", sharedSigning, `{"booking_id":"o4","organization_id":"org-2"}`, 200, "org-2"},
+		{"shared, not named", sharedSigning, `{"booking_id":"o5"}`, 400, ""},
+	}
+	for i, tc := range cases {
+		w := serve(h, signedRequest(t, tc.secret, fmt.Sprintf("msg_org_%d", i), now, tc.body))
+		assert.Equal(t, tc.status, w.Code, "%s: %s", tc.name, w.Body)
+		booking := decodeObject(t, tc.body)["booking_id"].(string)
+		calls := up.CallsFor(booking)
+		if tc.status != 200 {
+			assert.Empty(t, calls, tc.name)
+			continue
+		}
+		require.Len(t, calls, 1, tc.name)
+		assert.Equal(t, tc.org, decodeObject(t, calls[0].Body)["organization_id"], tc.name)
+	}
+	// A retry of a refused delivery is not taken for a replay.
+	w := serve(h, signedRequest(t, sharedSigning, "msg_org_4", now, `{"booking_id":"o5","organization_id":"org-2"}`))
+	assert.Equal(t, 200, w.Code, w.Body.String())
+
+	both, _ := signedHandler(t, func(h *Handler) {
+		h.Organizations = append(h.Organizations, Organization{ID: "org-2", Secrets: []string{"org-2-key"}})
+		h.Auth = authBoth
+	})
+	r := signedRequest(t, testSigningSecret, "msg_both", now, `{"booking_id":"o6"}`)
+	r.Header.Set("X-Api-Key", "org-2-key")
+	w = serve(both, r)
+	assert.Equal(t, 403, w.Code, "org-1's signature with org-2's key acts for neither")
+	assert.JSONEq(t, `{"error":"Forbidden"}`, w.Body.String())
 }
 
 func TestSigningSecretErrorsNameTheFieldNotTheValue(t *testing.T) {

@@ -26,8 +26,6 @@ const (
 	e2eSecret    = "e2e-s3cr3t-value"
 	e2eTargetKey = "sb_secret_e2e-target-key"
 	e2eSite      = "http://localhost:9080"
-	// e2eSynced is import-bookings' answer to a sync in these tests.
-	e2eSynced = `{"success":true}`
 )
 
 func initE2E(t *testing.T, globals, directive string) *caddytest.Tester {
@@ -96,9 +94,11 @@ func postWebhook(t *testing.T, tester *caddytest.Tester, headers map[string]stri
 
 func TestE2EContract(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
 		secret %s other-secret
+		organization org-bound {
+			secret bound-key
+		}
 		target %s/functions/v1/import-bookings
 		target_key %s
 		timeout 1s
@@ -133,11 +133,17 @@ func TestE2EContract(t *testing.T) {
 		{"basic scheme", map[string]string{"Authorization": "Basic " + e2eSecret}, `{"booking_id":"b1"}`, 401, "Unauthorized"},
 		{"not json", auth, `booking_id=1`, 400, "Invalid JSON body"},
 		{"array", auth, `[{"booking_id":"b1"}]`, 400, "Invalid JSON body"},
-		{"missing id", auth, `{"event_type":"created"}`, 400, "Missing required field: booking_id"},
-		{"null id", auth, `{"booking_id":null}`, 400, "Missing required field: booking_id"},
-		{"float id", auth, `{"booking_id":1.5}`, 400, "Invalid field: booking_id"},
-		{"newline id", auth, `{"booking_id":"a\nb"}`, 400, "Invalid field: booking_id"},
-		{"object event", auth, `{"booking_id":"b1","event_type":{}}`, 400, "Invalid field: event_type"},
+		{"missing organization", auth, `{"booking_id":"b1"}`, 400, "Missing required field: organization_id"},
+		{"organization checked before booking_id", auth, `{"event_type":"created"}`, 400, "Missing required field: organization_id"},
+		{"null organization", auth, `{"booking_id":"b1","organization_id":null}`, 400, "Missing required field: organization_id"},
+		{"float organization", auth, `{"booking_id":"b1","organization_id":1.5}`, 400, "Invalid field: organization_id"},
+		{"bound key, other organization", map[string]string{"X-Api-Key": "bound-key"}, `{"booking_id":"b1","organization_id":"org-1"}`, 403, "Forbidden"},
+		{"bound key, other organization, no booking_id", map[string]string{"X-Api-Key": "bound-key"}, `{"organization_id":"org-1"}`, 403, "Forbidden"},
+		{"missing id", auth, `{"organization_id":"org-1","event_type":"created"}`, 400, "Missing required field: booking_id"},
+		{"null id", auth, `{"organization_id":"org-1","booking_id":null}`, 400, "Missing required field: booking_id"},
+		{"float id", auth, `{"organization_id":"org-1","booking_id":1.5}`, 400, "Invalid field: booking_id"},
+		{"newline id", auth, `{"organization_id":"org-1","booking_id":"a\nb"}`, 400, "Invalid field: booking_id"},
+		{"object event", auth, `{"organization_id":"org-1","booking_id":"b1","event_type":{}}`, 400, "Invalid field: event_type"},
 		{"too large", auth, `{"booking_id":"b1","pad":"` + strings.Repeat("x", 1<<20) + `"}`, 413, "Request body too large"},
 	}
 	for _, tc := range rejected {
@@ -155,7 +161,8 @@ func TestE2EContract(t *testing.T) {
 		assert.Equal(t, 200, status)
 		assert.Equal(t, map[string]any{
 			"success": true, "booking_id": float64(42), "event_type": "booking.updated",
-			"sync_result": map[string]any{"success": true},
+			"sync_result": map[string]any{"success": true, "queued": false, "completed": true, "sync_mode": "single",
+				"booking_id": float64(42), "organization_id": "org-1", "outcome": "applied"},
 		}, body)
 		calls := up.Calls()
 		require.Len(t, calls, 1)
@@ -168,10 +175,18 @@ func TestE2EContract(t *testing.T) {
 		assert.NotEmpty(t, c.Header.Get(upstream.HeaderRequestID), "Caddy's request ID travels upstream")
 		assert.Empty(t, c.Header.Get("X-Api-Key"), "the caller's credentials are never forwarded")
 	})
+	t.Run("bound key syncs as its organization", func(t *testing.T) {
+		status, body, _ := postWebhook(t, tester, map[string]string{"X-Api-Key": "bound-key"}, `{"booking_id":"b-bound","event_type":"BOOKING_CREATED"}`)
+		assert.Equal(t, 200, status, "%v", body)
+		assert.Equal(t, "booking.created", body["event_type"], "event_type is echoed normalised")
+		calls := up.CallsFor("b-bound")
+		require.Len(t, calls, 1)
+		assert.JSONEq(t, `{"booking_id":"b-bound","syncMode":"single","organization_id":"org-bound","event_type":"booking.created"}`, calls[0].Body)
+	})
 	t.Run("upstream says failure", func(t *testing.T) {
 		up.Respond(testkit.JSON(http.StatusOK, `{"success":false,"error":"EventFlow API down"}`))
-		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
-		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b2"}`)
+		defer up.Respond(nil)
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b2","organization_id":"org-1"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, "Sync failed", body["error"])
 		assert.Equal(t, float64(200), body["upstream_status"])
@@ -179,16 +194,16 @@ func TestE2EContract(t *testing.T) {
 	})
 	t.Run("upstream 503", func(t *testing.T) {
 		up.Respond(testkit.JSON(http.StatusServiceUnavailable, `{"code":"BOOT_ERROR","message":"Function failed to start"}`))
-		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
-		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b3"}`)
+		defer up.Respond(nil)
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"b3","organization_id":"org-1"}`)
 		assert.Equal(t, 502, status)
 		assert.Equal(t, float64(503), body["upstream_status"])
 	})
 	t.Run("timeout", func(t *testing.T) {
-		up.Respond(testkit.Hold(3*time.Second, testkit.JSON(http.StatusOK, e2eSynced)))
-		defer up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
+		up.Respond(testkit.Hold(3*time.Second, nil))
+		defer up.Respond(nil)
 		start := time.Now()
-		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"slow"}`)
+		status, body, _ := postWebhook(t, tester, auth, `{"booking_id":"slow","organization_id":"org-1"}`)
 		assert.Equal(t, 504, status)
 		assert.Equal(t, map[string]any{"error": "Sync timed out"}, body)
 		assert.Less(t, time.Since(start), 2500*time.Millisecond)
@@ -203,7 +218,7 @@ func TestE2EUnreachableAndCORSOff(t *testing.T) {
 		target %s
 		cors off
 	}`, e2eSecret, target))
-	status, body, hdr := postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret}, `{"booking_id":"b1"}`)
+	status, body, hdr := postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret}, `{"booking_id":"b1","organization_id":"org-1"}`)
 	assert.Equal(t, 502, status)
 	assert.Equal(t, "Sync failed", body["error"])
 	assert.NotContains(t, fmt.Sprint(body["details"]), "QUERYSECRET")
@@ -220,7 +235,6 @@ func TestE2EUnreachableAndCORSOff(t *testing.T) {
 // (Authorization is redacted by Caddy itself).
 func TestE2ENoSecretInLogs(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	dir := t.TempDir()
 	serverLog := filepath.Join(dir, "server.log")
 	accessLog := filepath.Join(dir, "access.log")
@@ -232,15 +246,19 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 		}
 	}
 	receive_booking {
-		secret %s
+		organization org-1 {
+			secret %s
+		}
 		target %s
 		target_key %s
 	}`, accessLog, e2eSecret, up.URL, e2eTargetKey))
 	auth := map[string]string{"X-Api-Key": e2eSecret}
 	postWebhook(t, tester, auth, `{"booking_id":"ok-1","event_type":"booking_created"}`)
+	postWebhook(t, tester, auth, `{"booking_id":"ok-2","event_type":"Booking.Exploded"}`)
 	postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret + "x"}, `{"booking_id":"b1"}`)
 	postWebhook(t, tester, map[string]string{"Authorization": "Bearer " + e2eSecret}, `{"booking_id":"b2"}`)
-	up.Respond(testkit.JSON(http.StatusInternalServerError, e2eSynced))
+	postWebhook(t, tester, auth, `{"booking_id":"b3","organization_id":"org-2"}`)
+	up.Respond(testkit.JSON(http.StatusInternalServerError, `{}`))
 	postWebhook(t, tester, auth, `{"booking_id":"fail-1"}`)
 
 	var logs string
@@ -248,23 +266,26 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 		a, _ := os.ReadFile(accessLog)
 		s, _ := os.ReadFile(serverLog)
 		logs = string(a) + string(s)
-		return strings.Count(string(a), "\n") >= 4 && strings.Contains(logs, "fail-1")
+		return strings.Count(string(a), "\n") >= 6 && strings.Contains(logs, "fail-1")
 	}, 5*time.Second, 50*time.Millisecond)
 	assert.NotContains(t, logs, e2eSecret)
 	assert.NotContains(t, logs, e2eTargetKey)
 	assert.Contains(t, logs, `"outcome":"synced"`)
-	assert.Contains(t, logs, `"event_type":"created"`, "event types are normalised in the log")
+	assert.Contains(t, logs, `"event_type":"booking.created"`, "event types are normalised in the log")
+	assert.Contains(t, logs, `"event_type":"booking.exploded","unknown_event_type":true`, "unknown event types are accepted and logged")
 	assert.Contains(t, logs, `"outcome":"rejected"`)
+	assert.Contains(t, logs, `"reason":"organization"`, "a key used for another organization is logged")
 	assert.Contains(t, logs, `"outcome":"failed"`)
 }
 
 func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
-	up.Respond(testkit.JSON(http.StatusServiceUnavailable, e2eSynced)) // import-bookings is down: webhooks must still be accepted
+	up.Respond(testkit.JSON(http.StatusServiceUnavailable, `{}`)) // import-bookings is down: webhooks must still be accepted
 	dbPath := filepath.Join(t.TempDir(), "async.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
-		secret %s
+		organization org-1 {
+			secret %s
+		}
 		target %s
 		mode async
 		queue sqlite %s
@@ -282,7 +303,7 @@ func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 	assert.Equal(t, jobID, body["job_id"])
 
 	require.Eventually(t, func() bool { return len(up.Calls()) >= 1 }, 10*time.Second, 20*time.Millisecond)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
+	up.Respond(nil)
 	// The 503 is retried (first retry after 2.5–5 s, moved by River's
 	// scheduler every 5 s) until it succeeds.
 	require.Eventually(t, func() bool {
@@ -299,13 +320,15 @@ func TestE2EAsyncQueuesAndSyncs(t *testing.T) {
 // first and synced by the queue's workers; the sender waits for the first
 // attempt: 200 when it synced, 202 with sync_error when it will be
 // retried, 202 when it is still running at the timeout (and it is neither
-// cancelled nor started again), 502 when it failed for good.
+// cancelled nor started again), 200 without "success" when it failed for
+// good (it was recorded: a resend would fail the same way).
 func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
 	dbPath := filepath.Join(t.TempDir(), "auto.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
-		secret %s
+		organization org-1 {
+			secret %s
+		}
 		target %s
 		timeout 500ms
 		queue sqlite %s
@@ -325,27 +348,30 @@ func TestE2EAutoRecordsThenWaits(t *testing.T) {
 	assert.Equal(t, 200, status, "auto mode answers the sync's result when it comes in time: %v", body)
 	assert.Equal(t, true, body["success"])
 	assert.NotNil(t, body["job_id"])
-	assert.Equal(t, map[string]any{"success": true}, body["sync_result"])
+	assert.Equal(t, "applied", body["sync_result"].(map[string]any)["outcome"])
 	assert.Equal(t, 1, callsOf("a1"))
 
-	up.Respond(testkit.JSON(http.StatusServiceUnavailable, e2eSynced))
+	up.Respond(testkit.JSON(http.StatusServiceUnavailable, `{}`))
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a2"}`)
 	assert.Equal(t, 202, status)
 	assert.True(t, strings.HasPrefix(body["sync_error"].(string), "upstream status 503"), "%v", body)
 	assert.Equal(t, true, body["queued"])
 
-	up.Respond(testkit.Hold(2*time.Second, testkit.JSON(http.StatusOK, e2eSynced)))
+	up.Respond(testkit.Hold(2*time.Second, nil))
 	start := time.Now()
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a3"}`)
 	assert.Equal(t, 202, status)
 	assert.Less(t, time.Since(start), 1500*time.Millisecond, "the sender waits no longer than timeout")
 	assert.Equal(t, stillRunning, body["sync_error"])
 
-	up.Respond(testkit.JSON(http.StatusNotFound, e2eSynced))
+	up.Respond(testkit.JSON(http.StatusNotFound, `{"msg":"no such function"}`))
 	status, body, _ = postWebhook(t, tester, auth, `{"booking_id":"a4"}`)
-	assert.Equal(t, 502, status, "a permanent rejection is answered as a failure")
+	assert.Equal(t, 200, status, "a recorded webhook whose sync failed for good is not answered 5xx")
+	assert.Nil(t, body["success"], "not a sync: %v", body)
+	assert.Equal(t, true, body["accepted"])
 	assert.Equal(t, float64(404), body["upstream_status"])
-	up.Respond(testkit.JSON(http.StatusOK, e2eSynced))
+	assert.Equal(t, `upstream status 404: {"msg":"no such function"}`, body["sync_error"])
+	up.Respond(nil)
 
 	// a2 is retried and synced; a3's one call ran to its end.
 	require.Eventually(t, func() bool { return callsOf("a2") >= 2 }, 20*time.Second, 50*time.Millisecond)

@@ -28,6 +28,15 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		secret          {env.WEBHOOK_SECRET}
 		signing_secret  whsec_a {env.SIGNING_SECRET}
 		signing_secret  whsec_b
+		organization    org-a {
+			secret         {env.ORG_A_KEY} {env.ORG_A_KEY_PREVIOUS}
+			signing_secret {env.ORG_A_WHSEC}
+		}
+		organization    org-b {
+			secret {env.ORG_B_KEY}
+			secret literal-b
+		}
+		contract        legacy
 		tolerance       3m
 		auth            both
 		target          https://proj.supabase.co/functions/v1/import-bookings
@@ -49,6 +58,11 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 	assert.Equal(t, &Handler{
 		Secrets:        []string{"s1", "s2", "{env.WEBHOOK_SECRET}"},
 		SigningSecrets: []string{"whsec_a", "{env.SIGNING_SECRET}", "whsec_b"},
+		Organizations: []Organization{
+			{ID: "org-a", Secrets: []string{"{env.ORG_A_KEY}", "{env.ORG_A_KEY_PREVIOUS}"}, SigningSecrets: []string{"{env.ORG_A_WHSEC}"}},
+			{ID: "org-b", Secrets: []string{"{env.ORG_B_KEY}", "literal-b"}},
+		},
+		Contract:       "legacy",
 		Tolerance:      "3m",
 		Auth:           "both",
 		Target:         "https://proj.supabase.co/functions/v1/import-bookings",
@@ -93,6 +107,11 @@ func TestCaddyfileVariants(t *testing.T) {
 			&Handler{Queue: &QueueConfig{Driver: "sqlite"}}},
 		{"sync mode", "receive_booking {\n mode sync\n}", &Handler{Mode: "sync"}},
 		{"async mode", "receive_booking {\n mode async\n}", &Handler{Mode: "async"}},
+		{"one organization", "receive_booking {\n organization acme {\n  secret k1 k0\n }\n}",
+			&Handler{Organizations: []Organization{{ID: "acme", Secrets: []string{"k1", "k0"}}}}},
+		{"organization with a signing secret only", "receive_booking {\n organization 42 {\n  signing_secret whsec_x\n }\n}",
+			&Handler{Organizations: []Organization{{ID: "42", SigningSecrets: []string{"whsec_x"}}}}},
+		{"contract envelope", "receive_booking {\n contract envelope\n}", &Handler{Contract: "envelope"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -145,6 +164,14 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad workers", "receive_booking {\n workers 0\n}", 2, "workers: expected a positive whole number"},
 		{"bad queue", "receive_booking {\n queue redis\n}", 2, "queue: expected"},
 		{"nested block", "receive_booking {\n target http://x {\n  a\n }\n}", 2, `unknown subdirective "{"`},
+		{"organization without id", "receive_booking {\n organization\n}", 2, "wrong argument count"},
+		{"organization with two ids", "receive_booking {\n organization a b {\n  secret k\n }\n}", 2, "wrong argument count"},
+		{"organization without block", "receive_booking {\n organization a\n}", 2, "organization a: needs a block with a secret or a signing_secret"},
+		{"organization with empty block", "receive_booking {\n organization a {\n }\n}", 3, "organization a: needs a block"},
+		{"organization unknown subdirective", "receive_booking {\n organization a {\n  target http://x\n }\n}", 3, `organization a: unknown subdirective "target"`},
+		{"organization secret without value", "receive_booking {\n organization a {\n  secret\n }\n}", 3, "wrong argument count"},
+		{"bad contract", "receive_booking {\n contract lenient\n}", 2, `contract: expected envelope or legacy, got "lenient"`},
+		{"repeated contract", "receive_booking {\n contract legacy\n contract envelope\n}", 3, "contract: subdirective given twice"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,6 +199,10 @@ const fullCaddyfile = `{
 	receive_booking /webhooks/booking {
 		secret {env.WEBHOOK_SECRET} {env.WEBHOOK_SECRET_OLD}
 		secret literal-second
+		organization org-a {
+			secret {env.ORG_A_KEY}
+			signing_secret {env.ORG_A_WHSEC}
+		}
 		target {env.IMPORT_BOOKINGS_URL}
 		target_key {file./run/secrets/supabase_key}
 		timeout 10s
@@ -209,6 +240,17 @@ const fullCaddyfileJSON = `{
 									"cors": "https://app.example.com",
 									"handler": "receive_booking",
 									"max_body": "256KiB",
+									"organizations": [
+										{
+											"id": "org-a",
+											"secrets": [
+												"{env.ORG_A_KEY}"
+											],
+											"signing_secrets": [
+												"{env.ORG_A_WHSEC}"
+											]
+										}
+									],
 									"require": [
 										"organization_id"
 									],
@@ -299,12 +341,13 @@ func TestCaddyfileAdaptErrorHasLine(t *testing.T) {
 // config; provisioned with the environment set, it serves webhooks.
 func TestCaddyfileJSONRoundTrip(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
 	t.Setenv("RB_UT_RT_SECRET", utSecret)
 	t.Setenv("RB_UT_RT_TARGET", up.Target())
 	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`:8080 {
 	receive_booking {
-		secret {env.RB_UT_RT_SECRET}
+		organization org-rt {
+			secret {env.RB_UT_RT_SECRET}
+		}
 		target {env.RB_UT_RT_TARGET}
 		timeout 1s
 		max_body 1KiB
@@ -331,8 +374,9 @@ func TestCaddyfileJSONRoundTrip(t *testing.T) {
 	require.NoError(t, json.Unmarshal(raw, h))
 	provisioned := newTestHandler(t, "", func(x *Handler) { *x = *h })
 	assert.EqualValues(t, 1024, provisioned.maxBody)
-	w := postAuthed(t, provisioned, validBody)
+	w := postAuthed(t, provisioned, `{"booking_id":"rt-1"}`)
 	assert.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	assert.Contains(t, up.Calls()[0].Body, `"organization_id":"org-rt"`)
 	w = postAuthed(t, provisioned, withBody(1025))
 	assert.Equal(t, http.StatusRequestEntityTooLarge, w.Code)
 	assert.Len(t, up.Calls(), 1)

@@ -74,7 +74,7 @@ func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		serveAsync(t, h, context.Background(), `{"booking_id":"b-1","event_type":"booking.updated"}`, answers)
 	}
-	key := payload.Key{Booking: "b-1"}
+	key := payload.Key{Org: utOrg, Booking: "b-1"}
 	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, key) == 10 }),
 		"the 10 requests wait for one next sync; waiters: %d", nextWaiters(h.coalescer, key))
 	assert.Len(t, up.Calls(), 1, "nobody joins the running sync, and the next one waits for it")
@@ -93,8 +93,8 @@ func TestCoalesceRequestsShareTheNextSync(t *testing.T) {
 	calls := up.Calls()
 	assert.Len(t, calls, 2, "exactly two syncs: the running one and the shared next one")
 	if len(calls) == 2 {
-		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.created"}`, calls[0].Body)
-		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","event_type":"booking.updated"}`, calls[1].Body)
+		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`, calls[0].Body)
+		assert.Equal(t, `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1","event_type":"booking.updated"}`, calls[1].Body)
 	}
 	assert.True(t, eventually(time.Second, func() bool { return coalescerIdle(h.coalescer) }))
 
@@ -122,12 +122,12 @@ func TestCoalesceDifferentBookingsDoNotShare(t *testing.T) {
 	release := make(chan struct{})
 	up := testkit.NewStandIn(t)
 	up.Respond(testkit.BlockUntil(release))
-	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s" })
+	h := newTestHandler(t, up.Target(), func(h *Handler) { h.Timeout = "2s"; sharedKey(h) })
 	answers := make(chan *httptest.ResponseRecorder, 3)
 
 	bodies := []string{
-		`{"booking_id":"b-1"}`,
-		`{"booking_id":"b-2"}`,
+		`{"booking_id":"b-1","organization_id":"org-1"}`,
+		`{"booking_id":"b-2","organization_id":"org-1"}`,
 		`{"booking_id":"b-1","organization_id":"org-2"}`,
 	}
 	for i, body := range bodies {
@@ -155,7 +155,7 @@ func TestCoalesceStringAndIntegerIDsAreOneBooking(t *testing.T) {
 	serveAsync(t, h, context.Background(), `{"booking_id":"42"}`, answers)
 	testkit.WaitFor(t, up.Arrived, time.Second, "sync A")
 	serveAsync(t, h, context.Background(), `{"booking_id":42}`, answers)
-	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, payload.Key{Booking: "42"}) == 1 }))
+	require.True(t, eventually(time.Second, func() bool { return nextWaiters(h.coalescer, payload.Key{Org: utOrg, Booking: "42"}) == 1 }))
 	close(release)
 	for i := 0; i < 2; i++ {
 		w := <-answers
@@ -163,15 +163,15 @@ func TestCoalesceStringAndIntegerIDsAreOneBooking(t *testing.T) {
 	}
 	calls := up.Calls()
 	require.Len(t, calls, 2)
-	assert.Equal(t, `{"booking_id":"42","syncMode":"single"}`, calls[0].Body)
-	assert.Equal(t, `{"booking_id":42,"syncMode":"single"}`, calls[1].Body)
+	assert.Equal(t, `{"booking_id":"42","syncMode":"single","organization_id":"org-1"}`, calls[0].Body)
+	assert.Equal(t, `{"booking_id":42,"syncMode":"single","organization_id":"org-1"}`, calls[1].Body)
 }
 
 // TestCoalesceSequentialRequestsEachSync: without overlap, every request
 // gets a sync of its own.
 func TestCoalesceSequentialRequestsEachSync(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), nil)
 	for i := 0; i < 3; i++ {
 		w := postAuthed(t, h, validBody)
@@ -340,7 +340,7 @@ func TestCoalesceSyncTimeoutBoundsEachSync(t *testing.T) {
 
 func TestCoalesceCallerErrorIsContextError(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), nil)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()

@@ -38,7 +38,7 @@ const (
 	errInvalidEvent     = `{"error":"Invalid field: event_type"}`
 
 	validBody    = `{"booking_id":"b-1","event_type":"booking.created"}`
-	validForward = `{"booking_id":"b-1","syncMode":"single","event_type":"booking.created"}`
+	validForward = `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`
 	validAnswer  = `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":` + utUpstreamOK + `}`
 )
 
@@ -52,7 +52,7 @@ type contractCase struct {
 	// chunked sends the body without a declared Content-Length.
 	chunked   bool
 	configure func(*Handler)
-	upstream  testkit.Responder // nil: 200 utUpstreamOK
+	upstream  testkit.Responder // nil: the stand-in's success envelope
 
 	wantStatus int
 	wantBody   string // exact JSON (JSONEq); "" for no body
@@ -82,8 +82,8 @@ func noCORS(h map[string]string) map[string]string {
 }
 
 func maxBody64(h *Handler)  { h.MaxBody = "64" }
-func requireOrg(h *Handler) { h.Require = []string{"organization_id"} }
-func twoSecrets(h *Handler) { h.Secrets = []string{utSecret, utSecret2} }
+func requireOrg(h *Handler) { sharedKey(h); h.Require = []string{"organization_id"} }
+func twoSecrets(h *Handler) { h.Organizations[0].Secrets = []string{utSecret, utSecret2} }
 func corsOffCfg(h *Handler) { h.CORS = "off" }
 func withBody(n int) string { return padBody(`{"booking_id":"b-1","pad":"`, `"}`, n) }
 
@@ -154,7 +154,7 @@ func contractCases() []contractCase {
 		ok("two secrets: first by bearer", twoSecrets, "Authorization", "Bearer "+utSecret),
 		ok("two secrets: second by bearer", twoSecrets, "Authorization", "bearer "+utSecret2),
 		ok("three secrets from one multi-value line: third", func(h *Handler) {
-			h.Secrets = []string{"alpha-one", "beta-two", utSecret}
+			h.Organizations[0].Secrets = []string{"alpha-one", "beta-two", utSecret}
 		}, "X-Api-Key", utSecret),
 		ok("no Content-Type header", nil, "X-Api-Key", utSecret),
 		ok("JSON Content-Type with charset", nil, "X-Api-Key", utSecret, "Content-Type", "application/json; charset=utf-8"),
@@ -172,10 +172,10 @@ func contractCases() []contractCase {
 			wantStatus: 413, wantBody: errTooLarge},
 		contractCase{name: "body of exactly max_body", configure: maxBody64, body: withBody(64),
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"b-1","syncMode":"single"}`},
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "chunked body of exactly max_body", configure: maxBody64, body: withBody(64), chunked: true,
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"b-1","syncMode":"single"}`},
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1"}`},
 	)
 
 	// Not a JSON object.
@@ -227,7 +227,6 @@ func contractCases() []contractCase {
 		"string w/ C1":      `{"booking_id":"b\u00851"}`,
 		"line separator":    `{"booking_id":"b\u20281"}`,
 		"blank string":      `{"booking_id":"   "}`,
-		"invalid also org":  `{"booking_id":true,"organization_id":true}`,
 	} {
 		cases = append(cases, contractCase{name: "booking_id " + name, body: body, wantStatus: 400, wantBody: errInvalidBooking})
 	}
@@ -236,61 +235,79 @@ func contractCases() []contractCase {
 		contractCase{name: "integer booking_id forwarded as a number", body: `{"booking_id":12345}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":12345,"event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":12345,"syncMode":"single"}`},
+			wantForward: `{"booking_id":12345,"syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "negative integer booking_id", body: `{"booking_id":-7}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":-7,"event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":-7,"syncMode":"single"}`},
+			wantForward: `{"booking_id":-7,"syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "integer beyond float64 precision forwarded digit for digit", body: `{"booking_id":123456789012345678901234567890}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":123456789012345678901234567890,"event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":123456789012345678901234567890,"syncMode":"single"}`},
+			wantForward: `{"booking_id":123456789012345678901234567890,"syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "numeric string booking_id stays a string", body: `{"booking_id":"12345"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"12345","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"12345","syncMode":"single"}`},
+			wantForward: `{"booking_id":"12345","syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "string 1e3 is a string", body: `{"booking_id":"1e3"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"1e3","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"1e3","syncMode":"single"}`},
+			wantForward: `{"booking_id":"1e3","syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "256-byte booking_id", body: `{"booking_id":"` + b256 + `"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"` + b256 + `","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"` + b256 + `","syncMode":"single"}`},
+			wantForward: `{"booking_id":"` + b256 + `","syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "HTML-ish booking_id forwarded byte for byte", body: `{"booking_id":"a&b<c>"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"a&b<c>","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"a&b<c>","syncMode":"single"}`},
+			wantForward: `{"booking_id":"a&b<c>","syncMode":"single","organization_id":"org-1"}`},
 		contractCase{name: "unicode booking_id", body: `{"booking_id":"réservation-✓"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"réservation-✓","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"réservation-✓","syncMode":"single"}`},
-		contractCase{name: "organization_id and event_type forwarded, other fields not",
+			wantForward: `{"booking_id":"réservation-✓","syncMode":"single","organization_id":"org-1"}`},
+		contractCase{name: "organization_id and event_type forwarded, other fields not", configure: sharedKey,
 			body:        `{"event_type":"booking.created","extra":{"booking_id":"nested"},"organization_id":"org-9","booking_id":"b-1","data":[1,2]}`,
 			wantStatus:  200,
 			wantBody:    validAnswer,
 			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-9","event_type":"booking.created"}`},
-		contractCase{name: "event_type answered as sent, not normalised", body: `{"booking_id":"b-1","event_type":"Booking-Created"}`,
+		contractCase{name: "event_type answered and forwarded normalised", body: `{"booking_id":"b-1","event_type":"Booking-Created"}`,
 			wantStatus:  200,
-			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"Booking-Created","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"b-1","syncMode":"single","event_type":"Booking-Created"}`},
+			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":` + utUpstreamOK + `}`,
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`},
+		contractCase{name: "unknown event_type accepted, lower-cased", body: `{"booking_id":"b-1","event_type":"Offer.Signed"}`,
+			wantStatus:  200,
+			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"offer.signed","sync_result":` + utUpstreamOK + `}`,
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1","event_type":"offer.signed"}`},
 		contractCase{name: "null event_type is unknown", body: `{"booking_id":"b-1","event_type":null,"organization_id":null}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
-			wantForward: `{"booking_id":"b-1","syncMode":"single"}`},
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1"}`},
 	)
 
-	// organization_id and event_type.
+	// organization_id: a shared key needs it in the body (as the
+	// platform's receive-booking did, before booking_id); a bound key
+	// supplies it and may not act for another organization.
 	cases = append(cases,
-		contractCase{name: "require organization_id: missing", configure: requireOrg, body: validBody,
+		contractCase{name: "shared key: organization_id missing", configure: sharedKey, body: validBody,
 			wantStatus: 400, wantBody: errMissingOrg},
-		contractCase{name: "require organization_id: null", configure: requireOrg, body: `{"booking_id":"b-1","organization_id":null}`,
+		contractCase{name: "shared key: organization_id null", configure: sharedKey, body: `{"booking_id":"b-1","organization_id":null}`,
 			wantStatus: 400, wantBody: errMissingOrg},
-		contractCase{name: "require organization_id: empty", configure: requireOrg, body: `{"booking_id":"b-1","organization_id":""}`,
+		contractCase{name: "shared key: organization_id empty", configure: sharedKey, body: `{"booking_id":"b-1","organization_id":""}`,
 			wantStatus: 400, wantBody: errMissingOrg},
-		contractCase{name: "require organization_id: booking_id checked first", configure: requireOrg, body: `{}`,
-			wantStatus: 400, wantBody: errMissingBooking},
-		contractCase{name: "require organization_id: present", configure: requireOrg,
+		contractCase{name: "shared key: organization_id checked before booking_id", configure: sharedKey, body: `{}`,
+			wantStatus: 400, wantBody: errMissingOrg},
+		contractCase{name: "invalid organization_id checked before booking_id", body: `{"booking_id":true,"organization_id":true}`,
+			wantStatus: 400, wantBody: errInvalidOrg},
+		contractCase{name: "bound key: another organization", body: `{"booking_id":"b-1","organization_id":"org-2"}`,
+			wantStatus: 403, wantBody: `{"error":"Forbidden"}`},
+		contractCase{name: "bound key: another organization, as a number", body: `{"booking_id":"b-1","organization_id":2}`,
+			wantStatus: 403, wantBody: `{"error":"Forbidden"}`},
+		contractCase{name: "bound key: another organization before booking_id", body: `{"organization_id":"org-2"}`,
+			wantStatus: 403, wantBody: `{"error":"Forbidden"}`},
+		contractCase{name: "bound key: its own organization named", body: `{"booking_id":"b-1","organization_id":"org-1"}`,
+			wantStatus:  200,
+			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
+			wantForward: `{"booking_id":"b-1","syncMode":"single","organization_id":"org-1"}`},
+		contractCase{name: "require organization_id is accepted and changes nothing", configure: requireOrg,
 			body:        `{"booking_id":"b-1","organization_id":"org-1"}`,
 			wantStatus:  200,
 			wantBody:    `{"success":true,"booking_id":"b-1","event_type":"unknown","sync_result":` + utUpstreamOK + `}`,
@@ -302,7 +319,7 @@ func contractCases() []contractCase {
 	} {
 		cases = append(cases, contractCase{name: "organization_id " + name,
 			body: `{"booking_id":"b-1","organization_id":` + v + `}`, wantStatus: 400, wantBody: errInvalidOrg})
-		cases = append(cases, contractCase{name: "required organization_id " + name, configure: requireOrg,
+		cases = append(cases, contractCase{name: "shared key, organization_id " + name, configure: sharedKey,
 			body: `{"booking_id":"b-1","organization_id":` + v + `}`, wantStatus: 400, wantBody: errInvalidOrg})
 	}
 	for name, v := range map[string]string{
@@ -317,14 +334,28 @@ func contractCases() []contractCase {
 	// Upstream answers.
 	cases = append(cases,
 		contractCase{name: "upstream 200 JSON", body: validBody, wantStatus: 200, wantBody: validAnswer, wantForward: validForward},
-		contractCase{name: "upstream 201 JSON", body: validBody, upstream: testkit.JSON(201, `{"created":1}`),
-			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":{"created":1}}`,
+		contractCase{name: "upstream 201 envelope", body: validBody, upstream: testkit.JSON(201, utUpstreamOK),
+			wantStatus: 200, wantBody: validAnswer, wantForward: validForward},
+		contractCase{name: "upstream 201 JSON without outcome", body: validBody, upstream: testkit.JSON(201, `{"created":1}`),
+			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":201,"details":{"created":1}}`,
 			wantForward: validForward},
 		contractCase{name: "upstream 200 JSON array", body: validBody, upstream: testkit.JSON(200, `[1,2]`),
-			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":[1,2]}`,
+			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":200,"details":[1,2]}`,
 			wantForward: validForward},
-		contractCase{name: "upstream 200 success true", body: validBody, upstream: testkit.JSON(200, `{"success":true}`),
+		contractCase{name: "upstream 200 success true without outcome", body: validBody, upstream: testkit.JSON(200, `{"success":true}`),
+			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":200,"details":{"success":true}}`,
+			wantForward: validForward},
+		contractCase{name: "upstream 200 envelope of another booking", body: validBody,
+			upstream:   testkit.JSON(200, strings.Replace(utUpstreamOK, `"b-1"`, `"b-2"`, 1)),
+			wantStatus: 502, wantForward: validForward,
+			checkBody: func(t *testing.T, body map[string]any) { assert.Equal(t, "Sync failed", body["error"]) }},
+		contractCase{name: "legacy contract: upstream 200 success true", body: validBody, upstream: testkit.JSON(200, `{"success":true}`),
+			configure:  func(h *Handler) { h.Contract = contractLegacy },
 			wantStatus: 200, wantBody: `{"success":true,"booking_id":"b-1","event_type":"booking.created","sync_result":{"success":true}}`,
+			wantForward: validForward},
+		contractCase{name: "legacy contract: upstream 200 success false", body: validBody, upstream: testkit.JSON(200, `{"success":false}`),
+			configure:  func(h *Handler) { h.Contract = contractLegacy },
+			wantStatus: 502, wantBody: `{"error":"Sync failed","upstream_status":200,"details":{"success":false}}`,
 			wantForward: validForward},
 		contractCase{name: "upstream 200 success false", body: validBody,
 			upstream:   testkit.JSON(200, `{"success":false,"error":"booking not found"}`),
@@ -381,12 +412,8 @@ func bigHTML(n int) string {
 func TestServeHTTPContract(t *testing.T) {
 	for _, tc := range contractCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			respond := tc.upstream
-			if respond == nil {
-				respond = testkit.JSON(http.StatusOK, utUpstreamOK)
-			}
 			up := testkit.NewStandIn(t)
-			up.Respond(respond)
+			up.Respond(tc.upstream)
 			h := newTestHandler(t, up.Target(), tc.configure)
 			method := tc.method
 			if method == "" {
@@ -413,7 +440,12 @@ func TestServeHTTPContract(t *testing.T) {
 				tc.checkBody(t, decodeObject(t, w.Body.String()))
 			default:
 				assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
-				assert.JSONEq(t, tc.wantBody, w.Body.String())
+				want := tc.wantBody
+				if calls := up.Calls(); len(calls) == 1 && tc.upstream == nil {
+					// The stand-in echoed this call's ids.
+					want = strings.ReplaceAll(want, utUpstreamOK, testkit.Envelope(&calls[0], "applied"))
+				}
+				assert.JSONEq(t, want, w.Body.String())
 				assert.Equal(t, fmt.Sprint(w.Body.Len()), w.Header().Get("Content-Length"))
 			}
 			for k, v := range tc.wantHeader {
@@ -445,14 +477,14 @@ func TestServeHTTPContract(t *testing.T) {
 // never the caller's credentials.
 func TestServeHTTPUpstreamRequest(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target()+"?region=eu", nil)
 
 	for _, cred := range [][]string{
 		{"X-Api-Key", utSecret},
 		{"Authorization", "Bearer " + utSecret},
 	} {
-		r := webhookRequest(http.MethodPost, `{"booking_id":"b-7","organization_id":"o-1"}`,
+		r := webhookRequest(http.MethodPost, `{"booking_id":"b-7","organization_id":"org-1"}`,
 			cred[0], cred[1], "Content-Type", "application/json",
 			"Apikey", "caller-apikey", "Cookie", "session=caller", "X-Client-Info", "supabase-js/2")
 		repl := caddy.NewReplacer()
@@ -468,7 +500,7 @@ func TestServeHTTPUpstreamRequest(t *testing.T) {
 		assert.Equal(t, http.MethodPost, c.Method)
 		assert.Equal(t, utPath, c.Path)
 		assert.Equal(t, "region=eu", c.RawQuery, "the target's query string is kept")
-		assert.Equal(t, `{"booking_id":"b-7","syncMode":"single","organization_id":"o-1"}`, c.Body)
+		assert.Equal(t, `{"booking_id":"b-7","syncMode":"single","organization_id":"org-1"}`, c.Body)
 		assert.Equal(t, []string{"application/json"}, c.Header.Values("Content-Type"))
 		assert.Equal(t, []string{"Bearer " + utTargetKey}, c.Header.Values("Authorization"))
 		assert.Equal(t, []string{utTargetKey}, c.Header.Values("Apikey"))
@@ -487,7 +519,7 @@ func TestServeHTTPUpstreamRequest(t *testing.T) {
 
 func TestServeHTTPNoTargetKeyNoUpstreamAuth(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), func(h *Handler) { h.TargetKey = "" })
 	w := serveTest(t, h, webhookRequest(http.MethodPost, validBody, "Authorization", "Bearer "+utSecret))
 	require.Equal(t, 200, w.Code, w.Body.String())
@@ -501,7 +533,7 @@ func TestServeHTTPNoTargetKeyNoUpstreamAuth(t *testing.T) {
 // consecutive syncs share a connection.
 func TestServeHTTPConnectionsReused(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), nil)
 	for i := 0; i < 5; i++ {
 		w := postAuthed(t, h, fmt.Sprintf(`{"booking_id":"b-%d"}`, i))
@@ -626,12 +658,12 @@ func TestServeHTTPSecretPlaceholders(t *testing.T) {
 	t.Setenv("RB_UT_SECRET_B", "from-env-B-456")
 	t.Setenv("RB_UT_KEY", utTargetKey)
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), func(h *Handler) {
-		h.Secrets = []string{"{env.RB_UT_SECRET_A}", "{env.RB_UT_SECRET_B}", "{env.RB_UT_RETIRED_UNSET}"}
+		h.Organizations[0].Secrets = []string{"{env.RB_UT_SECRET_A}", "{env.RB_UT_SECRET_B}", "{env.RB_UT_RETIRED_UNSET}"}
 		h.TargetKey = "{env.RB_UT_KEY}"
 	})
-	assert.Equal(t, []string{"{env.RB_UT_SECRET_A}", "{env.RB_UT_SECRET_B}", "{env.RB_UT_RETIRED_UNSET}"}, h.Secrets,
+	assert.Equal(t, []string{"{env.RB_UT_SECRET_A}", "{env.RB_UT_SECRET_B}", "{env.RB_UT_RETIRED_UNSET}"}, h.Organizations[0].Secrets,
 		"the config keeps the placeholders")
 	for _, s := range []string{"from-env-A-123", "from-env-B-456"} {
 		w := serveTest(t, h, webhookRequest(http.MethodPost, validBody, "X-Api-Key", s))
@@ -649,7 +681,7 @@ func TestServeHTTPSecretPlaceholders(t *testing.T) {
 
 func TestProvisionErrors(t *testing.T) {
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	cases := []struct {
 		name      string
 		configure func(*Handler)
@@ -682,11 +714,32 @@ func TestProvisionErrors(t *testing.T) {
 		{"zero max_body", func(h *Handler) { h.MaxBody = "0" }, "max_body", nil},
 		{"bad require", func(h *Handler) { h.Require = []string{"event_type"} }, "require", nil},
 		{"bad mode", func(h *Handler) { h.Mode = "turbo" }, "mode", nil},
+		{"bad contract", func(h *Handler) { h.Contract = "lenient" }, "contract", nil},
+		{"organization without id", func(h *Handler) { h.Organizations = []Organization{{Secrets: []string{"k-" + utSecret}}} },
+			"organization #1", nil},
+		{"organization id with a newline", func(h *Handler) {
+			h.Organizations = []Organization{{ID: "org\n1", Secrets: []string{"k-" + utSecret}}}
+		}, "organization #1", nil},
+		{"organization twice", func(h *Handler) {
+			h.Organizations = []Organization{{ID: "o", Secrets: []string{"k1"}}, {ID: "o", Secrets: []string{"k2"}}}
+		}, `organization "o": configured twice`, nil},
+		{"organization without keys", func(h *Handler) { h.Organizations = []Organization{{ID: "o"}} },
+			`organization "o": needs a secret or a signing_secret`, nil},
+		{"key shared and bound", func(h *Handler) {
+			h.Organizations = []Organization{{ID: "o", Secrets: []string{utSecret}}}
+		}, `organization "o": secret #1 is also a key of every organization (shared)`, nil},
+		{"key of two organizations", func(h *Handler) {
+			h.Secrets = []string{"other"}
+			h.Organizations = []Organization{{ID: "a", Secrets: []string{"k-" + utSecret}}, {ID: "b", Secrets: []string{"x", "k-" + utSecret}}}
+		}, `organization "b": secret #2 is also a key of organization "a"`, []string{"k-" + utSecret}},
+		{"signing secret of two organizations", func(h *Handler) {
+			h.Organizations = []Organization{{ID: "a", SigningSecrets: []string{testSigningSecret}}, {ID: "b", SigningSecrets: []string{testSigningSecret}}}
+		}, `organization "b": signing_secret #1 is also a signing secret of organization "a"`, []string{testSigningSecret, "MfKQ9r8"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("RB_UT_PRESENT", "present-value")
-			_, err := provisionTestHandler(t, up.Target(), tc.configure)
+			_, err := provisionTestHandler(t, up.Target(), func(h *Handler) { sharedKey(h); tc.configure(h) })
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.field, "the error names the field")
 			for _, s := range append(tc.never, utSecret, utTargetKey) {
@@ -739,7 +792,7 @@ func TestServeHTTPAnswersAreJSONObjects(t *testing.T) {
 	// Every answer with a body is a JSON object whose "error" (when set) is
 	// one of the contract's messages.
 	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
+	up.Respond(nil)
 	h := newTestHandler(t, up.Target(), nil)
 	for _, r := range []*http.Request{
 		webhookRequest(http.MethodGet, ""),
@@ -763,7 +816,6 @@ func TestServeHTTPLogging(t *testing.T) {
 	const queryKey = "SECRETQ"
 
 	okUp := testkit.NewStandIn(t)
-	okUp.Respond(testkit.JSON(http.StatusOK, utUpstreamOK))
 	failUp := testkit.NewStandIn(t)
 	failUp.Respond(testkit.JSON(500, `{"error":"db down"}`))
 	release := make(chan struct{})
@@ -773,7 +825,7 @@ func TestServeHTTPLogging(t *testing.T) {
 
 	build := func(target string, configure func(*Handler)) *Handler {
 		h := newTestHandler(t, target, func(h *Handler) {
-			h.Secrets = []string{utSecret, "{env.RB_UT_LOG_SECRET}"}
+			h.Organizations[0].Secrets = []string{utSecret, "{env.RB_UT_LOG_SECRET}"}
 			if configure != nil {
 				configure(h)
 			}
@@ -801,11 +853,11 @@ func TestServeHTTPLogging(t *testing.T) {
 	}
 	requests := []sent{
 		{okH, "POST", `{"booking_id":"b-1","event_type":"booking.created","organization_id":"org-1"}`,
-			[]string{"X-Api-Key", utSecret}, 200, "synced", "", "b-1", "created", zapcore.InfoLevel},
+			[]string{"X-Api-Key", utSecret}, 200, "synced", "", "b-1", "booking.created", zapcore.InfoLevel},
 		{okH, "POST", `{"booking_id":42,"event_type":"Booking-Created"}`,
-			[]string{"Authorization", "Bearer env-S3CRET-789"}, 200, "synced", "", "42", "created", zapcore.InfoLevel},
+			[]string{"Authorization", "Bearer env-S3CRET-789"}, 200, "synced", "", "42", "booking.created", zapcore.InfoLevel},
 		{okH, "POST", `{"booking_id":"b-3","event_type":"booking_created"}`,
-			[]string{"Authorization", "bearer " + utSecret}, 200, "synced", "", "b-3", "created", zapcore.InfoLevel},
+			[]string{"Authorization", "bearer " + utSecret}, 200, "synced", "", "b-3", "booking.created", zapcore.InfoLevel},
 		{okH, "POST", `{"booking_id":"b-4"}`,
 			[]string{"X-Api-Key", utSecret}, 200, "synced", "", "b-4", "unknown", zapcore.InfoLevel},
 		{okH, "POST", validBody, []string{"X-Api-Key", utSecret + "-wrong"}, 401, "rejected", "unauthorized", "", "", zapcore.WarnLevel},
@@ -815,11 +867,13 @@ func TestServeHTTPLogging(t *testing.T) {
 		{okH, "POST", `{"booking_id":"` + utSecret + `\n"}`, []string{"X-Api-Key", utSecret}, 400, "rejected", "invalid_field", "", "", zapcore.WarnLevel},
 		{okH, "POST", `not json ` + utSecret, []string{"X-Api-Key", utSecret}, 400, "rejected", "invalid_json", "", "", zapcore.WarnLevel},
 		{failH, "POST", `{"booking_id":"b-5","event_type":"booking.canceled"}`,
-			[]string{"X-Api-Key", utSecret}, 502, "failed", "upstream", "b-5", "cancelled", zapcore.ErrorLevel},
+			[]string{"X-Api-Key", utSecret}, 502, "failed", "upstream", "b-5", "booking.canceled", zapcore.ErrorLevel},
 		{slowH, "POST", `{"booking_id":"b-6","event_type":"BOOKING.UPDATED"}`,
-			[]string{"X-Api-Key", utSecret}, 504, "failed", "timeout", "b-6", "updated", zapcore.ErrorLevel},
+			[]string{"X-Api-Key", utSecret}, 504, "failed", "timeout", "b-6", "booking.updated", zapcore.ErrorLevel},
 		{deadH, "POST", `{"booking_id":"b-7","event_type":"booking:confirmed"}`,
-			[]string{"X-Api-Key", utSecret}, 502, "failed", "upstream", "b-7", "confirmed", zapcore.ErrorLevel},
+			[]string{"X-Api-Key", utSecret}, 502, "failed", "upstream", "b-7", "booking.confirmed", zapcore.ErrorLevel},
+		{okH, "POST", `{"booking_id":"b-9","organization_id":"org-2"}`,
+			[]string{"X-Api-Key", utSecret}, 403, "rejected", "organization", "", "", zapcore.WarnLevel},
 	}
 	for i, s := range requests {
 		w := serveTest(t, s.h, webhookRequest(s.method, s.body, s.header...))

@@ -30,12 +30,17 @@ const (
 	utSecret2    = "second-R0tated-secret"
 	utTargetKey  = "tk-SECRET-123"
 	utPath       = "/functions/v1/import-bookings"
-	utUpstreamOK = `{"success":true,"booking":{"id":"b-1"}}`
+	// utOrg is the organization utSecret belongs to in test handlers.
+	utOrg = "org-1"
+	// utUpstreamOK is import-bookings' answer to a sync of booking b-1 of
+	// utOrg (the stand-in's default answer echoes each call's ids).
+	utUpstreamOK = `{"success":true,"queued":false,"completed":true,"sync_mode":"single","booking_id":"b-1","organization_id":"org-1","outcome":"applied"}`
 )
 
 // newTestHandler provisions and validates a Handler in front of target,
-// with utSecret, utTargetKey, a 1s timeout and metrics off; configure may
-// change any config field before provisioning. The logger is a no-op.
+// with utSecret bound to utOrg, utTargetKey, a 1s timeout and metrics off;
+// configure may change any config field before provisioning. The logger
+// is a no-op.
 func newTestHandler(t testing.TB, target string, configure func(*Handler)) *Handler {
 	t.Helper()
 	h, err := provisionTestHandler(t, target, configure)
@@ -48,7 +53,7 @@ func newTestHandler(t testing.TB, target string, configure func(*Handler)) *Hand
 func provisionTestHandler(t testing.TB, target string, configure func(*Handler)) (*Handler, error) {
 	t.Helper()
 	h := &Handler{
-		Secrets:        []string{utSecret},
+		Organizations:  []Organization{{ID: utOrg, Secrets: []string{utSecret}}},
 		Target:         target,
 		TargetKey:      utTargetKey,
 		Timeout:        "1s",
@@ -68,6 +73,10 @@ func provisionTestHandler(t testing.TB, target string, configure func(*Handler))
 	h.logger = zap.NewNop()
 	return h, nil
 }
+
+// sharedKey makes utSecret a shared key, which may act for any
+// organization (the body must name one).
+func sharedKey(h *Handler) { h.Organizations, h.Secrets = nil, []string{utSecret} }
 
 // webhookRequest builds a POST with the given body and headers (name,
 // value pairs).

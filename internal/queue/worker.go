@@ -154,7 +154,10 @@ func outcomeOf(job *river.Job[Args], res *upstream.Result, jobErr error) *Outcom
 	switch {
 	case jobErr == nil:
 		out.Final = true
-	case isCancel(jobErr) || job.Attempt >= job.MaxAttempts:
+	case isCancel(jobErr):
+		// Without River's "JobCancelError: " prefix: the sender is told why.
+		out.Final, out.Err = true, errors.Unwrap(jobErr).Error()
+	case job.Attempt >= job.MaxAttempts:
 		out.Final, out.Err = true, jobErr.Error()
 	default:
 		out.Err = jobErr.Error()
