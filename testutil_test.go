@@ -26,10 +26,10 @@ import (
 // Both values are distinctive so that a leak into a log line or an answer
 // is found by a plain substring search.
 const (
-	utSecret     = "s3cr3t-value-XYZ"
-	utSecret2    = "second-R0tated-secret"
-	utTargetKey  = "tk-SECRET-123"
-	utPath       = "/functions/v1/import-bookings"
+	utSecret    = "s3cr3t-value-XYZ"
+	utSecret2   = "second-R0tated-secret"
+	utTargetKey = "tk-SECRET-123"
+	utPath      = "/functions/v1/import-bookings"
 	// utOrg is the organization utSecret belongs to in test handlers.
 	utOrg = "org-1"
 	// utUpstreamOK is import-bookings' answer to a sync of booking b-1 of
