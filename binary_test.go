@@ -370,6 +370,57 @@ func TestTwoInstancesPostgres(t *testing.T) {
 	assert.LessOrEqual(t, calls, bound)
 }
 
+// TestWaitersHearSyncsRunElsewherePostgres: two instances share one
+// PostgreSQL queue, each calling its own target path; senders in auto mode
+// post only to A, one booking each, one after another. Every one gets the
+// sync's 200, those whose sync B ran too, as soon as it ended (not a 202
+// at timeout).
+func TestWaitersHearSyncsRunElsewherePostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Caddy binary")
+	}
+	stub := testkit.NewStandIn(t)
+	stub.SetDelay(250 * time.Millisecond)
+	dsn := testkit.FreshPostgresDSN(t)
+	directive := func(path string) string {
+		return fmt.Sprintf(`receive_booking {
+		secret %s
+		target %s%s
+		mode auto
+		timeout 10s
+		coalesce_window 0
+		queue postgres %s
+	}`, e2eSecret, stub.URL, path, dsn)
+	}
+	a := startCaddy(t, t.TempDir(), directive("/a"))
+	startCaddy(t, t.TempDir(), directive("/b"))
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	var byB []time.Duration
+	for i := range 20 {
+		booking := fmt.Sprintf("bk-%d", i)
+		req, _ := http.NewRequest(http.MethodPost, a.url, strings.NewReader(`{"booking_id":"`+booking+`","event_type":"booking.updated"}`))
+		req.Header.Set("X-Api-Key", e2eSecret)
+		req.Header.Set("Content-Type", "application/json")
+		start := time.Now()
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		took := time.Since(start)
+		calls := stub.CallsFor(booking)
+		require.Len(t, calls, 1, "one sync of %s", booking)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "%s (run by %s, answered after %s): %s", booking, calls[0].Path, took, body)
+		assert.Contains(t, string(body), `"success":true`)
+		if calls[0].Path == "/b" {
+			byB = append(byB, took)
+			assert.Less(t, took, 3*time.Second, "%s was run by B and answered at once", booking)
+		}
+	}
+	t.Logf("syncs run by B: %d of 20, answered after %v", len(byB), byB)
+	assert.NotEmpty(t, byB, "B ran some of the syncs (otherwise this test proves nothing)")
+}
+
 // TestReloadDuringStream reloads the config through the admin API three
 // times while webhooks stream in: no request fails, and every accepted
 // booking is synced, never twice at once.

@@ -474,6 +474,9 @@ type Entry struct {
 
 	done chan error
 	ctx  context.Context // the recorder's: once it has gone, so has the waiter
+	// mark is the highest claim number when it was recorded (PostgreSQL,
+	// see waiters).
+	mark int64
 }
 
 // Record records a webhook durably. It returns only once the record is

@@ -116,6 +116,9 @@ func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, gr
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("recording bookings: %w", err)
 	}
+	if err := b.markWaiters(ctx, tx, groups); err != nil {
+		return nil, err
+	}
 	var fresh [][]*Entry
 	var merged []int64
 	for _, g := range groups {
@@ -172,4 +175,41 @@ func (b *riverBackend[TDriver, TTx]) setWaitingGroups(ctx context.Context, tx TT
 		return fmt.Errorf("naming waiting syncs: %w", err)
 	}
 	return nil
+}
+
+// claimMark reads the highest claim number taken so far (0 before the
+// first); is_called is false until the sequence's first nextval.
+const claimMark = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receive_booking_claim_seq`
+
+// markWaiters gives the batch's waiting senders their claim mark
+// (PostgreSQL; see waiters). It is read once every booking row of the
+// batch is locked, by the upsert: a claim that locked one of them before
+// took its number before this read, and one that locks it after waits for
+// the commit and takes a greater number. (A mark read in the upsert's
+// RETURNING could be read before a later row of the batch was locked.)
+func (b *riverBackend[TDriver, TTx]) markWaiters(ctx context.Context, tx TTx, groups [][]*Entry) error {
+	if b.q.rq.Driver != Postgres || !anyWaits(groups) {
+		return nil
+	}
+	var mark int64
+	if err := b.db.queryRow(ctx, tx, claimMark).Scan(&mark); err != nil {
+		return fmt.Errorf("reading claim mark: %w", err)
+	}
+	for _, g := range groups {
+		for _, r := range g {
+			r.mark = mark
+		}
+	}
+	return nil
+}
+
+func anyWaits(groups [][]*Entry) bool {
+	for _, g := range groups {
+		for _, r := range g {
+			if r.Wait != nil {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -29,6 +29,9 @@ const migrationLockID = 0x72625f6d6967 // "rb_mig"
 // points at the same database. Booking rows are locked with FOR UPDATE.
 type pgDialect struct {
 	pool *pgxpool.Pool
+	// outcomes hears the outcomes of syncs run by every instance (see
+	// notify.go).
+	outcomes *outcomeListener
 }
 
 func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
@@ -46,6 +49,9 @@ func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	}
 	d := &pgDialect{pool: pool}
 	b, err := newPostgresBackend(ctx, d, q)
+	if err == nil {
+		d.outcomes, err = listenOutcomes(ctx, pool, q)
+	}
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("queue postgres: %w", err)
@@ -86,10 +92,17 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	return migrateOurs(func(ddl string) error {
+	err = migrateOurs(func(ddl string) error {
 		_, err := conn.Exec(ctx, strings.Replace(ddl, "ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ", 1))
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, createClaimSeq); err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	return nil
 }
 
 // instanceID names this Caddy instance to River, the same across restarts:
@@ -152,7 +165,12 @@ func (d *pgDialect) queryTx(ctx context.Context, tx pgx.Tx, query string, args .
 
 func (d *pgDialect) lockSuffix() string { return " FOR UPDATE" }
 
-func (d *pgDialect) close() { d.pool.Close() }
+func (d *pgDialect) close() {
+	if d.outcomes != nil {
+		d.outcomes.stop() // its connection is out of the pool
+	}
+	d.pool.Close()
+}
 
 // pgRows adapts pgx.Rows to rowsIter.
 type pgRows struct{ pgx.Rows }

@@ -583,7 +583,7 @@ func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, g
 // was recorded. A failed commit withdraws the waiter (commitBatch).
 func (b *riverBackend[TDriver, TTx]) addWaiter(r *Entry) {
 	if r.Wait != nil {
-		b.q.waiters.add(r.JobID, r.Wait)
+		b.q.waiters.add(r.JobID, r.Wait, r.mark)
 	}
 }
 
@@ -646,8 +646,10 @@ func (b *riverBackend[TDriver, TTx]) readBooking(ctx context.Context, tx TTx, a 
 // claim makes job the booking's running sync, unless another sync of the
 // booking is running (then it must wait). It takes the job out of the
 // waiting slot, so that webhooks from now on cause a new sync after it.
-// It returns the latest event type seen for the booking.
-func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration, maxInFlight int) (eventType string, ok bool, err error) {
+// It returns the latest event type seen for the booking, and on
+// PostgreSQL the claim's number (see waiters), taken under the booking's
+// row lock.
+func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration, maxInFlight int) (c claimed, ok bool, err error) {
 	err = b.write(ctx, func(ctx context.Context, tx TTx) error {
 		row, err := b.lockBooking(ctx, tx, &job.Args)
 		if err != nil {
@@ -683,24 +685,39 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 		if !got {
 			return errNoSlot
 		}
-		err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
-			waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
-			WHERE target_id = $2 AND org = $3 AND booking = $4`,
-			job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey, job.Attempt, until)
+		args := []any{job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey, job.Attempt, until}
+		if b.q.rq.Driver == Postgres {
+			err = b.db.queryRow(ctx, tx, claimBooking+` RETURNING nextval('receive_booking_claim_seq')`, args...).Scan(&c.number)
+		} else {
+			err = b.db.exec(ctx, tx, claimBooking, args...)
+		}
 		if err != nil {
 			return fmt.Errorf("claiming booking: %w", err)
 		}
-		eventType = row.eventType
+		c.eventType = row.eventType
 		return nil
 	})
 	if errors.Is(err, errBusy) {
-		return "", false, nil
+		return claimed{}, false, nil
 	}
 	if err != nil {
-		return "", false, err
+		return claimed{}, false, err
 	}
-	return eventType, true, nil
+	return c, true, nil
 }
+
+// claimed is what a claim tells its attempt: the booking's latest event
+// type, and the claim's number (PostgreSQL; 0 on SQLite).
+type claimed struct {
+	eventType string
+	number    int64
+}
+
+// claimBooking makes a job the booking's running sync and takes it out of
+// the waiting slot.
+const claimBooking = `UPDATE receive_booking_booking SET running_job_id = $1, running_attempt = $5, running_until = $6,
+	waiting_job_id = CASE WHEN waiting_job_id = $1 THEN NULL ELSE waiting_job_id END
+	WHERE target_id = $2 AND org = $3 AND booking = $4`
 
 // errBusy undoes a claim whose booking another sync holds.
 var errBusy = errors.New("booking busy")
@@ -790,16 +807,21 @@ func (h scrubHandler) WithGroup(name string) slog.Handler {
 // error River should record (River's completer then records the job's
 // state, in batches), or the database's error. If the process dies
 // between the two, the job is still running to River and runs again once
-// its call can no longer be running: a sync repeated, none lost.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error) (record, err error) {
+// its call can no longer be running: a sync repeated, none lost. note, if
+// set, is the attempt's outcome for senders waiting on other instances
+// (PostgreSQL): published in the same transaction, so it is sent once,
+// when the outcome is recorded.
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error, note []byte) (record, err error) {
 	// A finish need not reach the disk before the next durable commit: if
 	// power fails first, the job is still running in River's (durable)
 	// fetch and the booking still claimed, so it runs again once its call
 	// can no longer be running; a sync repeated, none lost or overlapped.
 	err = b.writeOpts(ctx, true, func(ctx context.Context, tx TTx) error {
 		var err error
-		record, err = b.finishTx(ctx, tx, job, jobErr)
-		return err
+		if record, err = b.finishTx(ctx, tx, job, jobErr); err != nil {
+			return err
+		}
+		return b.publish(ctx, tx, note)
 	})
 	if err != nil {
 		return nil, err

@@ -67,7 +67,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		return river.JobSnooze(d)
 	}
 	e := w.b.q
-	eventType, ok, err := w.b.claim(ctx, job, w.timeout, w.maxInFlight)
+	c, ok, err := w.b.claim(ctx, job, w.timeout, w.maxInFlight)
 	if errors.Is(err, errNoSlot) {
 		// Every slot is taken: look again soon (slots free up as syncs end,
 		// unlike a booking held by a long sync).
@@ -88,18 +88,20 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		res = &upstream.Result{Err: errors.New("no receive_booking handler has this job's route")}
 		jobErr = fmt.Errorf("no receive_booking handler is configured for route %q", job.Args.route())
 	} else {
-		req := upstream.Request{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: eventType}
+		req := upstream.Request{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: c.eventType}
 		res = up.Sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
 		jobErr = jobError(res, &e.scrub)
 	}
 	// The senders waiting for this attempt have their answer now: it is
 	// the call's, whatever recording it does (a recording that fails
 	// leaves the job to run again, which repeats a sync but loses none).
-	deliver(waiting, outcomeOf(job, res, jobErr))
+	// Those waiting on other instances hear it with the recording.
+	out := outcomeOf(job, res, jobErr)
+	deliver(waiting, out)
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
-	riverErr, err := w.finishRetrying(fctx, job, res, jobErr)
+	riverErr, err := w.finishRetrying(fctx, job, res, jobErr, e.noteOf(job.ID, c.number, out))
 	if err != nil {
 		return e.scrubErr(err)
 	}
@@ -131,10 +133,10 @@ func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], re
 // finishRetrying records the attempt's outcome, trying again while the
 // database refuses (a full disk, a dropped connection) within ctx: until it
 // is recorded, the booking stays claimed by this attempt.
-func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error) (error, error) {
+func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error, note []byte) (error, error) {
 	wait := 50 * time.Millisecond
 	for {
-		riverErr, err := w.b.finish(ctx, job, res, jobErr)
+		riverErr, err := w.b.finish(ctx, job, res, jobErr, note)
 		if err == nil {
 			return riverErr, nil
 		}
