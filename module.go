@@ -407,6 +407,9 @@ func (h *Handler) provisionLimits(repl *caddy.Replacer) error {
 			return fmt.Errorf("require: unsupported field %q (organization_id is always required now; bind a key to an organization to sync webhooks that do not name one)", f)
 		}
 	}
+	if len(h.Require) > 0 {
+		h.logger.Info("require organization_id is the default now: the line can go")
+	}
 	cors, err := resolve(repl, "cors", h.CORS)
 	if err != nil {
 		return err
