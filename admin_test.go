@@ -55,8 +55,7 @@ func openAdminQueue(t *testing.T, driver string, routes map[string]*upstream.Cli
 
 func newAdminEnv(t *testing.T, driver string) *adminEnv {
 	t.Helper()
-	up := testkit.NewStandIn(t)
-	up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
+	up := testkit.NewStandIn(t) // answers import-bookings' envelope: a sync
 	u, err := url.Parse(up.URL)
 	require.NoError(t, err)
 	up0 := upstream.New(u, adminTargetKey, userAgent, nil)
@@ -156,9 +155,13 @@ func (e *adminEnv) expect(method, path string, want int) map[string]any {
 	return out
 }
 
+// enqueue records a webhook for booking of organization "org", as the
+// handler records a parsed one (organization_id and event_type as Parse
+// leaves them).
 func (e *adminEnv) enqueue(booking string, window time.Duration) int64 {
 	e.t.Helper()
-	wh := &payload.Webhook{BookingID: json.RawMessage(`"` + booking + `"`), BookingKey: booking, OrganizationID: "org", EventType: "updated"}
+	wh := &payload.Webhook{BookingID: json.RawMessage(`"` + booking + `"`), BookingKey: booking,
+		OrganizationID: "org", OrganizationIDJSON: json.RawMessage(`"org"`), EventType: "booking.updated"}
 	id, _, err := e.qh.enqueue(e.t.Context(), wh, window)
 	require.NoError(e.t, err)
 	return id
@@ -246,7 +249,7 @@ func runAdminScenario(t *testing.T, driver string) {
 	assert.Equal(t, "c1", c1["booking_id"])
 	assert.Equal(t, "c1", c1["booking_key"])
 	assert.Equal(t, "org", c1["organization_id"])
-	assert.Equal(t, "updated", c1["event_type"])
+	assert.Equal(t, "booking.updated", c1["event_type"])
 	assert.Equal(t, float64(1), c1["attempts"])
 	assert.Equal(t, float64(1), c1["max_attempts"])
 	assert.Contains(t, c1["last_error"], "upstream status 400")
@@ -276,8 +279,8 @@ func runAdminScenario(t *testing.T, driver string) {
 	assert.Contains(t, attempt["error"], "upstream status 503")
 	assert.NotContains(t, attempt, "trace")
 
-	// The upstream recovers: replay one.
-	e.up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
+	// The upstream recovers (the envelope): replay one.
+	e.up.Respond(nil)
 	replayed := e.expect(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry", d1), 200)
 	assert.Equal(t, float64(d1), replayed["job_id"])
 	assert.Equal(t, false, replayed["coalesced"])
@@ -459,7 +462,9 @@ func TestAdminAPIThroughCaddy(t *testing.T) {
 	up.Respond(testkit.JSON(http.StatusBadRequest, `{"success":false,"error":"key `+e2eTargetKey+`"}`))
 	path := filepath.Join(t.TempDir(), "admin.sqlite3")
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
-		secret %s
+		organization org-1 {
+			secret %s
+		}
 		target %s
 		target_key %s
 		mode async
@@ -480,19 +485,22 @@ func TestAdminAPIThroughCaddy(t *testing.T) {
 	status, _, _ := postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret}, `{"booking_id":"k1"}`)
 	require.Equal(t, http.StatusAccepted, status)
 	var id int64
+	var job map[string]any
 	require.Eventually(t, func() bool {
 		jobs, _ := call(http.MethodGet, "/receive_booking/jobs?state=cancelled&queue="+key, 200)["jobs"].([]any)
 		if len(jobs) == 1 {
-			id = adminJobID(jobs[0].(map[string]any))
+			job = jobs[0].(map[string]any)
+			id = adminJobID(job)
 		}
 		return id != 0
 	}, adminWait, adminPoll, "the permanent failure is cancelled")
+	assert.Equal(t, "org-1", job["organization_id"], "the key's organization")
 
 	assert.Equal(t, map[string]any{"error": "job id: expected a positive whole number"},
 		call(http.MethodGet, "/receive_booking/jobs/abc", 400))
 	assert.NotEmpty(t, call(http.MethodPost, "/receive_booking/stats", 405)["error"])
 
-	up.Respond(testkit.JSON(http.StatusOK, `{"success":true}`))
+	up.Respond(nil) // the envelope: a sync
 	call(http.MethodPost, fmt.Sprintf("/receive_booking/jobs/%d/retry?queue=%s", id, key), 200)
 	require.Eventually(t, func() bool {
 		return call(http.MethodGet, fmt.Sprintf("/receive_booking/jobs/%d?queue=%s", id, key), 200)["state"] == "completed"

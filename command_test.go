@@ -52,8 +52,14 @@ func TestCommands(t *testing.T) {
 	p := startQueued(t, stand.Target())
 	status, _, _ := sendOne(http.DefaultClient, p.url, "cli-ok")
 	require.Equal(t, 200, status)
+	// A sync that ends for good is still a recorded webhook: 200, not
+	// "success", with the outcome and the job to look at.
 	status, body, _ := sendOne(http.DefaultClient, p.url, "cli-gone")
-	require.Equal(t, 502, status)
+	require.Equal(t, 200, status, "%v", body)
+	assert.Equal(t, true, body["accepted"], "%v", body)
+	assert.NotContains(t, body, "success")
+	assert.Equal(t, "not_found", body["outcome"])
+	assert.Contains(t, body["sync_error"], "outcome not_found")
 	gone := int64(body["job_id"].(float64))
 	require.Eventually(t, func() bool {
 		out, _ := runCLI(t, p, "jobs", "--state", "cancelled")

@@ -34,6 +34,9 @@ type outcomeCase struct {
 	final   bool // else transient: retried
 	synced  bool
 	reason  string // in the job's last error
+	// outcome, when set, is the envelope's outcome that the answer
+	// carries when the sync ends for good in auto mode.
+	outcome string
 }
 
 func envelopeWith(c *testkit.Call, outcome, extra string) string {
@@ -51,14 +54,14 @@ func outcomeCases() []outcomeCase {
 	return []outcomeCase{
 		{booking: "applied", answer: ok("applied", ""), synced: true},
 		{booking: "already-current", answer: ok("already_current", ""), synced: true},
-		{booking: "not-found", answer: ok("not_found", ""), final: true, reason: "outcome not_found"},
-		{booking: "cancellation", answer: ok("cancellation_requires_explicit_apply", ""), final: true, reason: "outcome cancellation_requires_explicit_apply"},
+		{booking: "not-found", answer: ok("not_found", ""), final: true, reason: "outcome not_found", outcome: "not_found"},
+		{booking: "cancellation", answer: ok("cancellation_requires_explicit_apply", ""), final: true, reason: "outcome cancellation_requires_explicit_apply", outcome: "cancellation_requires_explicit_apply"},
 		{booking: "partial", answer: ok("partial", ""), reason: "outcome partial"},
 		{booking: "local-fallback", answer: ok("local_fallback", ""), reason: "outcome local_fallback"},
 		{booking: "paused", answer: ok("mutating_sync_paused", ""), reason: "outcome mutating_sync_paused"},
 		{booking: "failed", answer: ok("failed", `"error":"EventFlow timed out"`), reason: "outcome failed"},
-		{booking: "failed-stale", answer: ok("failed", `"error":"stale_source_revision: rev 3 < 4"`), final: true, reason: "outcome failed: stale_source_revision"},
-		{booking: "unknown-outcome", answer: ok("teleported", ""), final: true, reason: `unknown outcome \"teleported\"`},
+		{booking: "failed-stale", answer: ok("failed", `"error":"stale_source_revision: rev 3 < 4"`), final: true, reason: "outcome failed: stale_source_revision", outcome: "failed"},
+		{booking: "unknown-outcome", answer: ok("teleported", ""), final: true, reason: `unknown outcome \"teleported\"`, outcome: "teleported"},
 		{booking: "queued-true", answer: func(c *testkit.Call) (int, string) {
 			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"queued":false`, `"queued":true`, 1)
 		}, final: true, reason: `contract violation: \"queued\": true`},
@@ -68,6 +71,21 @@ func outcomeCases() []outcomeCase {
 		{booking: "applied-incomplete", answer: func(c *testkit.Call) (int, string) {
 			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"completed":true`, `"completed":false`, 1)
 		}, final: true, reason: `outcome \"applied\" with \"completed\" not true`},
+		// Only the envelope is a sync: another 2xx object, an array or a
+		// field of the wrong type breaks the contract (final); null, a
+		// scalar or a non-JSON body may come from a gateway (retried).
+		{booking: "success-only", answer: func(*testkit.Call) (int, string) { return 200, `{"success":true}` },
+			final: true, reason: `contract violation: no \"outcome\"`},
+		{booking: "error-only", answer: func(*testkit.Call) (int, string) { return 200, `{"error":"boom"}` },
+			final: true, reason: `contract violation: no \"outcome\"`},
+		{booking: "array", answer: func(c *testkit.Call) (int, string) { return 200, "[" + testkit.Envelope(c, "applied") + "]" },
+			final: true, reason: "contract violation: an array, not the envelope"},
+		{booking: "wrong-type", answer: func(c *testkit.Call) (int, string) {
+			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"success":true`, `"success":"true"`, 1)
+		}, final: true, reason: "contract violation: a field of the envelope has the wrong type"},
+		{booking: "null", answer: func(*testkit.Call) (int, string) { return 200, `null` }, reason: "not a JSON object"},
+		{booking: "scalar", answer: func(*testkit.Call) (int, string) { return 200, `true` }, reason: "not a JSON object"},
+		{booking: "not-json", answer: func(*testkit.Call) (int, string) { return 200, `OK` }, reason: "non-JSON answer"},
 		{booking: "http-500", answer: func(*testkit.Call) (int, string) { return 500, `{"error":"organization_id required"}` }, reason: "upstream status 500"},
 		{booking: "http-546", answer: func(*testkit.Call) (int, string) { return 546, `{"code":"WORKER_LIMIT"}` }, reason: "upstream status 546"},
 		{booking: "http-401", answer: func(*testkit.Call) (int, string) { return 401, `{"msg":"Invalid JWT"}` }, final: true, reason: "upstream status 401"},
@@ -162,17 +180,29 @@ func runContract(t *testing.T, mode string) {
 		default:
 			assert.Equal(t, 2, calls, "%s: transient answer, retried until max_attempts", c.booking)
 		}
+		body := bodies[c.booking]
 		switch {
 		case mode == "async":
 			assert.Equal(t, 202, status, c.booking)
 		case c.synced:
 			assert.Equal(t, 200, status, c.booking)
-		case c.final || mode == "sync":
+			assert.Equal(t, true, body["success"], c.booking)
+		case mode == "sync": // no queue keeps it: the sender must resend
 			assert.Equal(t, 502, status, c.booking)
-			assert.Equal(t, "Sync failed", bodies[c.booking]["error"], c.booking)
+			assert.Equal(t, "Sync failed", body["error"], c.booking)
+		case c.final: // auto: recorded, and no resend would change it
+			assert.Equal(t, 200, status, c.booking)
+			assert.Equal(t, true, body["accepted"], c.booking)
+			assert.NotContains(t, body, "success", c.booking)
+			assert.NotContains(t, body, "error", c.booking)
+			assert.NotEmpty(t, body["job_id"], c.booking)
+			assert.Contains(t, body["sync_error"], strings.ReplaceAll(c.reason, `\"`, `"`), c.booking)
+			if c.outcome != "" {
+				assert.Equal(t, c.outcome, body["outcome"], c.booking)
+			}
 		default: // auto, transient: retried in the queue
 			assert.Equal(t, 202, status, c.booking)
-			assert.Contains(t, bodies[c.booking]["sync_error"], strings.ReplaceAll(c.reason, `\"`, `"`), c.booking)
+			assert.Contains(t, body["sync_error"], strings.ReplaceAll(c.reason, `\"`, `"`), c.booking)
 		}
 		if mode != "sync" {
 			j := jobOf(t, p, c.booking)
@@ -210,8 +240,8 @@ func runContract(t *testing.T, mode string) {
 
 // TestRedirectsEndToEnd: a target that redirects (301, 302, 307, 308) to
 // another host, another port or the same host: nothing reaches the
-// redirect's location, the sender gets 502, the job ends as a final
-// failure.
+// redirect's location, the job ends as a final failure, and the sender
+// (auto mode) gets 200 with accepted and the reason, not a resend request.
 func TestRedirectsEndToEnd(t *testing.T) {
 	var elsewhere atomic.Int64
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -236,8 +266,11 @@ func TestRedirectsEndToEnd(t *testing.T) {
 		for where := range locations {
 			booking := fmt.Sprintf("%d-%s", code, where)
 			status, body, _ := sendOne(http.DefaultClient, p.url, booking)
-			assert.Equal(t, 502, status, booking)
-			assert.Equal(t, "Sync failed", body["error"], booking)
+			assert.Equal(t, 200, status, booking)
+			assert.Equal(t, true, body["accepted"], booking)
+			assert.NotContains(t, body, "success", booking)
+			assert.Contains(t, body["sync_error"], fmt.Sprintf("redirect: status %d to ", code), booking)
+			assert.Equal(t, float64(code), body["upstream_status"], booking)
 			var j map[string]any
 			require.Eventually(t, func() bool { j = jobOf(t, p, booking); return j != nil }, 10*time.Second, 20*time.Millisecond, booking)
 			assert.Equal(t, "cancelled", j["state"], booking)
@@ -248,7 +281,7 @@ func TestRedirectsEndToEnd(t *testing.T) {
 	for _, c := range stand.Calls() {
 		assert.Equal(t, testkit.Path, c.Path, "nothing went to the same-host location either")
 	}
-	t.Logf("REDIRECTS: 12 webhooks (301/302/307/308 x another host, another port, same host): 12×502, 12 jobs cancelled, %d requests reached a Location, %d calls at the target", elsewhere.Load(), len(stand.Calls()))
+	t.Logf("REDIRECTS: 12 webhooks (301/302/307/308 x another host, another port, same host): 12×200 (accepted, not synced), 12 jobs cancelled, %d requests reached a Location, %d calls at the target", elsewhere.Load(), len(stand.Calls()))
 }
 
 // TestRetryAfterOnTime: a plain 503, then a 503 with Retry-After: 1, then
@@ -327,7 +360,7 @@ func TestEdgeFunctionLeniency(t *testing.T) {
 		target %s
 	}`, e2eSecret, stand.Target()))
 	send := func(header, value string) int {
-		req, _ := http.NewRequest(http.MethodPost, p.url, strings.NewReader(`{"booking_id":"len-1"}`))
+		req, _ := http.NewRequest(http.MethodPost, p.url, strings.NewReader(`{"booking_id":"len-1","organization_id":"org-1"}`))
 		req.Header.Set(header, value)
 		if header != "Authorization" {
 			req.Header.Set("X-Api-Key", e2eSecret)

@@ -84,7 +84,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	status, _, _ := sendOne(http.DefaultClient, p.url, "dash-ok")
 	require.Equal(t, 200, status)
 	status, body, _ := sendOne(http.DefaultClient, p.url, "dash-failed")
-	require.Equal(t, 502, status)
+	require.Equal(t, 200, status, "a sync that ends for good is answered 200: %v", body)
+	require.Equal(t, "not_found", body["outcome"], "%v", body)
 	failed := int64(body["job_id"].(float64))
 	require.Eventually(t, func() bool { return jobOf(t, p, "dash-failed") != nil }, 10*time.Second, 50*time.Millisecond)
 

@@ -148,14 +148,17 @@ func TestProbeOneSyncPerBooking(t *testing.T) {
 				status, body, sent := sendOne(client, instances[(r+i)%2].url, booking)
 				statuses.add(status)
 				switch {
-				case status/100 == 2:
+				case status/100 != 2:
+					t.Errorf("webhook for %s answered %d: %v", booking, status, body)
+				case status == http.StatusOK && body["success"] != true &&
+					(booking != "p3" || body["accepted"] != true || body["sync_error"] == nil):
+					// Only p3's sync may end for good: recorded, answered
+					// 200 without "success", its job waits for a replay.
+					t.Errorf("webhook for %s answered 200 without a sync: %v", booking, body)
+				default:
 					lastMu.Lock()
 					last[booking] = sent
 					lastMu.Unlock()
-				case status == http.StatusBadGateway && booking == "p3":
-					// its sync failed for good: the sender keeps it
-				default:
-					t.Errorf("webhook for %s answered %d: %v", booking, status, body)
 				}
 				time.Sleep(700 * time.Millisecond)
 			}
@@ -329,7 +332,7 @@ func TestPostgresDownAtStart(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, 200, resp.StatusCode, "another route answers")
-	req, _ := http.NewRequest(http.MethodPost, p.url, strings.NewReader(`{"booking_id":"d1"}`))
+	req, _ := http.NewRequest(http.MethodPost, p.url, strings.NewReader(`{"booking_id":"d1","organization_id":"org-1"}`))
 	req.Header.Set("X-Api-Key", e2eSecret)
 	resp, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
@@ -458,11 +461,15 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 		queue postgres %s
 	}`, e2eSecret, signing, stand.URL, e2eTargetKey, dsn))
 	var answers strings.Builder
-	for _, b := range []string{"s1", "s2"} {
+	// s1 is retried (202), s2 ended for good (200): both answers carry the
+	// upstream's echo, scrubbed.
+	for b, want := range map[string]int{"s1": http.StatusAccepted, "s2": http.StatusOK} {
 		status, body, _ := sendOne(http.DefaultClient, p.url, b)
 		raw, _ := json.Marshal(body)
 		answers.Write(raw)
 		t.Logf("LEAK %s: answered %d", b, status)
+		assert.Equal(t, want, status, "%s: %s", b, raw)
+		assert.Contains(t, string(raw), "[redacted]", "%s: the answer quotes the echo, scrubbed", b)
 	}
 	require.Eventually(t, func() bool { return len(stand.CallsFor("s1")) >= 2 }, 30*time.Second, 100*time.Millisecond, "s1 retried")
 	time.Sleep(500 * time.Millisecond)

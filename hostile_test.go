@@ -20,7 +20,7 @@ import (
 // TestHostileInputs sends what a careless or malicious sender might, through
 // a real in-process Caddy, and checks each answer against the contract: the
 // exact status and JSON error, and that import-bookings is never called.
-// Afterwards the server must still sync a valid webhook. It shares
+// Afterwards the server must still sync valid webhooks. It shares
 // caddytest's admin port with the other end-to-end tests, so it does not
 // run in parallel.
 //
@@ -31,21 +31,26 @@ import (
 // is linear.
 func TestHostileInputs(t *testing.T) {
 	const (
-		// Mixed case, so that both case variants differ from it.
-		secret      = "Hostile-S3cret-Value"
+		// Mixed case, so that both case variants differ from it. It
+		// belongs to org-1: a body without organization_id is org-1's.
+		secret = "Hostile-S3cret-Value"
+		// shared may act for any organization: a body must name one.
+		shared      = "Hostile-Shared-K3y"
 		maxBody     = 512 << 10
 		bodyTimeout = 500 * time.Millisecond
 	)
-	up := testkit.NewStandIn(t)
-	up.Respond(nil)
+	up := testkit.NewStandIn(t) // answers the envelope: a sync
 	tester := initE2E(t, "", fmt.Sprintf(`receive_booking {
-		secret %s second-secret
+		secret %s
+		organization org-1 {
+			secret %s second-secret
+		}
 		target %s/functions/v1/import-bookings
 		target_key %s
 		timeout 2s
 		max_body 512KiB
 		body_timeout 500ms
-	}`, secret, up.URL, e2eTargetKey))
+	}`, shared, secret, up.URL, e2eTargetKey))
 
 	const (
 		errMethod  = `{"error":"Method not allowed"}`
@@ -53,6 +58,8 @@ func TestHostileInputs(t *testing.T) {
 		errLarge   = `{"error":"Request body too large"}`
 		errJSON    = `{"error":"Invalid JSON body"}`
 		errMissing = `{"error":"Missing required field: booking_id"}`
+		errNoOrg   = `{"error":"Missing required field: organization_id"}`
+		errForbid  = `{"error":"Forbidden"}`
 		errBooking = `{"error":"Invalid field: booking_id"}`
 		errEvent   = `{"error":"Invalid field: event_type"}`
 		errOrg     = `{"error":"Invalid field: organization_id"}`
@@ -61,6 +68,7 @@ func TestHostileInputs(t *testing.T) {
 	)
 	type hdr = [][2]string // ordered, repeatable header lines
 	key := hdr{{"X-Api-Key", secret}}
+	sharedKey := hdr{{"X-Api-Key", shared}}
 	withKey := func(h ...[2]string) hdr { return append(hdr{{"X-Api-Key", secret}}, h...) }
 	nested := func(n int) string {
 		return `{"booking_id":"b1","deep":` + strings.Repeat("[", n) + strings.Repeat("]", n) + `}`
@@ -190,6 +198,23 @@ func TestHostileInputs(t *testing.T) {
 		{name: "organization_id array", headers: key, body: `{"booking_id":"b1","organization_id":["o"]}`, status: 400, want: errOrg},
 		{name: "organization_id NUL", headers: key, body: `{"booking_id":"b1","organization_id":"o\u0000"}`, status: 400, want: errOrg},
 		{name: "organization_id 300 bytes", headers: key, body: `{"booking_id":"b1","organization_id":"` + strings.Repeat("o", 300) + `"}`, status: 400, want: errOrg},
+
+		// Every webhook is one organization's: a shared key's body names it
+		// (checked before booking_id), an organization's key acts for no
+		// other (exact match).
+		{name: "shared key, organization_id absent", headers: sharedKey, body: valid, status: 400, want: errNoOrg},
+		{name: "shared key, empty object", headers: sharedKey, body: `{}`, status: 400, want: errNoOrg},
+		{name: "shared key, organization_id null", headers: sharedKey, body: `{"booking_id":"b1","organization_id":null}`, status: 400, want: errNoOrg},
+		{name: "shared key, organization_id empty", headers: sharedKey, body: `{"booking_id":"b1","organization_id":""}`, status: 400, want: errNoOrg},
+		{name: "shared key, invalid organization_id", headers: sharedKey, body: `{"organization_id":1.5}`, status: 400, want: errOrg},
+		{name: "another organization", headers: key, body: `{"booking_id":"b1","organization_id":"org-2"}`, status: 403, want: errForbid},
+		{name: "another organization, second key", headers: hdr{{"X-Api-Key", "second-secret"}}, body: `{"booking_id":"b1","organization_id":"org-2"}`, status: 403, want: errForbid},
+		{name: "another organization, bearer", headers: hdr{{"Authorization", "Bearer " + secret}}, body: `{"booking_id":"b1","organization_id":"org-2"}`, status: 403, want: errForbid},
+		{name: "organization_id in upper case", headers: key, body: `{"booking_id":"b1","organization_id":"ORG-1"}`, status: 403, want: errForbid},
+		{name: "organization_id with a space", headers: key, body: `{"booking_id":"b1","organization_id":"org-1 "}`, status: 403, want: errForbid},
+		{name: "organization_id as a number", headers: key, body: `{"booking_id":"b1","organization_id":1}`, status: 403, want: errForbid},
+		{name: "another organization, booking_id invalid", headers: key, body: `{"booking_id":1.5,"organization_id":"org-2"}`, status: 403, want: errForbid},
+		{name: "another organization, both keys", headers: hdr{{"X-Api-Key", secret}, {"X-Api-Key", shared}}, body: `{"booking_id":"b1","organization_id":"org-2"}`, status: 403, want: errForbid},
 	}
 
 	sent := 0
@@ -347,15 +372,25 @@ func TestHostileInputs(t *testing.T) {
 	require.GreaterOrEqual(t, sent, 40)
 	require.Empty(t, up.Calls(), "no hostile request may reach import-bookings")
 
-	// After all that, a valid webhook is synced, and it is the only call.
-	status, body, _ := postWebhook(t, tester, map[string]string{"X-Api-Key": secret},
-		`{"booking_id":"after-1","organization_id":"org-1","event_type":"booking.created"}`)
-	assert.Equal(t, http.StatusOK, status, "%v", body)
-	assert.Equal(t, true, body["success"])
-	assert.Equal(t, "after-1", body["booking_id"])
-	calls := up.Calls()
-	require.Len(t, calls, 1)
-	assert.JSONEq(t, `{"booking_id":"after-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`, calls[0].Body)
+	// After all that, valid webhooks are synced, and they are the only
+	// calls: the organization's key naming its organization, or none (it
+	// is sent as org-1), and the shared key naming any.
+	for i, c := range []struct{ key, body, sent string }{
+		{secret, `{"booking_id":"after-1","organization_id":"org-1","event_type":"booking.created"}`,
+			`{"booking_id":"after-1","syncMode":"single","organization_id":"org-1","event_type":"booking.created"}`},
+		{secret, `{"booking_id":"after-2","event_type":"BOOKING_UPDATED"}`,
+			`{"booking_id":"after-2","syncMode":"single","organization_id":"org-1","event_type":"booking.updated"}`},
+		{shared, `{"booking_id":"after-3","organization_id":"org-9"}`,
+			`{"booking_id":"after-3","syncMode":"single","organization_id":"org-9"}`},
+	} {
+		status, body, _ := postWebhook(t, tester, map[string]string{"X-Api-Key": c.key}, c.body)
+		assert.Equal(t, http.StatusOK, status, "%v", body)
+		assert.Equal(t, true, body["success"], "%v", body)
+		assert.Equal(t, fmt.Sprintf("after-%d", i+1), body["booking_id"])
+		calls := up.Calls()
+		require.Len(t, calls, i+1)
+		assert.JSONEq(t, c.sent, calls[i].Body)
+	}
 }
 
 // dialCaddy opens a raw connection to the test Caddy (caddytest's client
