@@ -398,7 +398,7 @@ func TestWaitersHearSyncsRunElsewherePostgres(t *testing.T) {
 	var byB []time.Duration
 	for i := range 20 {
 		booking := fmt.Sprintf("bk-%d", i)
-		req, _ := http.NewRequest(http.MethodPost, a.url, strings.NewReader(`{"booking_id":"`+booking+`","event_type":"booking.updated"}`))
+		req, _ := http.NewRequest(http.MethodPost, a.url, strings.NewReader(`{"booking_id":"`+booking+`","event_type":"booking.updated","organization_id":"org-1"}`))
 		req.Header.Set("X-Api-Key", e2eSecret)
 		req.Header.Set("Content-Type", "application/json")
 		start := time.Now()

@@ -250,8 +250,8 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 // recordThenWait records the webhook, then waits up to timeout for the
 // first attempt of its sync that starts after the record. A recorded
 // webhook is always answered 2xx (a 5xx asks the sender to send it again,
-// which cannot help): 200 when it synced; 200 with "success": false and the
-// outcome when the sync ended for good (a resend would end the same way);
+// which cannot help): 200 when it synced; 200 without "success" and with
+// the outcome when the sync ended for good (a resend would end the same way);
 // 202 with sync_error when it failed and will be retried, or is still
 // running at the timeout (it is never cancelled for that: it runs to its
 // end, or to worker_timeout).
@@ -288,15 +288,21 @@ func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 // finalAnswer answers a recorded webhook whose sync ended for good without
 // syncing (not_found, a cancellation import-bookings will not apply, a
 // revision guard, a contract violation, the last attempt): 200, so that the
-// sender does not resend what would end the same way, with "success":
-// false, the outcome and why. The job keeps the failure for the operator.
+// sender does not resend what would end the same way, without "success"
+// (the JSON has no "success": true), with the outcome that decided it and
+// why. The job keeps the failure for the operator.
 func (h *Handler) finalAnswer(wh *payload.Webhook, req *queue.Entry, out *queue.Outcome) *answer {
 	res := out.Result
 	a := &answer{status: http.StatusOK, wh: wh, res: res, outcome: outcomeFailed, reason: "final"}
 	a.body = response{
 		Accepted: true, Coalesced: &req.Coalesced, JobID: req.JobID, BookingID: wh.BookingID,
-		EventType: wh.EventTypeOrUnknown(), Outcome: res.Outcome, SyncError: out.Err,
+		EventType: wh.EventTypeOrUnknown(), SyncError: out.Err,
 		UpstreamStatus: res.Status, SyncResult: scrubJSON(h.scrubText, res.Body),
+	}
+	if !res.Violation {
+		// A violation's outcome ("applied" with "completed": false) did
+		// not decide anything: naming it would read as a success.
+		a.body.Outcome = res.Outcome
 	}
 	return a
 }

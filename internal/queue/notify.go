@@ -62,6 +62,7 @@ type outcomeNote struct {
 	Verdict    upstream.Verdict `json:"verdict"`
 	Outcome    string           `json:"outcome,omitempty"`
 	Reason     string           `json:"reason,omitempty"`
+	Violation  bool             `json:"violation,omitempty"`
 }
 
 // noteOf encodes an attempt's outcome for other instances, scrubbed and
@@ -74,7 +75,8 @@ func (e *Engine) noteOf(jobID, claim int64, out *Outcome) []byte {
 	s, res := e.scrub.String, out.Result
 	n := outcomeNote{JobID: jobID, Claim: claim, Final: out.Final, Err: s(out.Err),
 		Status: res.Status, Text: s(res.Text), TimedOut: res.TimedOut,
-		RetryAfter: res.RetryAfter, Duration: res.Duration, Verdict: res.Verdict, Outcome: s(res.Outcome), Reason: s(res.Reason)}
+		RetryAfter: res.RetryAfter, Duration: res.Duration, Verdict: res.Verdict, Outcome: s(res.Outcome), Reason: s(res.Reason),
+		Violation: res.Violation}
 	if len(res.Body) <= maxNoteBytes {
 		n.Body = scrubbedJSON(s, res.Body)
 	}
@@ -119,7 +121,8 @@ func readNote(payload string) (jobID, claim int64, out *Outcome, err error) {
 		return 0, 0, nil, errors.New("no job or claim")
 	}
 	res := &upstream.Result{Status: n.Status, Body: n.Body, Text: n.Text, TimedOut: n.TimedOut,
-		RetryAfter: n.RetryAfter, Duration: n.Duration, Verdict: n.Verdict, Outcome: n.Outcome, Reason: n.Reason}
+		RetryAfter: n.RetryAfter, Duration: n.Duration, Verdict: n.Verdict, Outcome: n.Outcome, Reason: n.Reason,
+		Violation: n.Violation}
 	if n.CallErr != "" {
 		res.Err = errors.New(n.CallErr)
 	}

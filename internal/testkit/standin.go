@@ -34,6 +34,20 @@ type Call struct {
 	// caller had hung up by the time the answer was written.
 	Status    int
 	Cancelled bool
+	// Synced: the answer was import-bookings' success envelope (outcome
+	// applied or already_current); a 2xx is not by itself a sync.
+	Synced bool
+}
+
+// isSuccessEnvelope reports whether an answer is the success envelope.
+func isSuccessEnvelope(body []byte) bool {
+	var env struct {
+		Success   bool   `json:"success"`
+		Completed bool   `json:"completed"`
+		Outcome   string `json:"outcome"`
+	}
+	return json.Unmarshal(body, &env) == nil && env.Success && env.Completed &&
+		(env.Outcome == "applied" || env.Outcome == "already_current")
 }
 
 // Responder answers one call. It may block (it holds the call in flight)
@@ -126,6 +140,7 @@ func (s *StandIn) serve(w http.ResponseWriter, r *http.Request) {
 	s.inFlight[c.Booking]--
 	s.total--
 	c.End, c.Status, c.Cancelled = time.Now(), rec.status, gone
+	c.Synced = rec.status/100 == 2 && isSuccessEnvelope(rec.body)
 	s.mu.Unlock()
 	if gone {
 		send(s.Cancelled, c)
@@ -177,6 +192,8 @@ func writeJSON(w http.ResponseWriter, status int, body string) {
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	// body keeps the start of the answer, to tell a sync from a failure.
+	body []byte
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
@@ -189,6 +206,9 @@ func (r *statusRecorder) WriteHeader(code int) {
 func (r *statusRecorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
+	}
+	if room := 4096 - len(r.body); room > 0 {
+		r.body = append(r.body, b[:min(room, len(b))]...)
 	}
 	return r.ResponseWriter.Write(b)
 }
@@ -280,12 +300,12 @@ func (s *StandIn) MaxInFlight() (perBooking, total int) {
 }
 
 // SyncedAfter reports whether booking has a call that started after t and
-// was answered with a 2xx.
+// was answered with the success envelope.
 func (s *StandIn) SyncedAfter(booking string, t time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range s.calls {
-		if c.Booking == booking && c.Start.After(t) && c.Status/100 == 2 && !c.End.IsZero() {
+		if c.Booking == booking && c.Start.After(t) && c.Synced && !c.End.IsZero() {
 			return true
 		}
 	}

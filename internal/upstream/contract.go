@@ -148,7 +148,9 @@ func (c *Contract) judge(req Request, res *Result, location string) {
 }
 
 func (c *Contract) judgeEnvelope(req Request, res *Result) {
-	violation := func(why string) { res.Verdict, res.Reason = Final, "contract violation: "+why }
+	violation := func(why string) {
+		res.Verdict, res.Reason, res.Violation = Final, "contract violation: "+why, true
+	}
 	switch t := firstByte(res.Body); t {
 	case '{':
 	case '[':
@@ -170,6 +172,11 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 	}
 	var env envelope
 	if err := json.Unmarshal(res.Body, &env); err != nil {
+		if c.isLegacy() {
+			// As before the envelope: nothing says it failed.
+			res.Verdict = Synced
+			return
+		}
 		violation("a field of the envelope has the wrong type")
 		return
 	}

@@ -115,6 +115,9 @@ type Result struct {
 	Verdict Verdict
 	Outcome string
 	Reason  string
+	// Violation: the answer broke import-bookings' contract (Final); its
+	// Outcome, if any, did not decide the verdict.
+	Violation bool
 }
 
 // OK reports a synced booking.
