@@ -26,6 +26,7 @@ var contractMessages = map[string]bool{
 	"Invalid field: booking_id":               true,
 	"Invalid field: organization_id":          true,
 	"Invalid field: event_type":               true,
+	"Forbidden":                               true,
 }
 
 // safeIdentifier is an independent statement of what may be logged and

@@ -299,7 +299,7 @@ func (h *Handler) finalAnswer(wh *payload.Webhook, req *queue.Entry, out *queue.
 		EventType: wh.EventTypeOrUnknown(), SyncError: out.Err,
 		UpstreamStatus: res.Status, SyncResult: scrubJSON(h.scrubText, res.Body),
 	}
-	if !res.Violation {
+	if !res.OutcomeMisleads {
 		// A violation's outcome ("applied" with "completed": false) did
 		// not decide anything: naming it would read as a success.
 		a.body.Outcome = res.Outcome

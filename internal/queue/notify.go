@@ -52,17 +52,17 @@ type outcomeNote struct {
 	Final bool   `json:"final,omitempty"`
 	Err   string `json:"err,omitempty"`
 
-	Status     int              `json:"status,omitempty"`
-	Body       json.RawMessage  `json:"body,omitempty"`
-	Text       string           `json:"text,omitempty"`
-	CallErr    string           `json:"call_err,omitempty"`
-	TimedOut   bool             `json:"timed_out,omitempty"`
-	RetryAfter time.Duration    `json:"retry_after,omitempty"`
-	Duration   time.Duration    `json:"duration,omitempty"`
-	Verdict    upstream.Verdict `json:"verdict"`
-	Outcome    string           `json:"outcome,omitempty"`
-	Reason     string           `json:"reason,omitempty"`
-	Violation  bool             `json:"violation,omitempty"`
+	Status          int              `json:"status,omitempty"`
+	Body            json.RawMessage  `json:"body,omitempty"`
+	Text            string           `json:"text,omitempty"`
+	CallErr         string           `json:"call_err,omitempty"`
+	TimedOut        bool             `json:"timed_out,omitempty"`
+	RetryAfter      time.Duration    `json:"retry_after,omitempty"`
+	Duration        time.Duration    `json:"duration,omitempty"`
+	Verdict         upstream.Verdict `json:"verdict"`
+	Outcome         string           `json:"outcome,omitempty"`
+	Reason          string           `json:"reason,omitempty"`
+	OutcomeMisleads bool             `json:"outcome_misleads,omitempty"`
 }
 
 // noteOf encodes an attempt's outcome for other instances, scrubbed and
@@ -76,7 +76,7 @@ func (e *Engine) noteOf(jobID, claim int64, out *Outcome) []byte {
 	n := outcomeNote{JobID: jobID, Claim: claim, Final: out.Final, Err: s(out.Err),
 		Status: res.Status, Text: s(res.Text), TimedOut: res.TimedOut,
 		RetryAfter: res.RetryAfter, Duration: res.Duration, Verdict: res.Verdict, Outcome: s(res.Outcome), Reason: s(res.Reason),
-		Violation: res.Violation}
+		OutcomeMisleads: res.OutcomeMisleads}
 	if len(res.Body) <= maxNoteBytes {
 		n.Body = scrubbedJSON(s, res.Body)
 	}
@@ -122,7 +122,7 @@ func readNote(payload string) (jobID, claim int64, out *Outcome, err error) {
 	}
 	res := &upstream.Result{Status: n.Status, Body: n.Body, Text: n.Text, TimedOut: n.TimedOut,
 		RetryAfter: n.RetryAfter, Duration: n.Duration, Verdict: n.Verdict, Outcome: n.Outcome, Reason: n.Reason,
-		Violation: n.Violation}
+		OutcomeMisleads: n.OutcomeMisleads}
 	if n.CallErr != "" {
 		res.Err = errors.New(n.CallErr)
 	}

@@ -148,9 +148,7 @@ func (c *Contract) judge(req Request, res *Result, location string) {
 }
 
 func (c *Contract) judgeEnvelope(req Request, res *Result) {
-	violation := func(why string) {
-		res.Verdict, res.Reason, res.Violation = Final, "contract violation: "+why, true
-	}
+	violation := func(why string) { res.Verdict, res.Reason = Final, "contract violation: "+why }
 	switch t := firstByte(res.Body); t {
 	case '{':
 	case '[':
@@ -194,6 +192,10 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 		return
 	}
 	res.Outcome = *env.Outcome
+	v, known := c.outcome(res.Outcome)
+	// A success outcome that is not a sync must not be reported as the
+	// outcome: it would read as a success.
+	res.OutcomeMisleads = known && v == Synced
 	switch {
 	case env.Queued != nil && *env.Queued:
 		violation(`"queued": true`)
@@ -208,7 +210,6 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 		violation("organization_id in the answer differs from the one sent")
 		return
 	}
-	v, known := c.outcome(res.Outcome)
 	switch {
 	case !known:
 		violation(fmt.Sprintf("unknown outcome %q", res.Outcome))
@@ -217,7 +218,7 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 			violation(fmt.Sprintf("outcome %q with %s", res.Outcome, why))
 			return
 		}
-		res.Verdict = Synced
+		res.Verdict, res.OutcomeMisleads = Synced, false
 	case res.Outcome == "failed" && finalFailure(env.Error):
 		res.Verdict, res.Reason = Final, "outcome failed: "+finalCause(env.Error)
 	default:

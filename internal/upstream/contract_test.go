@@ -91,6 +91,8 @@ func TestContractJudgesEveryAnswer(t *testing.T) {
 			assert.Equal(t, tc.want.String(), res.Verdict.String())
 			assert.Equal(t, tc.outcome, res.Outcome)
 			assert.Equal(t, tc.reason, res.Reason)
+			success := tc.outcome == "applied" || tc.outcome == "already_current"
+			assert.Equal(t, success && tc.want != Synced, res.OutcomeMisleads, "a success outcome that is not a sync is flagged")
 		})
 	}
 }

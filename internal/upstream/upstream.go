@@ -115,9 +115,9 @@ type Result struct {
 	Verdict Verdict
 	Outcome string
 	Reason  string
-	// Violation: the answer broke import-bookings' contract (Final); its
-	// Outcome, if any, did not decide the verdict.
-	Violation bool
+	// OutcomeMisleads: Outcome names a success (applied) although the
+	// answer is not a sync (it broke the contract).
+	OutcomeMisleads bool
 }
 
 // OK reports a synced booking.
