@@ -83,6 +83,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading the events app: %w", err)
 	}
 	a.events = ev.(*caddyevents.App)
+	registerQueueCollector(ctx, a)
 	return nil
 }
 
@@ -112,10 +113,8 @@ type engineObserver struct {
 
 func (o engineObserver) Synced(acceptedAt time.Time) { o.m.observeSyncLag(acceptedAt) }
 
-func (o engineObserver) Sampled(s *queue.Stats) { o.m.setQueueStats(s) }
-
 func (o engineObserver) Failed(f queue.Failure) {
-	o.m.Failed(f.Kind)
+	o.m.Failed(f.Kind, f.Outcome)
 	name := EventSyncFailed
 	if f.Kind == queue.FailureExhausted {
 		name = EventSyncExhausted

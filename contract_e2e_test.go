@@ -109,6 +109,33 @@ func metricValue(t *testing.T, p *caddyProcess, name string) float64 {
 	return 0
 }
 
+// metricSum sums the series of a metric whose labels include every one of
+// labels (`kind="final"`).
+func metricSum(t *testing.T, p *caddyProcess, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(p.admin + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var sum float64
+	for sc.Scan() {
+		series, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(series, name+"{") {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(series, l)
+		}
+		if match {
+			f, _ := strconv.ParseFloat(v, 64)
+			sum += f
+		}
+	}
+	return sum
+}
+
 // jobOf returns the admin API's view of the booking's one job.
 func jobOf(t *testing.T, p *caddyProcess, booking string) map[string]any {
 	t.Helper()
@@ -220,8 +247,10 @@ func runContract(t *testing.T, mode string) {
 		report = append(report, line)
 	}
 	if mode != "sync" {
-		final := metricValue(t, p, `caddy_receive_booking_sync_failures_total{kind="final"}`)
-		exhausted := metricValue(t, p, `caddy_receive_booking_sync_failures_total{kind="exhausted"}`)
+		final := metricSum(t, p, `caddy_receive_booking_sync_failures_total`, `kind="final"`)
+		exhausted := metricSum(t, p, `caddy_receive_booking_sync_failures_total`, `kind="exhausted"`)
+		assert.Positive(t, metricSum(t, p, `caddy_receive_booking_sync_failures_total`, `kind="final"`, `outcome="not_found"`),
+			"final failures are counted by outcome")
 		nFinal, nTransient := 0, 0
 		for _, c := range cases {
 			switch {

@@ -4,6 +4,7 @@ package receivebooking
 // rejections, upstream calls, sync lag and queue gauges.
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"sync"
@@ -29,8 +30,6 @@ type metrics struct {
 	rejections      *prometheus.CounterVec
 	upstreamReqs    *prometheus.CounterVec
 	upstreamLatency prometheus.Histogram
-	queueJobs       *prometheus.GaugeVec
-	queueOldest     prometheus.Gauge
 	syncLag         prometheus.Histogram
 	syncFailures    *prometheus.CounterVec
 }
@@ -56,10 +55,7 @@ func newMetrics() *metrics {
 			Help:    "Duration of calls to import-bookings.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 40, 80, 160},
 		}),
-		syncFailures: counter("sync_failures_total", "Queued syncs that ended without syncing: kind final (a final answer: cancelled at once) or exhausted (out of attempts: discarded, the dead letter).", "kind"),
-		queueJobs:    prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("queue_jobs", "Sync jobs in the queue, by state.")), []string{"state"}),
-		queueOldest: prometheus.NewGauge(prometheus.GaugeOpts(opts("queue_oldest_pending_seconds",
-			"Age of the oldest sync job not yet done (available, retryable, scheduled or running)."))),
+		syncFailures: counter("sync_failures_total", "Queued syncs that ended without syncing: kind final (a final answer: cancelled at once) or exhausted (out of attempts: discarded, the dead letter), by import-bookings' outcome (none: no envelope; other: an outcome this module does not know).", "kind", "outcome"),
 		syncLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "sync_lag_seconds",
 			Help:    "Time from a webhook being accepted to its booking being synced.",
@@ -69,7 +65,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.queueJobs, m.queueOldest, m.syncLag, m.syncFailures}
+	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.syncLag, m.syncFailures}
 }
 
 // provisionMetrics registers the shared collectors with this config's
@@ -78,7 +74,16 @@ func provisionMetrics(ctx caddy.Context, disabled bool, logger *zap.Logger) *met
 	if disabled {
 		return nil
 	}
-	metricsOnce.Do(func() { sharedCollector = newMetrics() })
+	metricsOnce.Do(func() {
+		sharedCollector = newMetrics()
+		// The failure counters exist from the start, at 0, so that an
+		// alert on their increase sees the first failure.
+		for _, kind := range []string{queue.FailureFinal, queue.FailureExhausted} {
+			for _, outcome := range failureOutcomes() {
+				sharedCollector.syncFailures.WithLabelValues(kind, outcome)
+			}
+		}
+	})
 	reg := ctx.GetMetricsRegistry()
 	if reg == nil {
 		return sharedCollector
@@ -124,18 +129,98 @@ func (m *metrics) observeSyncLag(acceptedAt time.Time) {
 }
 
 // Failed counts a queued sync that ended without syncing.
-func (m *metrics) Failed(kind string) {
+func (m *metrics) Failed(kind, outcome string) {
 	if m != nil {
-		m.syncFailures.WithLabelValues(kind).Inc()
+		m.syncFailures.WithLabelValues(kind, failureOutcome(outcome)).Inc()
 	}
 }
 
-func (m *metrics) setQueueStats(s *queue.Stats) {
-	if m == nil || s == nil {
+// failureOutcomes are the values of sync_failures_total's outcome label:
+// import-bookings' known outcomes, "none" (no envelope: an HTTP status, a
+// network error) and "other" (an outcome this module does not know), so
+// that an upstream cannot blow up the label's cardinality.
+func failureOutcomes() []string {
+	out := []string{"none", "other"}
+	for name := range upstream.DefaultOutcomes {
+		out = append(out, name)
+	}
+	return out
+}
+
+func failureOutcome(outcome string) string {
+	switch _, known := upstream.DefaultOutcomes[outcome]; {
+	case outcome == "":
+		return "none"
+	case known:
+		return outcome
+	}
+	return "other"
+}
+
+// queueCollector reads the queue gauges when Prometheus scrapes, from the
+// engines of the config it was registered for, labelled by queue: true at
+// the first scrape after start, and two queues never overwrite each other.
+// Their counts are kept by triggers (SQLite) or indexed (PostgreSQL): a
+// scrape costs milliseconds.
+type queueCollector struct{ app *App }
+
+var (
+	descQueueJobs = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_jobs",
+		"Sync jobs in the queue, by state (shared by every instance on a PostgreSQL queue).", []string{"queue", "state"}, nil)
+	descQueueOldest = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_oldest_pending_seconds",
+		"Age of the oldest sync job not yet done (available, retryable, scheduled or running).", []string{"queue"}, nil)
+	descQueueUp = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_up",
+		"1 when the queue can record webhooks (its database is reached and its last write committed), else 0.", []string{"queue"}, nil)
+	descQueueMaxInFlight = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_max_in_flight",
+		"The cap on syncs running at once: max_in_flight across every instance on PostgreSQL (0: none), the workers on SQLite.", []string{"queue"}, nil)
+)
+
+// scrapeTimeout bounds reading one queue's counts during a scrape.
+const scrapeTimeout = 3 * time.Second
+
+func (c queueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descQueueJobs, descQueueOldest, descQueueUp, descQueueMaxInFlight} {
+		ch <- d
+	}
+}
+
+func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, e := range c.app.engines() {
+		id := e.ID()
+		ch <- prometheus.MustNewConstMetric(descQueueMaxInFlight, prometheus.GaugeValue, float64(e.MaxInFlight()), id)
+		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+		s, err := e.Stats(ctx)
+		cancel()
+		up := e.Up() && err == nil
+		ch <- prometheus.MustNewConstMetric(descQueueUp, prometheus.GaugeValue, boolFloat(up), id)
+		if err != nil {
+			continue // the counts are unknown: absent rather than 0
+		}
+		for _, state := range queue.StatsStates {
+			ch <- prometheus.MustNewConstMetric(descQueueJobs, prometheus.GaugeValue, float64(s.Counts[state]), id, state)
+		}
+		ch <- prometheus.MustNewConstMetric(descQueueOldest, prometheus.GaugeValue, s.OldestPendingSeconds, id)
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// registerQueueCollector registers the app's queue gauges with the
+// config's registry (a new one on each reload; the app is new too).
+func registerQueueCollector(ctx caddy.Context, a *App) {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
 		return
 	}
-	for _, state := range queue.StatsStates {
-		m.queueJobs.WithLabelValues(state).Set(float64(s.Counts[state]))
+	if err := reg.Register(queueCollector{a}); err != nil {
+		var already prometheus.AlreadyRegisteredError
+		if !errors.As(err, &already) {
+			a.logger.Warn("registering queue metrics", zap.Error(err))
+		}
 	}
-	m.queueOldest.Set(s.OldestPendingSeconds)
 }

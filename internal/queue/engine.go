@@ -55,7 +55,7 @@ const (
 
 	// maxBatch bounds how many webhooks share one commit.
 	maxBatch = 256
-	// statsInterval is how often the queue gauges are sampled.
+	// statsInterval is how often expired webhook-ids are pruned.
 	statsInterval = 10 * time.Second
 	// stopTimeout bounds how long in-flight syncs may run on shutdown
 	// before they are cancelled (and run again at the next start).
@@ -157,8 +157,6 @@ type Observer interface {
 	// Synced is called when a queued sync succeeded, with the time its
 	// first webhook was accepted.
 	Synced(acceptedAt time.Time)
-	// Sampled is called with a fresh snapshot of the queue.
-	Sampled(s *Stats)
 	// Failed is called when a job ends without a sync: f.Kind is
 	// FailureFinal (the answer was final: the job is cancelled) or
 	// FailureExhausted (out of attempts: the job is discarded, the dead
@@ -575,6 +573,8 @@ type Stats struct {
 // StatsStates are the job states reported.
 var StatsStates = []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"}
 
+// statsLoop prunes expired webhook-ids now and then. (The gauges are
+// read at scrape time: see Stats.)
 func (e *Engine) statsLoop() {
 	t := time.NewTicker(statsInterval)
 	defer t.Stop()
@@ -584,28 +584,39 @@ func (e *Engine) statsLoop() {
 		case <-e.stop:
 			return
 		}
-		e.sampleStats()
+		e.prune()
 	}
 }
 
-func (e *Engine) sampleStats() {
+func (e *Engine) prune() {
 	b, err := e.current()
 	if err != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := e.Stats(ctx)
-	if err != nil {
-		e.logger.Warn("sampling queue stats", zap.Error(err))
-		return
-	}
-	if o := e.observe(); o != nil {
-		o.Sampled(s)
-	}
 	if err := b.prune(ctx, time.Now()); err != nil {
 		e.logger.Warn("pruning webhook ids", zap.Error(e.scrubErr(err)))
 	}
+}
+
+// Up reports whether the queue can record webhooks, as far as the engine
+// knows without a write: its database is connected and its last write did
+// not fail.
+func (e *Engine) Up() bool {
+	_, err := e.current()
+	return err == nil && e.availability.Load() != availDown
+}
+
+// MaxInFlight is the cap on syncs running at once: on PostgreSQL
+// max_in_flight across every instance (0: none), on SQLite the workers
+// (capped by max_in_flight).
+func (e *Engine) MaxInFlight() int {
+	s := e.settings()
+	if e.rq.Driver == Postgres {
+		return s.MaxInFlight
+	}
+	return localWorkers(s, e.rq.Driver)
 }
 
 // Stats is a snapshot of the queue.

@@ -1,0 +1,139 @@
+package receivebooking
+
+// The shipped Prometheus alerts (prometheus/alerts.yml): promtool's unit
+// tests of every rule, and the dead-letter alert firing in a real
+// Prometheus that scrapes a running Caddy whose import-bookings refuses.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// lookTool finds a program of Debian's prometheus package; make test
+// (scripts/test.sh) installs it.
+func lookTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run the tests with `make test` (scripts/test.sh installs Debian's prometheus package), or apt-get install prometheus", name)
+	}
+	return path
+}
+
+func TestAlertRules(t *testing.T) {
+	promtool := lookTool(t, "promtool")
+	for _, args := range [][]string{
+		{"check", "rules", "alerts.yml"},
+		{"test", "rules", "alerts_test.yml"},
+	} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = "prometheus"
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "promtool %s:\n%s", strings.Join(args, " "), out)
+		assert.Contains(t, string(out), "SUCCESS")
+	}
+}
+
+// TestDeadLetterAlertFires: a real Prometheus scrapes a running Caddy (its
+// admin endpoint's /metrics, every 200 ms) and evaluates the shipped
+// rules; import-bookings refuses every sync and max_attempts is 1, so the
+// webhook's job is discarded, and ReceiveBookingDeadLetters fires, read
+// from Prometheus's own API. The queue gauges arrive with their queue
+// label from the first scrapes.
+func TestDeadLetterAlertFires(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Caddy binary and Prometheus")
+	}
+	prometheus := lookTool(t, "prometheus")
+	stub := testkit.NewStandIn(t)
+	stub.Respond(testkit.JSON(http.StatusServiceUnavailable, `{"code":"BOOT_ERROR"}`))
+	dataDir, directive := queuedDirective(t, "sqlite", stub.Target(), "timeout 2s", "max_attempts 1")
+	p := startCaddy(t, dataDir, directive)
+	waitHealthy(t, p)
+
+	dir := t.TempDir()
+	rules, err := os.ReadFile(filepath.Join("prometheus", "alerts.yml"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "alerts.yml"), rules, 0o600))
+	promPort := freePort(t)
+	config := fmt.Sprintf(`global:
+  scrape_interval: 200ms
+  evaluation_interval: 200ms
+rule_files: [alerts.yml]
+scrape_configs:
+  - job_name: caddy
+    static_configs:
+      - targets: ['%s']
+`, strings.TrimPrefix(p.admin, "http://"))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o600))
+	cmd := exec.Command(prometheus, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), fmt.Sprintf("--web.listen-address=127.0.0.1:%d", promPort))
+	log := new(lockedBuffer)
+	cmd.Stdout, cmd.Stderr = log, log
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	api := fmt.Sprintf("http://127.0.0.1:%d/api/v1/", promPort)
+	query := func(path string, out any) bool {
+		resp, err := http.Get(api + path)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == http.StatusOK && json.Unmarshal(raw, out) == nil
+	}
+
+	// The gauges, labelled by queue, from the first scrapes on.
+	var up struct {
+		Data struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+				Value  []any             `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	require.Eventually(t, func() bool {
+		return query("query?query=caddy_receive_booking_queue_up", &up) && len(up.Data.Result) == 1
+	}, 30*time.Second, 100*time.Millisecond, "Prometheus scrapes the queue gauges: %s", log)
+	assert.True(t, strings.HasPrefix(up.Data.Result[0].Metric["queue"], "receive_booking:sqlite:"), "%v", up.Data.Result[0].Metric)
+	assert.Equal(t, "1", up.Data.Result[0].Value[1])
+
+	status, out := postAs(t, p.url, orgAKey, `{"booking_id":"dead-1"}`)
+	require.Equal(t, 200, status, "the last attempt failed: a final answer: %v", out)
+	type alert struct {
+		Labels map[string]string `json:"labels"`
+		State  string            `json:"state"`
+	}
+	var alerts struct {
+		Data struct {
+			Alerts []alert `json:"alerts"`
+		} `json:"data"`
+	}
+	firing := func() *alert {
+		if !query("alerts", &alerts) {
+			return nil
+		}
+		for i, a := range alerts.Data.Alerts {
+			if a.Labels["alertname"] == "ReceiveBookingDeadLetters" && a.State == "firing" {
+				return &alerts.Data.Alerts[i]
+			}
+		}
+		return nil
+	}
+	require.Eventually(t, func() bool { return firing() != nil }, 30*time.Second, 100*time.Millisecond,
+		"the dead-letter alert fires: %+v\n%s", alerts.Data.Alerts, log)
+	assert.Equal(t, "critical", firing().Labels["severity"])
+}
