@@ -317,8 +317,14 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 		if len(o.Secrets)+len(o.SigningSecrets) == 0 {
 			return fmt.Errorf("organization %q: needs a secret or a signing_secret", id)
 		}
+		before := len(h.secrets.digests)
 		if err := add(id, fmt.Sprintf("organization %q: secret", id), o.Secrets); err != nil {
 			return err
+		}
+		if len(h.secrets.digests) == before && len(o.SigningSecrets) == 0 {
+			// Every {env.*} value unset: the organization's senders get
+			// 401 until one is set.
+			h.logger.Warn("organization has no key: every secret is empty after its placeholders", zap.String("organization", id))
 		}
 	}
 	return nil

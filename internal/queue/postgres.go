@@ -117,7 +117,7 @@ func instanceID(dataDir, queueKey string) string {
 // recoverOwnJobs makes available again the syncs this instance was running
 // when it last stopped without finishing them (a crash, a kill -9): it has
 // just started, so none of them can still be running here. Without this
-// they would wait for River's rescuer (worker_timeout + 15 s, checked every
+// they would wait for River's rescuer (worker_timeout + 45 s, checked every
 // 30 s). Each runs once its call could have ended (attempted_at +
 // worker_timeout): import-bookings goes on after its caller dies. Jobs of
 // other instances are theirs to finish, or the rescuer's.
