@@ -137,3 +137,68 @@ scrape_configs:
 		"the dead-letter alert fires: %+v\n%s", alerts.Data.Alerts, log)
 	assert.Equal(t, "critical", firing().Labels["severity"])
 }
+
+// TestQueueGaugesAtScrape: two queues in one config each have their own
+// gauges, labelled by queue, right after start (they are read at scrape
+// time, not sampled), and a webhook recorded on one shows on its queue
+// only.
+func TestQueueGaugesAtScrape(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Caddy binary")
+	}
+	stub := testkit.NewStandIn(t)
+	dataDir := t.TempDir()
+	handler := func(path, file string) string {
+		return fmt.Sprintf(`handle %s {
+		receive_booking {
+			organization org-a {
+				secret %s
+			}
+			target %s
+			mode async
+			coalesce_window 1h
+			queue sqlite %s
+		}
+	}`, path, orgAKey, stub.Target(), filepath.Join(dataDir, file))
+	}
+	p := startCaddy(t, dataDir, handler("/a", "a.sqlite3")+"\n\t"+handler("/b", "b.sqlite3"))
+	waitHealthy(t, p)
+	series := func() map[string]float64 {
+		resp, err := http.Get(p.admin + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		raw, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		out := map[string]float64{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if name, v, ok := strings.Cut(line, " "); ok && strings.HasPrefix(name, "caddy_receive_booking_queue_") {
+				var f float64
+				_, _ = fmt.Sscan(v, &f)
+				out[name] = f
+			}
+		}
+		return out
+	}
+	var queues []string
+	for name, v := range series() {
+		if strings.HasPrefix(name, "caddy_receive_booking_queue_up{") {
+			assert.Equal(t, 1.0, v, name)
+			queues = append(queues, strings.TrimSuffix(strings.TrimPrefix(name, `caddy_receive_booking_queue_up{queue="`), `"}`))
+		}
+	}
+	require.Len(t, queues, 2, "one queue_up per queue at the first scrape: %v", series())
+
+	status, out := postAs(t, strings.TrimSuffix(p.url, "/")+"/a", orgAKey, `{"booking_id":"g-1"}`)
+	require.Equal(t, 202, status, "%v", out)
+	pending := func(queue string) (n float64) {
+		for name, v := range series() {
+			if strings.HasPrefix(name, `caddy_receive_booking_queue_jobs{queue="`+queue+`",state=`) &&
+				!strings.Contains(name, "completed") {
+				n += v
+			}
+		}
+		return n
+	}
+	a, b := pending(queues[0]), pending(queues[1])
+	assert.ElementsMatch(t, []float64{1, 0}, []float64{a, b}, "the webhook shows on its own queue only, at once")
+}
