@@ -18,10 +18,14 @@ import (
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -89,6 +93,8 @@ func reject(status int, msg, reason string) *answer {
 // ServeHTTP answers a webhook. The handler is terminal: it never calls next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	start := time.Now()
+	// With Caddy's tracing handler in front, the module's spans join its.
+	tracing.Learn(r.Context())
 	if h.corsOrigin != corsOff {
 		setCORS(w.Header(), h.corsOrigin)
 	}
@@ -220,7 +226,7 @@ func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook) *answer {
 	case h.queue == nil:
 		return h.syncNow(r, wh)
 	case h.mode == modeAsync:
-		a, _ := h.enqueue(r.Context(), wh, nil)
+		a, _ := h.enqueue(r.Context(), wh, tracing.FromHeader(r.Header), nil)
 		return a
 	default:
 		return h.recordThenWait(r, wh)
@@ -232,7 +238,9 @@ func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook) *answer {
 func (h *Handler) syncNow(r *http.Request, wh *payload.Webhook) *answer {
 	ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
 	defer cancel()
-	res, shared, err := h.coalescer.do(ctx, wh.Key(), syncRequestOf(wh), requestID(r), h.timeout, h.upstream.Sync)
+	sr := syncRequestOf(wh)
+	sr.Trace = tracing.FromHeader(r.Header)
+	res, shared, err := h.coalescer.do(ctx, wh.Key(), sr, requestID(r), h.timeout, h.upstream.Sync)
 	if err != nil && r.Context().Err() != nil {
 		// The sender hung up: nothing to answer, the sync was cancelled
 		// (unless other requests wait for it), and the sender retries.
@@ -258,7 +266,7 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
 	deadline := time.Now().Add(h.timeout)
 	wait := make(chan *queue.Outcome, 1)
-	a, req := h.enqueue(r.Context(), wh, wait)
+	a, req := h.enqueue(r.Context(), wh, tracing.FromHeader(r.Header), wait)
 	if req == nil {
 		return a
 	}
@@ -337,24 +345,31 @@ func (h *Handler) syncAnswer(wh *payload.Webhook, res *upstream.Result, shared b
 // enqueue records the webhook durably and answers 202, or 503 when it
 // cannot be recorded: then the sender keeps it and retries. wait, if set,
 // is registered for the outcome of the job's next attempt. The returned
-// request is nil when nothing was recorded.
-func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, wait chan *queue.Outcome) (*answer, *queue.Entry) {
+// request is nil when nothing was recorded. A new job continues the
+// webhook's trace (tc, or the record's span when Caddy traces).
+func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, tc tracing.Context, wait chan *queue.Outcome) (*answer, *queue.Entry) {
+	ctx, span := tracing.Start(ctx, tc, "receive_booking.record", trace.WithAttributes(
+		attribute.String("booking_id", wh.BookingKey), attribute.String("organization_id", wh.OrganizationID)))
+	defer span.End()
 	// The record must not be abandoned half-way because the sender hung
 	// up: it is either committed or not, and the answer follows from that.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.timeout)
 	defer cancel()
 	now := time.Now()
-	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(h.coalesceWindow), Wait: wait}
+	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(h.coalesceWindow), Wait: wait,
+		Trace: span.Context}
 	e, err := h.queue.wait(ctx)
 	if err == nil {
 		err = e.Record(ctx, req)
 	}
 	if err != nil {
+		span.SetStatus(codes.Error, "queue unavailable")
 		h.logger.Error("recording webhook", zap.String("booking_id", wh.BookingKey), zap.Error(err))
 		a := reject(http.StatusServiceUnavailable, "Queue unavailable", "queue_unavailable")
 		a.wh, a.retryAfter, a.outcome = wh, queueRetryAfter, outcomeFailed
 		return a, nil
 	}
+	span.SetAttributes(attribute.Int64("job_id", req.JobID), attribute.Bool("coalesced", req.Coalesced))
 	a := &answer{status: http.StatusAccepted, wh: wh, outcome: outcomeQueued}
 	if req.Coalesced {
 		a.outcome = outcomeCoalesced

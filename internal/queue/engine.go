@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"go.uber.org/zap"
@@ -464,6 +465,8 @@ type Entry struct {
 	// job the webhook is recorded in that starts after the record (see
 	// StopWaiting).
 	Wait chan *Outcome
+	// Trace is the webhook's trace context; a new job continues it.
+	Trace tracing.Context
 
 	// JobID is the job that carries the webhook, once recorded;
 	// Coalesced says it merged into a job that was already waiting.

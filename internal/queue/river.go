@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 	"github.com/jackc/pgx/v5"
 
@@ -52,6 +53,9 @@ type Args struct {
 	AcceptedAt time.Time `json:"accepted_at"`
 	// NotBefore is the end of the coalescing window.
 	NotBefore time.Time `json:"not_before,omitzero"`
+	// Trace is the W3C trace context of the webhook that made the job:
+	// every attempt continues it, on whichever instance, however late.
+	Trace tracing.Context `json:"trace,omitzero"`
 }
 
 // route is the job's route, the default one for older jobs.
@@ -517,7 +521,7 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: Args{
 			Route: r.Route, BookingID: last.Webhook.BookingID, BookingKey: r.Webhook.BookingKey,
 			OrganizationID: r.Webhook.OrganizationID, OrganizationIDJSON: r.Webhook.OrganizationIDJSON, EventType: last.Webhook.EventType,
-			AcceptedAt: r.AcceptedAt.UTC(), NotBefore: r.NotBefore.UTC(),
+			AcceptedAt: r.AcceptedAt.UTC(), NotBefore: r.NotBefore.UTC(), Trace: r.Trace,
 		}}
 	}
 	res, err := b.cl().InsertManyTx(ctx, tx, params)

@@ -14,7 +14,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
@@ -82,16 +86,19 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// The senders waiting for this job are answered by this attempt.
 	waiting := e.waiters.take(job.ID)
 	up := e.upstreamFor(job.Args.Route)
+	actx, span := w.startAttempt(ctx, job)
 	var res *upstream.Result
 	var jobErr error
 	if up == nil {
 		res = &upstream.Result{Err: errors.New("no receive_booking handler has this job's route")}
 		jobErr = fmt.Errorf("no receive_booking handler is configured for route %q", job.Args.route())
 	} else {
-		req := upstream.Request{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: c.eventType}
-		res = up.Sync(ctx, req, "job-"+strconv.FormatInt(job.ID, 10))
+		req := upstream.Request{BookingID: job.Args.BookingID, OrganizationID: job.Args.OrganizationIDJSON, EventType: c.eventType,
+			Trace: span.Context}
+		res = up.Sync(actx, req, "job-"+strconv.FormatInt(job.ID, 10))
 		jobErr = jobError(res, &e.scrub)
 	}
+	endAttempt(span, res, jobErr)
 	// The senders waiting for this attempt have their answer now: it is
 	// the call's, whatever recording it does (a recording that fails
 	// leaves the job to run again, which repeats a sync but loses none).
@@ -122,6 +129,33 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		}
 	}
 	return riverErr
+}
+
+// startAttempt ends the job's queue-wait span (from when it became due to
+// its claim) and starts the attempt's span, both in the trace of the
+// webhook that made the job.
+func (w *syncWorker[TDriver, TTx]) startAttempt(ctx context.Context, job *river.Job[Args]) (context.Context, *tracing.Span) {
+	due := job.ScheduledAt
+	if job.Attempt <= 1 {
+		due = job.Args.AcceptedAt
+	}
+	attrs := trace.WithAttributes(attribute.Int64("job_id", job.ID), attribute.Int("attempt", job.Attempt),
+		attribute.String("booking_id", job.Args.BookingKey), attribute.String("organization_id", job.Args.OrganizationID))
+	_, wait := tracing.Start(ctx, job.Args.Trace, "receive_booking.queue_wait", tracing.At(due), attrs)
+	wait.End()
+	return tracing.Start(ctx, job.Args.Trace, "receive_booking.attempt", attrs)
+}
+
+// endAttempt records the attempt's outcome on its span.
+func endAttempt(span *tracing.Span, res *upstream.Result, jobErr error) {
+	span.SetAttributes(attribute.Int("upstream_status", res.Status), attribute.String("verdict", res.Verdict.String()))
+	if res.Outcome != "" {
+		span.SetAttributes(attribute.String("outcome", res.Outcome))
+	}
+	if jobErr != nil {
+		span.SetStatus(codes.Error, res.Describe())
+	}
+	span.End()
 }
 
 func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], res *upstream.Result) Failure {

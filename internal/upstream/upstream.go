@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
 )
 
 const (
@@ -90,6 +91,8 @@ type Request struct {
 	SyncMode       string          `json:"syncMode"`
 	OrganizationID json.RawMessage `json:"organization_id,omitempty"`
 	EventType      string          `json:"event_type,omitempty"`
+	// Trace is sent as the traceparent and tracestate headers.
+	Trace tracing.Context `json:"-"`
 }
 
 // Result is what one call to import-bookings came to.
@@ -177,6 +180,7 @@ func (u *Client) do(ctx context.Context, sr Request, requestID string) (*Result,
 		return &Result{Err: errors.New("building sync request")}, ""
 	}
 	u.setHeaders(req.Header, requestID)
+	sr.Trace.SetHeader(req.Header)
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return &Result{Err: scrubError(err), TimedOut: errors.Is(err, context.DeadlineExceeded)}, ""
