@@ -2,10 +2,11 @@ package queue
 
 // The queue in a browser: River UI (riverqueue.com/riverui, its web assets
 // built in) on the engine's River client, read-only, its log lines through
-// the engine's scrubber. Its own write buttons
-// (retry, cancel, delete, pause) would bypass the booking rows that keep
-// one sync per booking: they are refused, and the admin API and the
-// `caddy receive-booking` commands do those things through the engine.
+// the engine's scrubber. Its own write buttons (retry, cancel, delete,
+// pause) would bypass the booking rows that keep one sync per booking: they
+// are refused, and the admin API and the `caddy receive-booking` commands
+// do those things through the engine. Who may see it is decided in front
+// (the receive_booking_dashboard handler).
 
 import (
 	"context"
