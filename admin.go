@@ -22,6 +22,14 @@ import (
 	"github.com/riverqueue/river/rivertype"
 )
 
+// The admin API's answers for a queue or a job that does not exist (404;
+// health says "unhealthy" with msgNoSuchQueue as its reason): the command
+// tells them apart by these.
+const (
+	msgNoSuchQueue = "no such queue"
+	msgNoSuchJob   = "no such job"
+)
+
 const (
 	adminPrefix      = "/receive_booking/"
 	defaultListLimit = 50
@@ -163,7 +171,7 @@ func (a *AdminAPI) pickQueue(r *http.Request) (*queue.Engine, error) {
 			return q, nil
 		}
 	}
-	return nil, apiError(http.StatusNotFound, "no such queue")
+	return nil, apiError(http.StatusNotFound, msgNoSuchQueue)
 }
 
 // jobView is a job as the admin API shows it: the args an operator needs,
@@ -301,10 +309,8 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	if err != nil {
 		return nil, err
 	}
-	for _, st := range states {
-		if !queue.ReplayableStates[st] {
-			return nil, apiError(http.StatusBadRequest, "state: expected discarded, cancelled or retryable")
-		}
+	if err := replayableOnly(states); err != nil {
+		return nil, apiError(http.StatusBadRequest, err.Error())
 	}
 	var out struct {
 		Replayed  int `json:"replayed"`
@@ -439,6 +445,16 @@ func stateParam(r *http.Request) ([]rivertype.JobState, error) {
 	if v == "" {
 		return []rivertype.JobState{rivertype.JobStateDiscarded}, nil
 	}
+	states, err := parseStates(v)
+	if err != nil {
+		return nil, apiError(http.StatusBadRequest, err.Error())
+	}
+	return states, nil
+}
+
+// parseStates reads comma-separated job states; "pending" stands for the
+// jobs not done yet. The admin API and the command check states alike.
+func parseStates(v string) ([]rivertype.JobState, error) {
 	var out []rivertype.JobState
 	for name := range strings.SplitSeq(v, ",") {
 		if name == "pending" {
@@ -447,12 +463,21 @@ func stateParam(r *http.Request) ([]rivertype.JobState, error) {
 		}
 		s, ok := jobStates[name]
 		if !ok {
-			return nil, apiError(http.StatusBadRequest,
-				"state: expected one or more (comma-separated) of pending, discarded, cancelled, retryable, available, scheduled, running, completed")
+			return nil, errors.New("state: expected one or more (comma-separated) of pending, discarded, cancelled, retryable, available, scheduled, running, completed")
 		}
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// replayableOnly refuses the states a replay does not take.
+func replayableOnly(states []rivertype.JobState) error {
+	for _, st := range states {
+		if !queue.ReplayableStates[st] {
+			return errors.New("state: expected discarded, cancelled or retryable")
+		}
+	}
+	return nil
 }
 
 // pendingStates are the jobs not done yet: the "pending" shorthand.
@@ -497,7 +522,7 @@ func adminErr(err error, q *adminQueue) error {
 	case errors.As(err, &apiErr):
 		return apiErr
 	case errors.Is(err, rivertype.ErrNotFound):
-		return apiError(http.StatusNotFound, "no such job")
+		return apiError(http.StatusNotFound, msgNoSuchJob)
 	case errors.Is(err, context.DeadlineExceeded):
 		return apiError(http.StatusGatewayTimeout, "the queue did not answer in time: "+adminScrub(q, err.Error()))
 	}

@@ -11,27 +11,62 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
 
 // Exit codes of `caddy receive-booking`.
 const (
-	exitOK        = 0
-	exitFailed    = 1 // the admin API could not be reached, or answered an error
+	exitOK = 0
+	// exitFailed: the admin API could not be reached, or answered an
+	// error not listed below. health too: it could not ask, which is not
+	// the same as Caddy answering "unhealthy" (a probe that only needs
+	// non-zero fails either way).
+	exitFailed = 1
+	// exitUsage: an unknown command or flag, a missing or malformed
+	// argument, a flag the command does not take, an unknown state or
+	// queue (a mistyped --queue must not pass for "no such job").
 	exitUsage     = 2
-	exitUnhealthy = 3 // health: webhooks cannot be recorded, or a job is too old
+	exitUnhealthy = 3 // health: webhooks cannot be recorded, or a job waits longer than --max-age
 	exitNotFound  = 4 // no such job
 )
 
+// verb is a command: its synopsis, and the flags it takes besides the
+// common ones (--queue, --json, --address, --config, --adapter).
+type verb struct {
+	name, synopsis string
+	flags          []string
+}
+
+// verbs are the commands, in the help's order.
+var verbs = []verb{
+	{"jobs", "jobs [--state <states>] [--booking <id>]", []string{"state", "booking"}},
+	{"job", "job <id>", nil},
+	{"retry", "retry <id> | retry --state <states> [--booking <id>]", []string{"state", "booking"}},
+	{"delete", "delete <id>", nil},
+	{"stats", "stats", nil},
+	{"health", "health [--max-age <duration>]", []string{"max-age"}},
+}
+
+// verbFlags are the flags only some commands take.
+var verbFlags = []string{"state", "booking", "max-age"}
+
 func init() {
+	synopses := make([]string, len(verbs))
+	for i, v := range verbs {
+		synopses[i] = v.synopsis
+	}
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "receive-booking",
-		Usage: "jobs [--state <states>] [--booking <id>] | job <id> | retry <id> | retry --state <state> [--booking <id>] | delete <id> | stats | health [--json] [--address <admin>] [--config <file> [--adapter <name>]]",
+		Usage: strings.Join(synopses, " | ") + " [--queue <key>] [--json] [--address <admin> | --config <file> [--adapter <name>]]",
 		Short: "Shows and steers the receive_booking queue of a running Caddy",
 		Long: `
 Talks to the admin API of a running Caddy (found as "caddy reload" finds it:
@@ -43,124 +78,236 @@ current directory, else localhost:2019).
            discarded, cancelled, completed, comma-separated)
   job      one job with its attempt history
   retry    replays a job now, or every job in a failed state (discarded,
-           cancelled or retryable); a replay gets a fresh attempt budget
+           cancelled or retryable; --state, not with a job id); a replay
+           gets a fresh attempt budget
   delete   drops a job
   stats    job counts by state, oldest pending job, last successful sync
-  health   whether webhooks can be recorded and nothing waits too long
+  health   whether webhooks can be recorded and no job has waited longer
+           than --max-age (default 5m)
 
-A readable table by default; --json prints the admin API's JSON. Exit
-codes: 0 done, 1 the admin API was unreachable or answered an error, 2
-usage, 3 unhealthy, 4 no such job.`,
+--queue picks the queue by its key (see stats) when the config has
+several. A readable table by default; --json prints the admin API's JSON.
+
+Exit codes:
+  0  done (health: healthy)
+  1  the admin API was unreachable (health included: it could not ask)
+     or answered an error
+  2  usage: an unknown command or flag, a missing or malformed argument,
+     an unknown state or queue
+  3  unhealthy: Caddy answered that webhooks cannot be recorded, or a
+     job waited longer than --max-age
+  4  no such job`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("address", "", "The address of the admin API")
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin API's address")
 			cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply")
 			cmd.Flags().String("state", "", "Job states, comma-separated (jobs, retry)")
-			cmd.Flags().String("booking", "", "Only this booking_id (jobs, retry)")
+			cmd.Flags().String("booking", "", "Only this booking_id (jobs, retry --state)")
+			cmd.Flags().String("max-age", "", "The longest a pending job may wait, e.g. 10m (health; default 5m)")
 			cmd.Flags().String("queue", "", "The queue's key, when several are configured")
 			cmd.Flags().Bool("json", false, "Print JSON")
+			// Every error is logged as Caddy logs a command's errors
+			// (WrapCommandFuncForCobra); without this cobra would add
+			// "Error: exiting with status 3" under an unhealthy answer.
+			cmd.SilenceErrors = true
+			// A bad flag is a usage error too (cobra would exit 1).
+			cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+				return caddycmd.WrapCommandFuncForCobra(func(caddycmd.Flags) (int, error) {
+					return exitUsage, fmt.Errorf("%w: see caddy help receive-booking", err)
+				})(c, nil)
+			})
 			cmd.RunE = caddycmd.WrapCommandFuncForCobra(cmdReceiveBooking)
 		},
 	})
 }
 
-// cliError carries an exit code.
-type cliError struct {
-	code int
-	err  error
-}
-
-func (e cliError) Error() string { return e.err.Error() }
-
 func cmdReceiveBooking(fl caddycmd.Flags) (int, error) {
-	code, err := runReceiveBooking(fl, fl.Args(), os.Stdout)
-	var ce cliError
-	if errors.As(err, &ce) {
-		return ce.code, ce.err
-	}
-	if err != nil && code == exitOK {
-		code = exitFailed
-	}
-	return code, err
+	return runReceiveBooking(fl, fl.Args(), os.Stdout)
 }
 
 func runReceiveBooking(fl caddycmd.Flags, args []string, out io.Writer) (int, error) {
-	usage := func(msg string) (int, error) { return exitUsage, cliError{exitUsage, errors.New(msg)} }
-	if len(args) == 0 {
-		return usage("say what to do: jobs, job, retry, delete, stats or health")
-	}
-	q := url.Values{}
-	if v := fl.String("queue"); v != "" {
-		q.Set("queue", v)
-	}
-	if v := fl.String("booking"); v != "" {
-		q.Set("booking_id", v)
-	}
-	var method, path string
-	switch verb, rest := args[0], args[1:]; {
-	case verb == "jobs" && len(rest) == 0:
-		method, path = http.MethodGet, "/receive_booking/jobs"
-		q.Set("state", cmp(fl.String("state"), "pending,discarded,cancelled"))
-		q.Set("limit", "500")
-	case (verb == "job" || verb == "delete") && len(rest) == 1:
-		method, path = http.MethodGet, "/receive_booking/jobs/"+url.PathEscape(rest[0])
-		if verb == "delete" {
-			method = http.MethodDelete
-		}
-	case verb == "retry" && len(rest) == 1 && fl.String("state") == "":
-		method, path = http.MethodPost, "/receive_booking/jobs/"+url.PathEscape(rest[0])+"/retry"
-	case verb == "retry" && len(rest) == 0 && fl.String("state") != "":
-		method, path = http.MethodPost, "/receive_booking/retry"
-		q.Set("state", fl.String("state"))
-	case verb == "stats" && len(rest) == 0:
-		method, path = http.MethodGet, "/receive_booking/stats"
-	case verb == "health" && len(rest) == 0:
-		method, path = http.MethodGet, "/receive_booking/health"
-	default:
-		return usage(fmt.Sprintf("unknown or incomplete command %q: see caddy help receive-booking", strings.Join(args, " ")))
+	req, err := parseCommand(fl, args)
+	if err != nil {
+		return exitUsage, fmt.Errorf("%w: see caddy help receive-booking", err)
 	}
 	adminAddr, err := adminAddress(fl)
 	if err != nil {
 		return exitFailed, err
 	}
-	if len(q) > 0 {
-		path += "?" + q.Encode()
+	resp, err := caddycmd.AdminAPIRequest(adminAddr, req.method, req.uri(), nil, nil)
+	if err != nil && !errorAnswer.MatchString(err.Error()) {
+		return exitFailed, fmt.Errorf("asking the admin API at %s (is Caddy running, with this admin address?): %w", adminAddr, err)
 	}
-	resp, err := caddycmd.AdminAPIRequest(adminAddr, method, path, nil, nil)
-	code := exitOK
-	var body []byte
-	switch {
-	case err != nil && args[0] == "health" && exitCodeOf(err) == exitUnhealthy:
-		// An unhealthy answer is an answer: print it.
-		_, after, _ := strings.Cut(err.Error(), "HTTP 503: ")
-		body, code = []byte(after), exitUnhealthy
-	case err != nil:
-		// AdminAPIRequest turns an error answer into an error, with what
-		// the API said.
-		return exitCodeOf(err), err
-	default:
-		defer resp.Body.Close()
-		if body, err = io.ReadAll(io.LimitReader(resp.Body, 64<<20)); err != nil {
-			return exitFailed, err
-		}
+	body, code, err := readAnswer(req, resp, err)
+	if err != nil {
+		return code, err
 	}
 	if fl.Bool("json") {
 		_, err := out.Write(body)
 		return code, err
 	}
-	return code, printAnswer(out, args[0], body)
+	return code, printAnswer(out, req.verb, body)
 }
 
-// exitCodeOf maps an admin API error to an exit code.
-func exitCodeOf(err error) int {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "HTTP 404"), strings.Contains(msg, "no such job"):
-		return exitNotFound
-	case strings.Contains(msg, `"status":"unhealthy"`):
-		return exitUnhealthy
+// request is what a command asks the admin API.
+type request struct {
+	verb, method, path string
+	query              url.Values
+}
+
+func (r *request) uri() string {
+	if len(r.query) == 0 {
+		return r.path
 	}
-	return exitFailed
+	return r.path + "?" + r.query.Encode()
+}
+
+// parseCommand checks the command line and makes its request, or says
+// what is wrong with it (a usage error).
+func parseCommand(fl caddycmd.Flags, args []string) (*request, error) {
+	if len(args) == 0 {
+		return nil, errors.New("say what to do: jobs, job, retry, delete, stats or health")
+	}
+	name, rest := args[0], args[1:]
+	i := slices.IndexFunc(verbs, func(v verb) bool { return v.name == name })
+	if i < 0 {
+		return nil, fmt.Errorf("unknown command %q: expected jobs, job, retry, delete, stats or health", name)
+	}
+	for _, flag := range verbFlags {
+		if fl.Changed(flag) && !slices.Contains(verbs[i].flags, flag) {
+			return nil, fmt.Errorf("%s does not take --%s (usage: %s)", name, flag, verbs[i].synopsis)
+		}
+	}
+	req := &request{verb: name, method: http.MethodGet, query: url.Values{}}
+	if v := fl.String("queue"); v != "" {
+		req.query.Set("queue", v)
+	}
+	var err error
+	switch name {
+	case "jobs":
+		err = req.jobs(fl, rest)
+	case "retry":
+		err = req.retry(fl, rest)
+	case "health":
+		err = req.health(fl, rest)
+	case "stats":
+		req.path, err = "/receive_booking/stats", noArgs(name, rest)
+	default: // job, delete
+		err = req.job(rest)
+	}
+	return req, err
+}
+
+func (r *request) jobs(fl caddycmd.Flags, rest []string) error {
+	states := cmp(fl.String("state"), "pending,discarded,cancelled")
+	if _, err := parseStates(states); err != nil {
+		return err
+	}
+	r.path = "/receive_booking/jobs"
+	r.query.Set("state", states)
+	r.query.Set("limit", "500")
+	r.setBooking(fl)
+	return noArgs(r.verb, rest)
+}
+
+func (r *request) retry(fl caddycmd.Flags, rest []string) error {
+	r.method = http.MethodPost
+	switch states := fl.String("state"); {
+	case len(rest) > 0 && (states != "" || fl.String("booking") != ""):
+		return errors.New("retry takes a job id, or --state <states> [--booking <id>], not both")
+	case len(rest) > 0:
+		return r.job(rest)
+	case states == "":
+		return errors.New("retry takes a job id, or --state <states> [--booking <id>]")
+	default:
+		parsed, err := parseStates(states)
+		if err == nil {
+			err = replayableOnly(parsed)
+		}
+		r.path = "/receive_booking/retry"
+		r.query.Set("state", states)
+		r.setBooking(fl)
+		return err
+	}
+}
+
+func (r *request) health(fl caddycmd.Flags, rest []string) error {
+	r.path = "/receive_booking/health"
+	if v := fl.String("max-age"); v != "" {
+		if d, err := caddy.ParseDuration(v); err != nil || d <= 0 {
+			return fmt.Errorf("--max-age: expected a positive duration, e.g. 10m, got %q", v)
+		}
+		r.query.Set("max_age", v)
+	}
+	return noArgs(r.verb, rest)
+}
+
+// job makes the request of a command on one job: job, delete or retry.
+func (r *request) job(rest []string) error {
+	if len(rest) != 1 {
+		return fmt.Errorf("%s takes one job id", r.verb)
+	}
+	if id, err := strconv.ParseInt(rest[0], 10, 64); err != nil || id <= 0 {
+		return fmt.Errorf("job id: expected a positive whole number, got %q", rest[0])
+	}
+	r.path = "/receive_booking/jobs/" + rest[0]
+	switch r.verb {
+	case "delete":
+		r.method = http.MethodDelete
+	case "retry":
+		r.path += "/retry"
+	}
+	return nil
+}
+
+func (r *request) setBooking(fl caddycmd.Flags) {
+	if v := fl.String("booking"); v != "" {
+		r.query.Set("booking_id", v)
+	}
+}
+
+func noArgs(verb string, rest []string) error {
+	if len(rest) > 0 {
+		return fmt.Errorf("%s takes no arguments, got %q", verb, strings.Join(rest, " "))
+	}
+	return nil
+}
+
+// errorAnswer matches the error AdminAPIRequest makes of an answer of 400
+// or more: its status and body.
+var errorAnswer = regexp.MustCompile(`^caddy responded with error: HTTP (\d{3}): `)
+
+// readAnswer reads the admin API's answer to req: the body to print and
+// the exit code it means. An error answer is an error, except health's
+// "unhealthy" (503), which is printed.
+func readAnswer(req *request, resp *http.Response, err error) ([]byte, int, error) {
+	if err == nil {
+		defer resp.Body.Close()
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err != nil {
+			return nil, exitFailed, err
+		}
+		return body, exitOK, nil
+	}
+	m := errorAnswer.FindStringSubmatchIndex(err.Error())
+	if m == nil {
+		return nil, exitFailed, err
+	}
+	status, _ := strconv.Atoi(err.Error()[m[2]:m[3]])
+	body := []byte(err.Error()[m[1]:])
+	var v struct{ Error, Status, Reason string }
+	_ = json.Unmarshal(body, &v)
+	switch {
+	case v.Error == msgNoSuchQueue || req.verb == "health" && v.Reason == msgNoSuchQueue:
+		return nil, exitUsage, fmt.Errorf("--queue %s: %s in the running config (stats names its queue)", req.query.Get("queue"), msgNoSuchQueue)
+	case status == http.StatusBadRequest:
+		return nil, exitUsage, err
+	case status == http.StatusNotFound && v.Error == msgNoSuchJob:
+		return nil, exitNotFound, err
+	case req.verb == "health" && status == http.StatusServiceUnavailable && v.Status == "unhealthy":
+		return body, exitUnhealthy, nil
+	}
+	return nil, exitFailed, err
 }
 
 func cmp(v, def string) string {

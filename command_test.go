@@ -22,14 +22,21 @@ import (
 )
 
 // runCLI runs `caddy receive-booking args… --address <admin>` and returns
-// its output and exit code.
+// its output (stdout and stderr) and exit code.
 func runCLI(t *testing.T, p *caddyProcess, args ...string) (string, int) {
 	t.Helper()
-	args = append([]string{"receive-booking"}, args...)
-	args = append(args, "--address", strings.TrimPrefix(p.admin, "http://"))
+	stdout, stderr, code := runCLIAt(t, strings.TrimPrefix(p.admin, "http://"), args...)
+	return stdout + stderr, code
+}
+
+// runCLIAt runs `caddy receive-booking args… --address admin` and returns
+// its stdout, its stderr and its exit code.
+func runCLIAt(t *testing.T, admin string, args ...string) (string, string, int) {
+	t.Helper()
+	args = append([]string{"receive-booking", "--address", admin}, args...)
 	cmd := exec.Command(caddyBinary(t), args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	code := 0
 	var exit *exec.ExitError
@@ -38,7 +45,7 @@ func runCLI(t *testing.T, p *caddyProcess, args ...string) (string, int) {
 	} else {
 		require.NoError(t, err)
 	}
-	return out.String(), code
+	return stdout.String(), stderr.String(), code
 }
 
 func TestCommands(t *testing.T) {
@@ -117,29 +124,138 @@ func TestCommands(t *testing.T) {
 	out, code = runCLI(t, p, "delete", fmt.Sprint(gone))
 	assert.Equal(t, 0, code, out)
 	assert.Regexp(t, `(?m)^deleted\s+true$`, out)
+}
 
-	out, code = runCLI(t, p, "frobnicate")
-	assert.Equal(t, exitUsage, code, out)
-	out, code = runCLI(t, p, "retry", "--state", "completed")
-	assert.Equal(t, exitFailed, code, out)
-	assert.Contains(t, out, "state: expected discarded, cancelled or retryable")
-
-	// A queue that cannot open: unhealthy, exit code 3, with the reason.
-	badDir := t.TempDir()
+// TestCommandExitCodes: every exit code of the help, against running
+// binaries (a healthy one, one whose queue cannot open) and an address
+// nobody answers. An error is one JSON log line on stderr, as Caddy's own
+// commands print theirs, and nothing on stdout.
+func TestCommandExitCodes(t *testing.T) {
+	stand := testkit.NewStandIn(t)
+	stand.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
+		switch c.Booking {
+		case "exit-gone":
+			testkit.WriteJSON(w, 200, testkit.Envelope(c, "not_found"))
+		case "exit-pending": // import-bookings down: retried later
+			bootFailure(w, r, c)
+		default:
+			testkit.WriteJSON(w, 200, testkit.Envelope(c, "applied"))
+		}
+	})
+	p := startQueued(t, stand.Target())
+	for _, b := range []string{"exit-ok", "exit-gone", "exit-pending"} {
+		status, body, _ := sendOne(http.DefaultClient, p.url, b)
+		require.Contains(t, []int{200, 202}, status, "%s: %v", b, body)
+	}
+	idOf := func(booking string) string {
+		var id string
+		require.Eventually(t, func() bool {
+			j := jobOf(t, p, booking)
+			if j != nil {
+				id = fmt.Sprint(num(j["id"]))
+			}
+			return j != nil
+		}, 10*time.Second, 50*time.Millisecond)
+		return id
+	}
+	ok, gone := idOf("exit-ok"), idOf("exit-gone")
+	// A queue that cannot open (its file is a directory): unhealthy.
 	bad := startCaddy(t, t.TempDir(), fmt.Sprintf(`receive_booking {
 		secret %s
 		target %s
 		queue sqlite %s
-	}`, e2eSecret, stand.Target(), badDir))
-	out, code = runCLI(t, bad, "health")
-	assert.Equal(t, exitUnhealthy, code, out)
-	assert.Regexp(t, `(?m)^status\s+unhealthy$`, out)
-	assert.Contains(t, out, "queue unavailable")
-	t.Logf("CLI health of a queue that cannot open (exit %d):\n%s", code, out)
+	}`, e2eSecret, stand.Target(), t.TempDir()))
+	up, down := strings.TrimPrefix(p.admin, "http://"), strings.TrimPrefix(bad.admin, "http://")
+	const nobody = "127.0.0.1:1"
 
-	cmd := exec.Command(caddyBinary(t), "receive-booking", "health", "--address", "127.0.0.1:1")
-	outB, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	require.True(t, errors.As(err, &exit), string(outB))
-	assert.Equal(t, exitFailed, exit.ExitCode(), "unreachable admin API: %s", outB)
+	for _, tc := range []struct {
+		admin string
+		args  []string
+		code  int
+		out   string // a regexp stdout matches
+		err   string // what stderr's error line says
+	}{
+		// 0: done.
+		{up, []string{"jobs"}, exitOK, `(?m)^\d+\s+\S+\s+exit-pending\s`, ""},
+		{up, []string{"jobs", "--state", "cancelled", "--booking", "exit-gone"}, exitOK, `(?m)^` + gone + `\s+cancelled\s+exit-gone`, ""},
+		{up, []string{"job", gone}, exitOK, `(?m)^state\s+cancelled$`, ""},
+		{up, []string{"stats"}, exitOK, `(?m)^cancelled\s+1$`, ""},
+		{up, []string{"health"}, exitOK, `(?m)^status\s+ok$`, ""},
+		{up, []string{"health", "--max-age", "1h", "--json"}, exitOK, `"status":"ok"`, ""},
+		{up, []string{"retry", "--state", "discarded"}, exitOK, `(?m)^replayed\s+0$`, ""},
+
+		// 1: the admin API unreachable (health too: it could not ask),
+		// or an error answer.
+		{nobody, []string{"health"}, exitFailed, `^$`, "is Caddy running"},
+		{nobody, []string{"stats"}, exitFailed, `^$`, "is Caddy running"},
+		{up, []string{"retry", ok}, exitFailed, `^$`, "HTTP 409"},
+
+		// 2: usage.
+		{up, nil, exitUsage, `^$`, "say what to do"},
+		{up, []string{"frobnicate"}, exitUsage, `^$`, `unknown command "frobnicate"`},
+		{up, []string{"jobs", "--state", "bogus"}, exitUsage, `^$`, "state: expected one or more"},
+		{up, []string{"jobs", "--state", "pending,bogus"}, exitUsage, `^$`, "state: expected one or more"},
+		{up, []string{"retry", "--state", "completed"}, exitUsage, `^$`, "state: expected discarded, cancelled or retryable"},
+		{up, []string{"retry", "--state", "bogus"}, exitUsage, `^$`, "state: expected one or more"},
+		{up, []string{"stats", "--queue", "nope"}, exitUsage, `^$`, "--queue nope: no such queue"},
+		{up, []string{"health", "--queue", "nope"}, exitUsage, `^$`, "--queue nope: no such queue"},
+		{up, []string{"job", gone, "--queue", "nope"}, exitUsage, `^$`, "--queue nope: no such queue"},
+		{up, []string{"job"}, exitUsage, `^$`, "job takes one job id"},
+		{up, []string{"delete"}, exitUsage, `^$`, "delete takes one job id"},
+		{up, []string{"job", "1", "2"}, exitUsage, `^$`, "job takes one job id"},
+		{up, []string{"job", "abc"}, exitUsage, `^$`, "job id: expected a positive whole number"},
+		{up, []string{"delete", "0"}, exitUsage, `^$`, "job id: expected a positive whole number"},
+		{up, []string{"job", "-1"}, exitUsage, `^$`, "unknown shorthand flag"},
+		{up, []string{"retry"}, exitUsage, `^$`, "retry takes a job id, or --state"},
+		{up, []string{"retry", gone, "--state", "discarded"}, exitUsage, `^$`, "not both"},
+		{up, []string{"retry", gone, "--booking", "exit-gone"}, exitUsage, `^$`, "not both"},
+		{up, []string{"stats", "extra"}, exitUsage, `^$`, "stats takes no arguments"},
+		{up, []string{"stats", "--booking", "exit-gone"}, exitUsage, `^$`, "stats does not take --booking"},
+		{up, []string{"job", gone, "--state", "cancelled"}, exitUsage, `^$`, "job does not take --state"},
+		{up, []string{"jobs", "--max-age", "1m"}, exitUsage, `^$`, "jobs does not take --max-age"},
+		{up, []string{"health", "--max-age", "soon"}, exitUsage, `^$`, "--max-age: expected a positive duration"},
+		{up, []string{"health", "--max-age", "0s"}, exitUsage, `^$`, "--max-age: expected a positive duration"},
+		{up, []string{"health", "--frobnicate"}, exitUsage, `^$`, "unknown flag: --frobnicate"},
+		{up, []string{"health", "--json=maybe"}, exitUsage, `^$`, `invalid argument "maybe"`},
+		{up, []string{"health", "--max-age"}, exitUsage, `^$`, "flag needs an argument"},
+		{nobody, []string{"jobs", "--state", "bogus"}, exitUsage, `^$`, "state: expected one or more"},
+
+		// 3: Caddy answered "unhealthy".
+		{down, []string{"health"}, exitUnhealthy, `(?ms)^status\s+unhealthy$.*queue unavailable`, ""},
+		{down, []string{"health", "--json"}, exitUnhealthy, `"status":"unhealthy"`, ""},
+		{up, []string{"health", "--max-age", "1ms"}, exitUnhealthy, `(?m)^reason\s+oldest pending job is .* old \(max_age 1ms\)$`, ""},
+
+		// 4: no such job.
+		{up, []string{"job", "999999"}, exitNotFound, `^$`, "no such job"},
+		{up, []string{"delete", "999999"}, exitNotFound, `^$`, "no such job"},
+		{up, []string{"retry", "999999"}, exitNotFound, `^$`, "no such job"},
+	} {
+		name := strings.Join(tc.args, " ")
+		if tc.admin == nobody {
+			name += " (admin API unreachable)"
+		} else if tc.admin == down {
+			name += " (queue cannot open)"
+		}
+		t.Run(name, func(t *testing.T) {
+			stdout, stderr, code := runCLIAt(t, tc.admin, tc.args...)
+			assert.Equal(t, tc.code, code, "exit code; stdout %q, stderr %q", stdout, stderr)
+			assert.Regexp(t, tc.out, stdout, "stdout")
+			if tc.err == "" {
+				assert.Empty(t, stderr, "stderr")
+				return
+			}
+			var line struct{ Level, Msg string }
+			require.NoError(t, json.Unmarshal([]byte(stderr), &line), "one JSON log line, as Caddy prints errors: %q", stderr)
+			assert.Equal(t, "error", line.Level)
+			assert.Contains(t, line.Msg, tc.err)
+			t.Logf("exit %d: %s", code, line.Msg)
+		})
+	}
+
+	// The help says the same.
+	stdout, _, code := runCLIAt(t, nobody, "--help")
+	assert.Equal(t, exitOK, code)
+	for _, s := range []string{"--max-age", "1  the admin API was unreachable (health included", "2  usage", "3  unhealthy", "4  no such job"} {
+		assert.Contains(t, stdout, s)
+	}
 }

@@ -1,15 +1,16 @@
 package queue
 
 // The queue in a browser: River UI (riverqueue.com/riverui, its web assets
-// built in) on the engine's River client, read-only. Its own write buttons
-// (retry, cancel, delete, pause) would bypass the booking rows that keep
-// one sync per booking: they are refused, and the admin API and the
-// `caddy receive-booking` commands do those things through the engine.
+// built in) on the engine's River client, read-only, its log lines through
+// the engine's scrubber. Its own write buttons (retry, cancel, delete,
+// pause) would bypass the booking rows that keep one sync per booking: they
+// are refused, and the admin API and the `caddy receive-booking` commands
+// do those things through the engine. Who may see it is decided in front
+// (the receive_booking_dashboard handler).
 
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"sync"
 
@@ -47,11 +48,15 @@ func (b *riverBackend[TDriver, TTx]) dashboard(prefix string) (http.Handler, err
 	if d := b.dash.byPrefix[prefix]; d != nil && d.client == any(c) {
 		return d.handler, nil
 	}
-	logger := slog.New(scrubHandler{slog.DiscardHandler, &b.q.scrub})
 	h, err := riverui.NewHandler(&riverui.HandlerOpts{
 		Endpoints: riverui.NewEndpoints[TTx](c, nil),
-		Logger:    logger,
-		Prefix:    prefix,
+		// The job list shows each job's args (booking and organization
+		// ids) only once the viewer asks for them.
+		JobListHideArgsByDefault: true,
+		// River UI logs its API errors (a bad request at info, a failed
+		// query at error): to the module's logger, scrubbed.
+		Logger: b.q.slogger("riverui"),
+		Prefix: prefix,
 	})
 	if err != nil {
 		return nil, err

@@ -364,7 +364,7 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 	cfg := &river.Config{
 		// River's own lines go through the engine's scrubber, under the
 		// module's logger.
-		Logger:     slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+".river")), &e.scrub}),
+		Logger:     e.slogger("river"),
 		Queues:     map[string]river.QueueConfig{riverQueueName: {MaxWorkers: localWorkers(s, driver)}},
 		Workers:    workers,
 		Middleware: []rivertype.Middleware{&windowStart{}},
@@ -753,6 +753,13 @@ func (b *riverBackend[TDriver, TTx]) ensureSlots(ctx context.Context, n int) err
 		return nil
 	}
 	return b.execPool(ctx, `INSERT INTO receive_booking_slot (slot) SELECT generate_series(1, $1::int) ON CONFLICT (slot) DO NOTHING`, n)
+}
+
+// slogger is a log/slog logger for River's code (the client, River UI):
+// its lines go through the engine's scrubber to the module's logger, under
+// the sub-logger name.
+func (e *Engine) slogger(name string) *slog.Logger {
+	return slog.New(scrubHandler{zapslog.NewHandler(e.logger.Core(), zapslog.WithName(e.logger.Name()+"."+name)), &e.scrub})
 }
 
 // scrubHandler passes River's log records through the engine's scrubber:
