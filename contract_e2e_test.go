@@ -92,23 +92,6 @@ func outcomeCases() []outcomeCase {
 	}
 }
 
-// metricValue reads one sample from Caddy's /metrics (0 when absent).
-func metricValue(t *testing.T, p *caddyProcess, name string) float64 {
-	t.Helper()
-	resp, err := http.Get(p.admin + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
-}
-
 // metricSum sums the series of a metric whose labels include every one of
 // labels (`kind="final"`).
 func metricSum(t *testing.T, p *caddyProcess, name string, labels ...string) float64 {
