@@ -236,9 +236,19 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop releases this config's hold on its engines; an engine stops when no
-// config uses it any more (after a reload, the new config already does).
-func (a *App) Stop() error {
+// Stop does nothing: the engines are released in Cleanup, after the HTTP
+// servers have drained.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's hold on its engines once every app of the
+// config has stopped (an engine stops when no config uses it any more):
+// Caddy stops its apps in no fixed order, and the http app's Stop is what
+// drains the requests in flight (its grace period). Released in Stop, an
+// engine could go while those requests still record webhooks (503s) or
+// wait for their sync. Caddy calls Cleanup after every app's Stop, and on
+// a reload only after the new config has started (which took the engine
+// from the pool too, so it stays open).
+func (a *App) Cleanup() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var errs []string
@@ -296,6 +306,7 @@ func activeApp() *App {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )
