@@ -32,11 +32,12 @@ import (
 // answer, and a replayed job runs a moment after the replay, where a
 // person typing the next command would see it done.
 //
-// The one change from the document: Caddyfile.example's admin address.
-// caddytest's in-process Caddy holds localhost:2019 for the rest of this
-// test binary, so the example's copy gets a free port, and CADDY_ADMIN
+// The one change from the document: Caddyfile.example's admin address. A
+// Caddy of the machine's own (a system service) may hold localhost:2019,
+// which caddytest avoids for the same reason, and the commands would then
+// talk to it: the example's copy gets a free port instead, and CADDY_ADMIN
 // (Caddy's default admin address) names it for the commands run without
-// --config.
+// --config. Ports 8080-8082 must be free.
 func TestOperationsWalkthrough(t *testing.T) {
 	doc, err := os.ReadFile("docs/operations.md")
 	if err != nil {

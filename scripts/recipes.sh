@@ -2,23 +2,23 @@
 # The deployment recipes, checked as far as a machine without a Docker
 # engine can (CI runs this from .ci/run):
 #
-#  1. Dockerfile: its builder stage's WORKDIR, COPY and RUN lines run as
+#  1. No recipe runs caddy with --environ, which prints every secret in
+#     Caddy's environment at start: the code blocks of README.md and
+#     docs/, the Dockerfile, Caddyfile.example and deploy/.
+#  2. Dockerfile: its builder stage's WORKDIR, COPY and RUN lines run as
 #     written, in a temporary directory that stands for the image's root,
 #     with the checkout copied in as COPY copies the build context (less
 #     .dockerignore) and the builder image's environment; the binary they
 #     build is the one the final stage copies, and it is smoke-run. Its
 #     Caddy version is the Makefile's. Not checked: the images themselves
-#     (no registry but Go's, Debian's and npm's is reachable here, so
-#     caddy:*-builder cannot be pulled, nor built by a daemonless tool).
-#  2. deploy/systemd/receive-booking.conf, against the caddy.service of
+#     (CI reaches no container registry, so caddy:*-builder cannot be
+#     pulled, by a Docker engine or by a daemonless tool).
+#  3. deploy/systemd/receive-booking.conf, against the caddy.service of
 #     Debian's caddy package: ExecStart is the package's without
 #     --environ, ExecReload the package's, and `systemd-analyze verify`
 #     accepts the unit with the drop-in.
-#  3. No recipe runs caddy with --environ, which prints every secret in
-#     Caddy's environment at start: the code blocks of README.md and
-#     docs/, the Dockerfile, Caddyfile.example and deploy/.
 #
-# Outside CI, step 2 is skipped where apt-get or systemd-analyze is missing.
+# Outside CI, step 3 is skipped where apt-get or systemd-analyze is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -62,6 +62,24 @@ copy_context() {
 		(cd "$dest" && rm -rf -- $pattern)
 	done <.dockerignore
 }
+
+section "no recipe runs caddy with --environ"
+# The code blocks of the Markdown files and the recipe files, line by line
+# as file:line: text, less comment lines (which may say why).
+recipes() {
+	local f
+	for f in README.md docs/*.md; do
+		awk -v f="$f" '/^[ \t]*```/ { inblock = !inblock; next } inblock { print f ":" FNR ": " $0 }' "$f"
+	done
+	while IFS= read -r f; do
+		awk -v f="$f" '{ print f ":" FNR ": " $0 }' "$f"
+	done < <(find Dockerfile Caddyfile.example deploy -type f | sort)
+}
+if hits=$(recipes | grep -e '--environ' | grep -vE '^[^:]+:[0-9]+: [[:space:]]*[#;]'); then
+	fail "a recipe runs caddy with --environ, which prints every secret in Caddy's environment:
+$hits"
+fi
+echo "none"
 
 section "Dockerfile: the builder stage's lines, run as written"
 root=$tmp/root
@@ -170,23 +188,5 @@ else
 	fi
 	echo "systemd-analyze verify: the package's unit with the drop-in is accepted"
 fi
-
-section "no recipe runs caddy with --environ"
-# The code blocks of the Markdown files and the recipe files, line by line
-# as file:line: text, less comment lines (which may say why).
-recipes() {
-	local f
-	for f in README.md docs/*.md; do
-		awk -v f="$f" '/^[ \t]*```/ { inblock = !inblock; next } inblock { print f ":" FNR ": " $0 }' "$f"
-	done
-	while IFS= read -r f; do
-		awk -v f="$f" '{ print f ":" FNR ": " $0 }' "$f"
-	done < <(find Dockerfile Caddyfile.example deploy -type f | sort)
-}
-if hits=$(recipes | grep -e '--environ' | grep -vE '^[^:]+:[0-9]+: [[:space:]]*[#;]'); then
-	fail "a recipe runs caddy with --environ, which prints every secret in Caddy's environment:
-$hits"
-fi
-echo "none"
 
 echo "recipes.sh: all passed"
