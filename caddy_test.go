@@ -231,8 +231,9 @@ func TestE2EUnreachableAndCORSOff(t *testing.T) {
 // TestE2ENoSecretInLogs runs with debug logging and an access log, sends
 // accepted, rejected and failed webhooks, and reads every log line. Caddy
 // copies the request for its access log before any handler runs, so the
-// access log needs the filter the README documents to drop X-Api-Key
-// (Authorization is redacted by Caddy itself).
+// access log needs the filter the README documents to drop X-Api-Key and
+// the URI's query, where a key may come too (Authorization is redacted by
+// Caddy itself).
 func TestE2ENoSecretInLogs(t *testing.T) {
 	up := testkit.NewStandIn(t)
 	dir := t.TempDir()
@@ -243,6 +244,7 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 		output file %s
 		format filter {
 			request>headers>X-Api-Key delete
+			request>uri regexp \?.* ?REDACTED
 		}
 	}
 	receive_booking {
@@ -258,6 +260,16 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 	postWebhook(t, tester, map[string]string{"X-Api-Key": e2eSecret + "x"}, `{"booking_id":"b1"}`)
 	postWebhook(t, tester, map[string]string{"Authorization": "Bearer " + e2eSecret}, `{"booking_id":"b2"}`)
 	postWebhook(t, tester, auth, `{"booking_id":"b3","organization_id":"org-2"}`)
+	// A key in the query string is no key (401), and is not logged with
+	// the URI, whatever the parameter's name.
+	for _, query := range []string{"apikey=", "ApiKey=", "x=1&api_key="} {
+		req, err := http.NewRequest(http.MethodPost, e2eSite+"/?"+query+e2eSecret, strings.NewReader(`{"booking_id":"b4"}`))
+		require.NoError(t, err)
+		resp, err := tester.Client.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, query)
+	}
 	up.Respond(testkit.JSON(http.StatusInternalServerError, `{}`))
 	postWebhook(t, tester, auth, `{"booking_id":"fail-1"}`)
 
@@ -266,10 +278,11 @@ func TestE2ENoSecretInLogs(t *testing.T) {
 		a, _ := os.ReadFile(accessLog)
 		s, _ := os.ReadFile(serverLog)
 		logs = string(a) + string(s)
-		return strings.Count(string(a), "\n") >= 6 && strings.Contains(logs, "fail-1")
+		return strings.Count(string(a), "\n") >= 9 && strings.Contains(logs, "fail-1")
 	}, 5*time.Second, 50*time.Millisecond)
 	assert.NotContains(t, logs, e2eSecret)
 	assert.NotContains(t, logs, e2eTargetKey)
+	assert.Contains(t, logs, `"uri":"/?REDACTED"`, "the query-string requests are in the access log, filtered")
 	assert.Contains(t, logs, `"outcome":"synced"`)
 	assert.Contains(t, logs, `"event_type":"booking.created"`, "event types are normalised in the log")
 	assert.Contains(t, logs, `"event_type":"booking.exploded","unknown_event_type":true`, "unknown event types are accepted and logged")
