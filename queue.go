@@ -129,6 +129,11 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 		if rq.Location == "" {
 			return nil, errors.New("queue postgres: the DSN is empty")
 		}
+		// Parsed now, so that `caddy validate` refuses a DSN the queue
+		// could never open (without connecting: an env-provided DSN too).
+		if err := queue.CheckDSN(rq.Location); err != nil {
+			return nil, fmt.Errorf("queue postgres: %w", err)
+		}
 	default:
 		return nil, fmt.Errorf("queue: unknown driver %q", rq.Driver)
 	}
