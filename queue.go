@@ -100,7 +100,7 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 		h.secretValues = append(h.secretValues, rq.Location)
 		h.secretValues = append(h.secretValues, queue.DSNSecrets(rq.Location)...)
 	}
-	h.queue, err = app.use(fmt.Sprintf("the handler of route %q", h.route), rq, h.route, h.upstream, h.secretValues, h.metrics)
+	h.queue, err = app.use(placeOf(ctx), rq, h.route, h.upstream, h.secretValues, h.metrics)
 	return err
 }
 
