@@ -95,7 +95,7 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 	if err != nil {
 		return err
 	}
-	h.queueDriver = rq.Driver
+	h.queueDriver, h.queueSettings = rq.Driver, rq.Settings
 	if rq.Driver == queue.Postgres {
 		h.secretValues = append(h.secretValues, rq.Location)
 		h.secretValues = append(h.secretValues, queue.DSNSecrets(rq.Location)...)
