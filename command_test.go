@@ -4,7 +4,6 @@ package receivebooking
 // and exit code.
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,18 +26,20 @@ func runCLI(t *testing.T, p *caddyProcess, args ...string) (string, int) {
 	t.Helper()
 	args = append([]string{"receive-booking"}, args...)
 	args = append(args, "--address", strings.TrimPrefix(p.admin, "http://"))
-	cmd := exec.Command(caddyBinary(t), args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	code := 0
+	return runExit(t, exec.Command(caddyBinary(t), args...))
+}
+
+// runExit runs cmd and returns its output (stdout and stderr) and exit
+// code; a command that cannot run fails the test.
+func runExit(t *testing.T, cmd *exec.Cmd) (string, int) {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
+		return string(out), exit.ExitCode()
 	}
-	return out.String(), code
+	require.NoError(t, err)
+	return string(out), 0
 }
 
 func TestCommands(t *testing.T) {

@@ -5,7 +5,6 @@ package receivebooking
 // refusal quotes no piece of a DSN.
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,13 +30,7 @@ func caddyValidate(t *testing.T, env []string, lines ...string) (string, int) {
 	require.NoError(t, os.WriteFile(file, []byte(config), 0o600))
 	cmd := exec.Command(caddyBinary(t), "validate", "--config", file, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		return string(out), exit.ExitCode()
-	}
-	require.NoError(t, err)
-	return string(out), 0
+	return runExit(t, cmd)
 }
 
 func TestValidateRefusesBadDSNs(t *testing.T) {
