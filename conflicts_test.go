@@ -13,8 +13,8 @@ import (
 
 // validateLogged validates a Caddyfile site holding one receive_booking
 // handler with the given lines, as `caddy validate` does, and returns the
-// error and what the handler logged at warn level.
-func validateLogged(t *testing.T, lines string) (error, string) {
+// warnings logged and the error.
+func validateLogged(t *testing.T, lines string) (string, error) {
 	t.Helper()
 	dir := t.TempDir()
 	logFile := filepath.Join(dir, "caddy.log")
@@ -33,7 +33,7 @@ func validateLogged(t *testing.T, lines string) (error, string) {
 }
 `, logFile, strings.ReplaceAll(lines, "DB", filepath.Join(dir, "q.sqlite3"))))
 	logged, _ := os.ReadFile(logFile)
-	return err, string(logged)
+	return string(logged), err
 }
 
 // TestContradictions: settings that contradict each other are refused
@@ -69,7 +69,7 @@ func TestContradictions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err, logged := validateLogged(t, tc.lines)
+			logged, err := validateLogged(t, tc.lines)
 			if tc.err == "" {
 				require.NoError(t, err)
 			} else {
