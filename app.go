@@ -53,15 +53,16 @@ type pendingEvent struct {
 
 // engineUse is what this config's handlers need from one database's engine.
 type engineUse struct {
-	rq       *queue.Config
-	routes   map[string]*upstream.Client
+	rq     *queue.Config
+	routes map[string]*upstream.Client
+	// users[route] is the first handler that declared the route, and
+	// first the first that declared the queue, for conflict errors.
+	users    map[string]place
+	first    place
 	secrets  []string
 	ref      *engineRef
 	metrics  *metrics // nil when off
 	acquired bool     // Start took the engine from the pool
-	// first describes the handler that declared the settings, for
-	// conflict errors.
-	first string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -183,26 +184,31 @@ func loadApp(ctx caddy.Context) (*App, error) {
 	return v.(*App), nil
 }
 
-// use declares that a handler (named by who, for errors) syncs through the
-// queue rq under route name, calling up, and that secrets must never leave
-// the engine. Handlers sharing a database must agree on its worker
+// use declares that a handler (at who, named in errors) syncs through
+// the queue rq under route name, calling up, and that secrets must never
+// leave the engine. Handlers sharing a database must agree on its worker
 // settings, and a route name means one target and key.
-func (a *App) use(who string, rq *queue.Config, route string, up *upstream.Client, secrets []string, m *metrics) (*engineRef, error) {
+func (a *App) use(who place, rq *queue.Config, route string, up *upstream.Client, secrets []string, m *metrics) (*engineRef, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	key := rq.Key()
 	u := a.uses[key]
 	if u == nil {
-		u = &engineUse{rq: rq, routes: map[string]*upstream.Client{}, ref: newEngineRef(), first: who}
+		u = &engineUse{rq: rq, routes: map[string]*upstream.Client{}, users: map[string]place{}, ref: newEngineRef(), first: who}
 		a.uses[key] = u
 	}
 	if diff := u.rq.SettingsDiff(rq); diff != "" {
+		first, second := namePair(u.first, who)
 		return nil, fmt.Errorf("queue %s: %s and %s share it but set different %s; give them the same settings",
-			rq.Describe(), u.first, who, diff)
+			rq.Describe(), first, second, diff)
 	}
 	if other, ok := u.routes[route]; ok && !other.SameTarget(up) {
-		return nil, fmt.Errorf("route %q: two handlers on queue %s use it with different targets or keys; give each target its own route name",
-			route, rq.Describe())
+		first, second := namePair(u.users[route], who)
+		return nil, fmt.Errorf("route %q: %s and %s use it on queue %s with different targets or keys; give each target its own route name",
+			route, first, second, rq.Describe())
+	}
+	if _, ok := u.routes[route]; !ok {
+		u.users[route] = who
 	}
 	u.routes[route] = up
 	u.secrets = append(u.secrets, secrets...)

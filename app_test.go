@@ -43,19 +43,80 @@ func TestAppConflictingSettingsAreAProvisioningError(t *testing.T) {
 	}
 	global := "{\n\tadmin off\n}\n"
 
+	// Caddy provisions the two sites in either order; the error names
+	// both by their site address.
 	err := validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "workers 4\nroute a")+site(18082, "http://127.0.0.1:1/b", "workers 2\nroute b"))
 	require.Error(t, err)
-	// Caddy provisions the two sites in either order.
-	assert.Regexp(t, `set different workers \((4, 2|2, 4)\)`, err.Error())
+	assert.Regexp(t, `the handler at 127\.0\.0\.1:1808[12] and the handler at 127\.0\.0\.1:1808[12] share it but set different workers \((4, 2|2, 4)\)`, err.Error())
 	assert.Contains(t, err.Error(), "sqlite "+db)
 
 	err = validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "")+site(18082, "http://127.0.0.1:1/b", ""))
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), `route "default": two handlers on queue`)
+	assert.Regexp(t, `route "default": the handler at 127\.0\.0\.1:1808[12] and the handler at 127\.0\.0\.1:1808[12] use it on queue`, err.Error())
 	assert.NotContains(t, err.Error(), "sb_secret_never-shown")
 
 	assert.NoError(t, validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "route a")+site(18082, "http://127.0.0.1:1/b", "route b")),
 		"two targets on one queue under their own route names")
 	assert.NoError(t, validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "")+site(18082, "http://127.0.0.1:1/a", "")),
 		"two handlers with the same target share the default route")
+}
+
+// TestConflictNamesHandlersBySiteAndPath: two handlers of one site, on
+// their own paths, are named by site address and path; two at one address
+// by their server and route (route indices, outermost first); two in one
+// route by that route.
+func TestConflictNamesHandlersBySiteAndPath(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "shared.sqlite3")
+	handler := func(workers int) string {
+		return fmt.Sprintf(`receive_booking {
+			secret s3cret-%d
+			target http://127.0.0.1:1/t
+			queue sqlite %s
+			workers %d
+		}`, workers, db, workers)
+	}
+	err := validateCaddyfile(t, fmt.Sprintf(`{
+	admin off
+}
+example.com:18443, www.example.com:18443 {
+	handle /eventflow/* {
+		%s
+	}
+	handle /other/* {
+		%s
+	}
+}
+`, handler(4), handler(2)))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the handler at example.com:18443,www.example.com:18443/eventflow/* and "+
+		"the handler at example.com:18443,www.example.com:18443/other/* share it")
+
+	err = validateCaddyfile(t, fmt.Sprintf(`{
+	admin off
+}
+:18083 {
+	route {
+		%s
+		%s
+	}
+}
+`, handler(4), handler(2)))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the handler at :18083 (server srv0, route 0.0) and another one there share it")
+
+	err = validateCaddyfile(t, fmt.Sprintf(`{
+	admin off
+}
+:18083 {
+	@a header X-Sender a
+	route @a {
+		%s
+	}
+	route {
+		%s
+	}
+}
+`, handler(4), handler(2)))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "the handler at :18083 (server srv0, route 0.0) and the handler at :18083 (server srv0, route 1.0) share it")
 }

@@ -34,7 +34,20 @@ func runCLI(t *testing.T, p *caddyProcess, args ...string) (string, int) {
 func runCLIAt(t *testing.T, admin string, args ...string) (string, string, int) {
 	t.Helper()
 	args = append([]string{"receive-booking", "--address", admin}, args...)
-	cmd := exec.Command(caddyBinary(t), args...)
+	return runSplit(t, exec.Command(caddyBinary(t), args...))
+}
+
+// runExit runs cmd and returns its output (stdout, then stderr) and exit
+// code; a command that cannot run fails the test.
+func runExit(t *testing.T, cmd *exec.Cmd) (string, int) {
+	t.Helper()
+	stdout, stderr, code := runSplit(t, cmd)
+	return stdout + stderr, code
+}
+
+// runSplit runs cmd and returns its stdout, its stderr and its exit code.
+func runSplit(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

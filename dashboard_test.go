@@ -48,6 +48,13 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
+// browserHome is an environment that gives the browser a temporary home.
+func browserHome(t *testing.T) []string {
+	home := t.TempDir()
+	return []string{"HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache"),
+		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"), "XDG_DATA_HOME=" + filepath.Join(home, ".local", "share")}
+}
+
 // waitText waits until the page's visible text holds s (the dashboard is a
 // single-page app: it renders after its API calls answer).
 func waitText(t *testing.T, ctx context.Context, s string) {
@@ -362,6 +369,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-quic", true),
 		chromedp.UserDataDir(t.TempDir()),
+		// The browser's own files (dconf's cache, NSS's database) go to a
+		// home of its own, never the user's.
+		chromedp.Env(browserHome(t)...),
 		chromedp.WindowSize(1400, 900),
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)

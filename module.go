@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/standardwebhooks"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
@@ -205,6 +206,7 @@ type Handler struct {
 	coalesceWindow time.Duration
 	route          string
 	queueDriver    string
+	queueSettings  queue.Settings
 	// secretValues are every secret this handler knows (API keys, signing
 	// secrets, the target key, the target URL and its query values), for
 	// the queue's scrubber.
@@ -478,7 +480,8 @@ func resolveSize(repl *caddy.Replacer, field, val string, def int64) (int64, err
 	return int64(n), nil
 }
 
-// Validate checks the provisioned configuration. It only reads.
+// Validate checks the provisioned configuration. It only reads, and logs
+// the settings that another one makes ineffective (see conflicts).
 func (h *Handler) Validate() error {
 	if h.timeout <= 0 {
 		return errors.New("timeout: must be positive")
@@ -498,7 +501,7 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("mode: unknown mode %q", h.mode)
 	}
-	return nil
+	return h.checkConflicts()
 }
 
 // Interface guards

@@ -95,12 +95,12 @@ func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error 
 	if err != nil {
 		return err
 	}
-	h.queueDriver = rq.Driver
+	h.queueDriver, h.queueSettings = rq.Driver, rq.Settings
 	if rq.Driver == queue.Postgres {
 		h.secretValues = append(h.secretValues, rq.Location)
 		h.secretValues = append(h.secretValues, queue.DSNSecrets(rq.Location)...)
 	}
-	h.queue, err = app.use(fmt.Sprintf("the handler of route %q", h.route), rq, h.route, h.upstream, h.secretValues, h.metrics)
+	h.queue, err = app.use(placeOf(ctx), rq, h.route, h.upstream, h.secretValues, h.metrics)
 	return err
 }
 
@@ -128,6 +128,11 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 		}
 		if rq.Location == "" {
 			return nil, errors.New("queue postgres: the DSN is empty")
+		}
+		// Parsed now, so that `caddy validate` refuses a DSN the queue
+		// could never open (without connecting: an env-provided DSN too).
+		if err := queue.CheckDSN(rq.Location); err != nil {
+			return nil, fmt.Errorf("queue postgres: %w", err)
 		}
 	default:
 		return nil, fmt.Errorf("queue: unknown driver %q", rq.Driver)

@@ -8,9 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -35,10 +33,9 @@ type pgDialect struct {
 }
 
 func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
-	cfg, err := pgxpool.ParseConfig(rq.Location)
+	cfg, err := parseDSN(rq.Location)
 	if err != nil {
-		// pgx's parse errors can quote the DSN: say only what is wrong.
-		return nil, errors.New("queue postgres: the DSN is not a valid connection string")
+		return nil, fmt.Errorf("queue postgres: %w", err)
 	}
 	// Workers, batchers, the admin API and River's own services; a reload
 	// may raise workers without reopening the pool.
@@ -176,22 +173,3 @@ func (d *pgDialect) close() {
 type pgRows struct{ pgx.Rows }
 
 func (r pgRows) Close() { r.Rows.Close() }
-
-// dsnSecrets finds the password in a URL or key=value DSN.
-func DSNSecrets(dsn string) []string {
-	var out []string
-	if u, err := url.Parse(dsn); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			out = append(out, p, url.QueryEscape(p), url.PathEscape(p))
-		}
-	}
-	for _, f := range strings.Fields(dsn) {
-		if v, ok := strings.CutPrefix(f, "password="); ok {
-			out = append(out, strings.Trim(v, "'"))
-		}
-	}
-	if cfg, err := pgx.ParseConfig(dsn); err == nil && cfg.Password != "" {
-		out = append(out, cfg.Password)
-	}
-	return out
-}

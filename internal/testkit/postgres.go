@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,4 +67,26 @@ func FreshPostgresDSN(t testing.TB) string {
 	})
 	u.Path = "/" + name
 	return u.String()
+}
+
+// NoDSNPiece fails the test if text quotes dsn or any word of it (its
+// user, password, hosts, database or values, split at punctuation; the
+// scheme, key names and one-letter words aside), as a whole word: an error
+// may say "password", not a password's "ss" or "word".
+func NoDSNPiece(t testing.TB, text, dsn string) {
+	t.Helper()
+	if strings.Contains(text, dsn) {
+		t.Errorf("%q quotes the whole DSN", text)
+	}
+	for _, w := range strings.FieldsFunc(dsn, func(r rune) bool {
+		return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9')
+	}) {
+		switch strings.ToLower(w) {
+		case "postgres", "postgresql", "host", "port", "user", "password", "dbname", "sslmode", "disable":
+			continue
+		}
+		if len(w) >= 2 && regexp.MustCompile(`\b`+regexp.QuoteMeta(w)+`\b`).MatchString(text) {
+			t.Errorf("%q quotes %q, a piece of the DSN", text, w)
+		}
+	}
 }
