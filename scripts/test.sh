@@ -10,23 +10,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 
-# The dashboard's browser test drives Debian's headless Chromium: install it
-# as scripts/pg.sh installs PostgreSQL (the package index updated first, as
-# root or through sudo), unless RB_CHROMIUM names one.
+# Debian packages the tests drive, installed as scripts/pg.sh installs
+# PostgreSQL (the package index updated first, as root or through sudo):
+# headless Chromium for the dashboard's browser test (unless RB_CHROMIUM
+# names one), and Prometheus with promtool for the shipped alert rules.
+need=()
 if [ -z "${RB_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
-	echo "test.sh: chromium not found: installing Debian's chromium for the dashboard's browser test" >&2
+	need+=(chromium)
+fi
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+	need+=(prometheus)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+	echo "test.sh: installing Debian's ${need[*]} for the tests" >&2
 	sudo=""
 	if [ "$(id -u)" != 0 ]; then
 		if ! command -v sudo >/dev/null || ! sudo -n true 2>/dev/null; then
-			echo "test.sh: chromium is not installed and we are neither root nor allowed sudo:" \
-				"run apt-get install chromium as root, or set RB_CHROMIUM to a Chromium binary" >&2
+			echo "test.sh: ${need[*]} not installed and we are neither root nor allowed sudo:" \
+				"run apt-get install ${need[*]} as root (or set RB_CHROMIUM to a Chromium binary)" >&2
 			exit 1
 		fi
 		sudo="sudo -n"
 	fi
 	$sudo apt-get update -qq >&2
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >&2
-	command -v chromium >/dev/null || { echo "test.sh: chromium installed, but still not on PATH" >&2; exit 1; }
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+	for tool in ${need[*]/prometheus/prometheus promtool}; do
+		command -v "$tool" >/dev/null || { echo "test.sh: $tool installed, but still not on PATH" >&2; exit 1; }
+	done
 fi
 
 trap 'exit 130' INT
