@@ -501,8 +501,8 @@ func (b *bench) scrubSite(r *row) string {
 	if *flagPG != "" {
 		s = strings.ReplaceAll(s, *flagPG, "<dsn>")
 	}
-	s = strings.ReplaceAll(s, b.stub.url(), "<stub>")
-	s = strings.ReplaceAll(s, b.stub.addr, "<stub address>")
+	s = strings.ReplaceAll(s, b.stub.Target(), "<stub>")
+	s = strings.ReplaceAll(s, b.stub.addr(), "<stub address>")
 	return strings.ReplaceAll(s, b.tmp, "<tmp>")
 }
 
