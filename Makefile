@@ -4,9 +4,13 @@
 #   make test TESTFLAGS='-run TestX -v'
 #   make run                   build Caddy with this module and run Caddyfile.example
 #   make build                 only build ./caddy (xcaddy)
-#   make bench                 the benchmark driver (its own module in bench/), writes BENCHMARKS.md
+#   make bench                 the benchmark driver (./bench), writes BENCHMARKS.md
 #   make fuzz [FUZZTIME=10m]   each Fuzz target for FUZZTIME, one after another
 #   make lint                  go vet and staticcheck
+
+# The one place the Caddy and xcaddy versions are pinned: the tests and the
+# bench build Caddy at them (internal/testkit reads these two lines), and
+# scripts/recipes.sh holds the Dockerfile to them. Keep the form NAME := v.
 XCADDY_VERSION := v0.4.5
 CADDY_VERSION  := v2.11.9
 MODULE         := github.com/bookingwebhook/caddy-receive-booking
@@ -41,12 +45,11 @@ build: | $(XCADDY)
 		--with $(MODULE)@v0.0.0-00010101000000-000000000000=.
 
 bench:
-	cd bench && go run . -out ../BENCHMARKS.md $(BENCHFLAGS)
+	go run ./bench -out BENCHMARKS.md $(BENCHFLAGS)
 
 lint:
 	go vet ./...
 	go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
-	cd bench && go vet ./...
 
 # Fuzz targets are listed by go test, package by package (a package that
 # does not compile fails here, rather than fuzzing nothing).

@@ -18,46 +18,29 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 )
 
-const (
-	xcaddyVersion = "v0.4.5"
-	caddyVersion  = "v2.11.9"
-	modulePath    = "github.com/bookingwebhook/caddy-receive-booking"
-	// The module is unpublished: xcaddy needs a version to replace.
-	moduleVersion = "v0.0.0-00010101000000-000000000000"
-)
-
-// buildCaddy builds Caddy with this module into dir, installing xcaddy
-// first if it is missing, and returns the binary's path.
-func buildCaddy(repoRoot, dir string) (string, error) {
-	gopath, err := goEnv("GOPATH")
+// buildCaddy builds Caddy with this module into dir, as the tests do
+// (testkit.BuildCaddy: xcaddy at the Makefile's versions).
+func buildCaddy(dir string) (string, error) {
+	repo, err := testkit.RepoRoot()
+	if err != nil {
+		return "", fmt.Errorf("run from the repository (make bench): %w", err)
+	}
+	v, err := testkit.ReadVersions(repo)
 	if err != nil {
 		return "", err
 	}
-	xcaddy := filepath.Join(strings.Split(gopath, string(os.PathListSeparator))[0], "bin", "xcaddy")
-	if _, err := os.Stat(xcaddy); err != nil {
-		logf("installing xcaddy %s", xcaddyVersion)
-		cmd := exec.Command("go", "install", "github.com/caddyserver/xcaddy/cmd/xcaddy@"+xcaddyVersion)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return "", fmt.Errorf("installing xcaddy: %w", err)
-		}
-	}
-	out := filepath.Join(dir, "caddy")
-	logf("building Caddy %s with %s (xcaddy)", caddyVersion, repoRoot)
-	var buf bytes.Buffer
-	cmd := exec.Command(xcaddy, "build", caddyVersion, "--output", out,
-		"--with", modulePath+"@"+moduleVersion+"="+repoRoot)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = &buf, &buf
+	logf("building Caddy %s with %s (xcaddy %s)", v.Caddy, repo, v.Xcaddy)
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		os.Stderr.Write(buf.Bytes())
-		return "", fmt.Errorf("xcaddy build: %w", err)
+	bin, err := testkit.BuildCaddy(dir)
+	if err != nil {
+		return "", err
 	}
 	logf("built in %s", time.Since(start).Round(time.Second))
-	return out, nil
+	return bin, nil
 }
 
 // copyCaddy copies the Caddy binary at src into dir, so that the whole
@@ -96,14 +79,6 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-func goEnv(name string) (string, error) {
-	out, err := exec.Command("go", "env", name).Output()
-	if err != nil {
-		return "", fmt.Errorf("go env %s: %w", name, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // caddyProc is one running Caddy, serving one scenario's site.

@@ -1,7 +1,7 @@
 // Command bench compares receive_booking with stock Caddy and with the
 // upstream alone, on one machine in one run, and writes BENCHMARKS.md.
 //
-//	make bench   (cd bench && go run . -out ../BENCHMARKS.md $(BENCHFLAGS))
+//	make bench   (go run ./bench -out BENCHMARKS.md $(BENCHFLAGS))
 //
 // The load comes from wrk (apt-get install wrk) for the closed-loop
 // scenarios, and from goroutines of the driver for the bursts. See
@@ -96,17 +96,6 @@ type bench struct {
 }
 
 func run() error {
-	// The driver is a module of its own (its load generator is no
-	// dependency of the plugin); the plugin is the directory above it.
-	gomod, err := goEnv("GOMOD")
-	if err != nil {
-		return err
-	}
-	if gomod == "" || gomod == os.DevNull || filepath.Base(filepath.Dir(gomod)) != "bench" {
-		return fmt.Errorf("run from the repository root with make bench, or from bench/ (no bench/go.mod found)")
-	}
-	repoRoot := filepath.Dir(filepath.Dir(gomod))
-
 	tmp, err := os.MkdirTemp("", "rb-bench-")
 	if err != nil {
 		return err
@@ -134,7 +123,7 @@ func run() error {
 	if *flagCaddy != "" {
 		b.caddyBin, err = copyCaddy(*flagCaddy, binDir)
 	} else {
-		b.caddyBin, err = buildCaddy(repoRoot, binDir)
+		b.caddyBin, err = buildCaddy(binDir)
 	}
 	if err != nil {
 		return err
@@ -142,7 +131,7 @@ func run() error {
 	if b.stub, err = startStub(); err != nil {
 		return err
 	}
-	defer b.stub.srv.Close()
+	defer b.stub.Close()
 	started := time.Now()
 	b.scenarios()
 	total := time.Since(started)
@@ -212,7 +201,7 @@ func (b *bench) stock(log bool) string {
 route {
 	reverse_proxy @ok %s
 	respond 401
-}`, apiKey, b.stub.addr)
+}`, apiKey, b.stub.addr())
 	if log {
 		s = `log {
 	output stderr
@@ -231,7 +220,7 @@ route {
 func (b *bench) receiveBooking(extra ...string) string {
 	lines := []string{
 		"secret " + apiKey,
-		"target " + b.stub.url(),
+		"target " + b.stub.Target(),
 		"target_key " + targetKey,
 	}
 	lines = append(lines, extra...)

@@ -37,7 +37,7 @@ func (b *bench) header(w *printer, total time.Duration) {
 	}
 	w.p("- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	w.p("- Machine: %s cores (`nproc`), %s; kernel %s; %s\n", nproc(), cpuModel(), cmdOutput("uname", "-r"), cmdOutput("go", "version"))
-	w.p("- Command: `cd bench && go run .%s` (as `make bench` runs it); whole run %s, Caddy build excluded\n", argsString(), total.Round(time.Second))
+	w.p("- Command: `go run ./bench%s` (as `make bench` runs it); whole run %s, Caddy build excluded\n", argsString(), total.Round(time.Second))
 	w.p("- Caddy: `%s`, copied at the start of the run\n", firstLine(cmdOutput(b.caddyBin, "version")))
 	w.p("- Load generator: `%s`, one thread:\n"+
 		"  `wrk -t1 -c%d -d%s --timeout 30s --latency -s webhook.lua <url> -- cycle %d 1 0`, after the same for 1 s\n"+
@@ -501,8 +501,8 @@ func (b *bench) scrubSite(r *row) string {
 	if *flagPG != "" {
 		s = strings.ReplaceAll(s, *flagPG, "<dsn>")
 	}
-	s = strings.ReplaceAll(s, b.stub.url(), "<stub>")
-	s = strings.ReplaceAll(s, b.stub.addr, "<stub address>")
+	s = strings.ReplaceAll(s, b.stub.Target(), "<stub>")
+	s = strings.ReplaceAll(s, b.stub.addr(), "<stub address>")
 	return strings.ReplaceAll(s, b.tmp, "<tmp>")
 }
 

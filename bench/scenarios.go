@@ -25,7 +25,7 @@ func (b *bench) start(key, name, site string, status int) (r *row, c *caddyProc,
 	b.rows = append(b.rows, r)
 	logf("scenario %s: %s", key, name)
 	b.stub.reset(0)
-	url = b.stub.url()
+	url = b.stub.Target()
 	if site != "" {
 		var err error
 		if c, err = startCaddy(b.caddyBin, filepath.Join(b.tmp, key), site); err != nil {
@@ -44,7 +44,7 @@ func (b *bench) start(key, name, site string, status int) (r *row, c *caddyProc,
 	// must not count in the scenario.
 	if status == 202 {
 		b.stub.waitDone(1, 15*time.Second)
-	} else if n := b.stub.calls.Load(); n > 0 {
+	} else if n := b.stub.Counts().Received; n > 0 {
 		b.stub.waitDone(n, 5*time.Second)
 	}
 	if c != nil {
@@ -131,7 +131,7 @@ func (b *bench) closedRun(key, name string, status, conns int, site string) {
 	}
 	r.setCPU(use, res.wrkCPU)
 	r.load = res
-	r.upstream = b.stub.calls.Load()
+	r.upstream = b.stub.Counts().Received
 	r.logLines = c.logLines() - lines0
 	b.finish(r, c)
 	logf("  %.0f/s p50 %s p99 %s non-2xx %d; CPU: Caddy %.0f%%, wrk %.0f%%, driver %.0f%%, other %.0f%%",
@@ -156,8 +156,8 @@ func (b *bench) coalescing(key, name, site string) {
 	r.load = burst(url, cycle(burstBookings), burstWebhooks, burstSpread, 2*time.Minute)
 	r.setCPU(cpu.stop(), -1)
 	r.upstream = b.stub.waitQuiet(3*time.Second, 2*time.Minute)
-	r.perBook = b.stub.maxForOneBooking()
-	r.inflight = b.stub.maxInflight.Load()
+	r.perBook = b.stub.Counts().MaxPerBooking
+	r.inflight = b.stub.Counts().MaxInFlight
 	b.finish(r, c)
 	logf("  sent %d in %s, upstream calls %d, at most %d at once for one booking, non-2xx %d",
 		r.load.requests, r.load.elapsed.Round(time.Millisecond), r.upstream, r.perBook, r.load.nonOK())
@@ -193,8 +193,8 @@ func (b *bench) memory(key, name string, status int, delay time.Duration, site s
 	<-snap
 	r.setCPU(cpu.stop(), -1)
 	r.upstream = b.stub.waitQuiet(2*time.Second, 2*time.Minute)
-	r.inflight = b.stub.maxInflight.Load()
-	r.perBook = b.stub.maxForOneBooking()
+	r.inflight = b.stub.Counts().MaxInFlight
+	r.perBook = b.stub.Counts().MaxPerBooking
 	b.finish(r, c)
 	logf("  idle %.1f MiB, peak %.1f MiB, stub saw %d at once, non-2xx %d", mib(r.idleKB), mib(r.peakKB), r.inflight, r.load.nonOK())
 }
@@ -249,12 +249,12 @@ func (b *bench) drain(key, name, site string) {
 	start := time.Now()
 	b.stub.release()
 	done := b.stub.waitDone(pending, max(10*time.Minute, time.Duration(pending)*time.Millisecond*10))
-	elapsed, synced := time.Since(start), b.stub.done.Load()
+	elapsed, synced := time.Since(start), b.stub.Counts().Synced
 	r.setCPU(cpu.stop(), -1)
 	r.rate = float64(synced) / elapsed.Seconds()
 	r.upstream = b.stub.waitQuiet(2*time.Second, time.Minute)
-	r.perBook = b.stub.maxForOneBooking()
-	r.inflight = b.stub.maxInflight.Load()
+	r.perBook = b.stub.Counts().MaxPerBooking
+	r.inflight = b.stub.Counts().MaxInFlight
 	wait()
 	b.finish(r, c)
 	// The stats call once the queue is empty, its finished jobs kept as
@@ -339,7 +339,7 @@ func (b *bench) backlog(key, name, site string) {
 	total.wrkCPU = wrkCPU / total.elapsed.Seconds()
 	r.caddyCPU = caddyCPU / total.elapsed.Seconds()
 	r.load = total
-	r.upstream = b.stub.calls.Load()
+	r.upstream = b.stub.Counts().Received
 	b.finish(r, c)
 	for _, t := range r.tenths {
 		if t.statsErr != "" && r.note == "" {

@@ -1,6 +1,7 @@
-// Package testkit holds the test helpers every package's tests share: one
-// import-bookings stand-in, one throwaway PostgreSQL database per test, one
-// way to build the Caddy binary. It is imported only by tests.
+// Package testkit holds the helpers every package's tests share, and the
+// bench with them: one import-bookings stand-in, one throwaway PostgreSQL
+// database per test, one way to build the Caddy binary (at the versions
+// the Makefile pins). It is imported only by tests and by the bench.
 package testkit
 
 import (
@@ -22,8 +23,9 @@ const Path = "/functions/v1/import-bookings"
 // Call is one request the stand-in received.
 type Call struct {
 	Method, Path, RawQuery, RemoteAddr string
-	Header                             http.Header
-	Body                               string
+	// Header is the request's header (a copy, for a recorded call).
+	Header http.Header
+	Body   string
 	// Booking is the request's booking_id as text ("42" for 42).
 	Booking   string
 	RequestID string
@@ -37,6 +39,9 @@ type Call struct {
 	// Synced: the answer was import-bookings' success envelope (outcome
 	// applied or already_current); a 2xx is not by itself a sync.
 	Synced bool
+
+	// bookingID and organizationID are the body's, as sent, for Envelope.
+	bookingID, organizationID json.RawMessage
 }
 
 // isSuccessEnvelope reports whether an answer is the success envelope.
@@ -55,38 +60,82 @@ func isSuccessEnvelope(body []byte) bool {
 // call.
 type Responder func(w http.ResponseWriter, r *http.Request, c *Call)
 
-// StandIn is import-bookings on a real loopback HTTP server. Like the real
-// Edge Function it works for Delay on every call and goes on to its end
-// when its caller hangs up (a Responder may choose otherwise); it records
-// every call and counts the calls in flight, per booking and in total, so
-// that "one sync per booking at a time" is probed at the far end.
+// StandIn is import-bookings on a real loopback HTTP server, for the tests
+// and the bench alike. Like the real Edge Function it works for Delay on
+// every call and goes on to its end when its caller hangs up (a Responder
+// may choose otherwise); it records every call (unless CountOnly) and
+// counts the calls in flight, per booking and in total, so that "one sync
+// per booking at a time" is probed at the far end.
 type StandIn struct {
 	*httptest.Server
-	delay   atomic.Int64
-	respond atomic.Pointer[Responder]
+	countOnly bool
+	delay     atomic.Int64
+	respond   atomic.Pointer[Responder]
 
 	// Arrived receives each call when it has been recorded; Cancelled each
 	// call whose caller had gone when it was answered. Each buffers 4096
 	// calls; a call that finds it full is not sent, so that the stand-in
-	// never blocks on a test that does not read them.
+	// never blocks on a test that does not read them. Both are nil with
+	// CountOnly.
 	Arrived   chan *Call
 	Cancelled chan *Call
 
-	mu            sync.Mutex
-	calls         []*Call
-	inFlight      map[string]int
-	total         int
-	maxPerBooking int
-	maxTotal      int
+	mu       sync.Mutex
+	calls    []*Call
+	inFlight map[string]int64 // calls in flight per booking; no entry for none
+	counts   Counts
 }
 
-// NewStandIn starts a stand-in that answers the success envelope.
+// StandInOptions configure StartStandIn.
+type StandInOptions struct {
+	// CountOnly keeps the counters (Counts, MaxInFlight) and no call:
+	// Calls, CallsFor and SyncedAfter find none, Arrived and Cancelled are
+	// nil, and a Responder's Call carries the request's own Header. For a
+	// load (the bench), whose millions of calls would cost memory and
+	// time. Default: every call recorded.
+	CountOnly bool
+}
+
+// Counts are what the stand-in has counted since it started or since
+// ResetCounts.
+type Counts struct {
+	// Received is the calls that arrived; Synced those answered with the
+	// success envelope.
+	Received, Synced int64
+	// InFlight is the calls in flight now.
+	InFlight int64
+	// MaxPerBooking and MaxInFlight are the most calls seen in flight at
+	// once for one booking, and for all bookings together.
+	MaxPerBooking, MaxInFlight int64
+}
+
+// NewStandIn starts a stand-in that answers the success envelope and
+// records every call; it is closed when the test ends.
 func NewStandIn(t testing.TB) *StandIn {
 	t.Helper()
-	s := &StandIn{inFlight: map[string]int{}, Arrived: make(chan *Call, 4096), Cancelled: make(chan *Call, 4096)}
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	s, err := StartStandIn(StandInOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// StartStandIn starts a stand-in that answers the success envelope, on a
+// loopback port of its own; the caller closes it.
+func StartStandIn(opts StandInOptions) (*StandIn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("stand-in: %w", err)
+	}
+	s := &StandIn{countOnly: opts.CountOnly, inFlight: map[string]int64{}}
+	if !opts.CountOnly {
+		s.Arrived, s.Cancelled = make(chan *Call, 4096), make(chan *Call, 4096)
+	}
+	s.Server = &httptest.Server{Listener: ln, Config: &http.Server{
+		Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second}}
+	s.Start()
+	return s, nil
 }
 
 // Target is the stand-in's import-bookings URL.
@@ -114,36 +163,81 @@ func (s *StandIn) Answer(f func(c *Call) (int, string)) {
 }
 
 func (s *StandIn) serve(w http.ResponseWriter, r *http.Request) {
-	raw, _ := io.ReadAll(r.Body)
-	c := &Call{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, RemoteAddr: r.RemoteAddr,
-		Header: r.Header.Clone(), Body: string(raw), Booking: bookingOf(raw), RequestID: r.Header.Get("X-Request-Id"),
-		Start: time.Now()}
-	s.mu.Lock()
-	s.calls = append(s.calls, c)
-	s.inFlight[c.Booking]++
-	s.total++
-	s.maxPerBooking = max(s.maxPerBooking, s.inFlight[c.Booking])
-	s.maxTotal = max(s.maxTotal, s.total)
-	s.mu.Unlock()
-	send(s.Arrived, c)
+	c := s.arrive(r)
 	if d := time.Duration(s.delay.Load()); d > 0 {
 		time.Sleep(d) // the work goes on whether or not the caller waits
 	}
 	rec := &statusRecorder{ResponseWriter: w}
+	var synced bool
 	if f := s.respond.Load(); f != nil {
 		(*f)(rec, r, c)
+		synced = rec.status/100 == 2 && isSuccessEnvelope(rec.body)
 	} else {
+		// The stand-in's own envelope: a sync without parsing it back, so
+		// that a load pays for one JSON decoding per call.
 		writeJSON(rec, http.StatusOK, Envelope(c, "applied"))
+		synced = true
 	}
-	gone := r.Context().Err() != nil
+	s.leave(c, rec.status, synced, r.Context().Err() != nil)
+}
+
+// arrive reads a call, records it (unless CountOnly) and counts it in
+// flight.
+func (s *StandIn) arrive(r *http.Request) *Call {
+	raw, _ := io.ReadAll(r.Body)
+	c := &Call{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, RemoteAddr: r.RemoteAddr,
+		Header: r.Header, Body: string(raw), RequestID: r.Header.Get("X-Request-Id"), Start: time.Now()}
+	c.bookingID, c.organizationID = idsOf(raw)
+	c.Booking = bookingText(c.bookingID)
+	if !s.countOnly {
+		c.Header = r.Header.Clone()
+	}
 	s.mu.Lock()
-	s.inFlight[c.Booking]--
-	s.total--
-	c.End, c.Status, c.Cancelled = time.Now(), rec.status, gone
-	c.Synced = rec.status/100 == 2 && isSuccessEnvelope(rec.body)
+	if !s.countOnly {
+		s.calls = append(s.calls, c)
+	}
+	s.counts.Received++
+	s.counts.InFlight++
+	s.inFlight[c.Booking]++
+	s.counts.MaxPerBooking = max(s.counts.MaxPerBooking, s.inFlight[c.Booking])
+	s.counts.MaxInFlight = max(s.counts.MaxInFlight, s.counts.InFlight)
+	s.mu.Unlock()
+	send(s.Arrived, c)
+	return c
+}
+
+// leave ends a call: what it answered, and one call fewer in flight.
+func (s *StandIn) leave(c *Call, status int, synced, gone bool) {
+	s.mu.Lock()
+	if s.inFlight[c.Booking]--; s.inFlight[c.Booking] <= 0 {
+		delete(s.inFlight, c.Booking)
+	}
+	s.counts.InFlight--
+	if synced {
+		s.counts.Synced++
+	}
+	c.End, c.Status, c.Cancelled, c.Synced = time.Now(), status, gone, synced
 	s.mu.Unlock()
 	if gone {
 		send(s.Cancelled, c)
+	}
+}
+
+// Counts returns the counters.
+func (s *StandIn) Counts() Counts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.counts
+}
+
+// ResetCounts zeroes Received and Synced, and brings the maxima down to
+// what is in flight now (a held call still counts); recorded calls stay.
+func (s *StandIn) ResetCounts() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.counts = Counts{InFlight: s.counts.InFlight, MaxInFlight: s.counts.InFlight}
+	for _, n := range s.inFlight {
+		s.counts.MaxPerBooking = max(s.counts.MaxPerBooking, n)
 	}
 }
 
@@ -155,32 +249,42 @@ func send(ch chan *Call, c *Call) {
 	}
 }
 
-// Envelope is import-bookings' answer for a call with the given outcome.
+// Envelope is import-bookings' answer for a call with the given outcome:
+// booking_id and organization_id echoed as sent (null when missing).
 func Envelope(c *Call, outcome string) string {
+	booking, org := c.bookingID, c.organizationID
+	if booking == nil && org == nil {
+		booking, org = idsOf([]byte(c.Body)) // a Call a test made
+	}
+	ok := outcome == "applied" || outcome == "already_current"
+	return fmt.Sprintf(`{"success":%t,"queued":false,"completed":%t,"sync_mode":"single","booking_id":%s,"organization_id":%s,"outcome":%q}`,
+		ok, ok, orNull(booking), orNull(org), outcome)
+}
+
+// idsOf returns a body's booking_id and organization_id as sent.
+func idsOf(body []byte) (booking, org json.RawMessage) {
 	var req struct {
 		BookingID      json.RawMessage `json:"booking_id"`
 		OrganizationID json.RawMessage `json:"organization_id"`
 	}
-	_ = json.Unmarshal([]byte(c.Body), &req)
-	org := req.OrganizationID
-	if org == nil {
-		org = json.RawMessage(`null`)
-	}
-	ok := outcome == "applied" || outcome == "already_current"
-	return fmt.Sprintf(`{"success":%t,"queued":false,"completed":%t,"sync_mode":"single","booking_id":%s,"organization_id":%s,"outcome":%q}`,
-		ok, ok, req.BookingID, org, outcome)
+	_ = json.Unmarshal(body, &req)
+	return req.BookingID, req.OrganizationID
 }
 
-func bookingOf(body []byte) string {
-	var req struct {
-		BookingID json.RawMessage `json:"booking_id"`
+func orNull(v json.RawMessage) json.RawMessage {
+	if v == nil {
+		return json.RawMessage(`null`)
 	}
-	_ = json.Unmarshal(body, &req)
+	return v
+}
+
+// bookingText is a booking_id as text: "42" and 42 name the same booking.
+func bookingText(id json.RawMessage) string {
 	var s string
-	if json.Unmarshal(req.BookingID, &s) == nil {
+	if json.Unmarshal(id, &s) == nil {
 		return s
 	}
-	return string(req.BookingID)
+	return string(id)
 }
 
 func writeJSON(w http.ResponseWriter, status int, body string) {
@@ -294,9 +398,8 @@ func (s *StandIn) CallsFor(booking string) []Call {
 // MaxInFlight returns the most calls seen in flight at once for one
 // booking, and for all bookings together.
 func (s *StandIn) MaxInFlight() (perBooking, total int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.maxPerBooking, s.maxTotal
+	c := s.Counts()
+	return int(c.MaxPerBooking), int(c.MaxInFlight)
 }
 
 // SyncedAfter reports whether booking has a call that started after t and

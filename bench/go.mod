@@ -1,3 +1,0 @@
-module github.com/bookingwebhook/caddy-receive-booking/bench
-
-go 1.26.0
