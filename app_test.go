@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -49,6 +50,10 @@ func TestAppConflictingSettingsAreAProvisioningError(t *testing.T) {
 	assert.Regexp(t, `set different workers \((4, 2|2, 4)\)`, err.Error())
 	assert.Contains(t, err.Error(), "sqlite "+db)
 
+	err = validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "retention completed 1h\nroute a")+site(18082, "http://127.0.0.1:1/b", "route b"))
+	require.Error(t, err)
+	assert.Regexp(t, `set different retention completed \((1h0m0s, 24h0m0s|24h0m0s, 1h0m0s)\)`, err.Error())
+
 	err = validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "")+site(18082, "http://127.0.0.1:1/b", ""))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `route "default": two handlers on queue`)
@@ -58,4 +63,22 @@ func TestAppConflictingSettingsAreAProvisioningError(t *testing.T) {
 		"two targets on one queue under their own route names")
 	assert.NoError(t, validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "")+site(18082, "http://127.0.0.1:1/a", "")),
 		"two handlers with the same target share the default route")
+}
+
+// TestRetentionProvisioning: retention periods resolve with their
+// defaults, and one that resolves to zero or less (a placeholder) is a
+// provisioning error naming the state.
+func TestRetentionProvisioning(t *testing.T) {
+	repl := caddy.NewReplacer()
+	rq, err := resolveQueueConfig(repl, &QueueConfig{Retention: &QueueRetention{Cancelled: "2d"}})
+	require.NoError(t, err)
+	assert.Equal(t, 24*time.Hour, rq.RetentionCompleted)
+	assert.Equal(t, 48*time.Hour, rq.RetentionCancelled)
+	assert.Equal(t, 720*time.Hour, rq.RetentionDiscarded)
+	for v, want := range map[string]string{"0s": "retention discarded: must be positive", "-1h": "retention discarded: not a valid duration",
+		"soon": "retention discarded: not a valid duration"} {
+		t.Setenv("RB_UT_RETENTION", v)
+		_, err := resolveQueueConfig(repl, &QueueConfig{Retention: &QueueRetention{Discarded: "{env.RB_UT_RETENTION}"}})
+		assert.EqualError(t, err, want, v)
+	}
 }

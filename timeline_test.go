@@ -192,3 +192,47 @@ func checkTimeline(t *testing.T, v *timelineView, job int64) {
 	assert.Equal(t, false, *webhook.Coalesced)
 	assert.Zero(t, webhook.Status, "auto mode: the answer is its own event")
 }
+
+// TestRetentionThroughTheBinary: the retention periods reach River (a
+// completed job is deleted once its short retention has passed, while a
+// cancelled one is kept), and its booking's timeline goes with it.
+func TestRetentionThroughTheBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Caddy binary")
+	}
+	stand := testkit.NewStandIn(t)
+	stand.Answer(func(c *testkit.Call) (int, string) {
+		if c.Booking == "rt-kept" {
+			return 200, testkit.Envelope(c, "not_found")
+		}
+		return 200, testkit.Envelope(c, "applied")
+	})
+	dataDir, directive := queuedDirective(t, "sqlite", stand.Target(), "timeout 5s",
+		"retention completed 2s", "retention cancelled 1h", "retention discarded 1h")
+	p := startCaddy(t, dataDir, directive)
+	waitHealthy(t, p)
+	status, _ := postAs(t, p.url, orgAKey, `{"booking_id":"rt-gone"}`)
+	require.Equal(t, 200, status)
+	status, _ = postAs(t, p.url, orgAKey, `{"booking_id":"rt-kept"}`)
+	require.Equal(t, 200, status)
+	var view timelineView
+	adminJSON(t, p, "/receive_booking/bookings/rt-gone", &view)
+	require.Len(t, view.Events, 3, "webhook, attempt, answer")
+
+	// River's cleaner runs every 30 s; the engine prunes every 10 s.
+	start := time.Now()
+	require.Eventually(t, func() bool { return len(jobsOf(t, p, "rt-gone")) == 0 }, 60*time.Second, 500*time.Millisecond,
+		"the completed job is deleted after its retention")
+	gone := time.Since(start)
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(p.admin + "/receive_booking/bookings/rt-gone")
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusNotFound
+	}, 30*time.Second, 500*time.Millisecond, "its timeline goes with it")
+	t.Logf("job deleted %s after it completed, its events %s after that", gone.Round(time.Second), (time.Since(start) - gone).Round(time.Second))
+	require.Len(t, jobsOf(t, p, "rt-kept"), 1, "the cancelled job is kept (1h)")
+	adminJSON(t, p, "/receive_booking/bookings/rt-kept", &view)
+	assert.Len(t, view.Events, 3)
+	assert.Equal(t, "cancelled", view.State)
+}

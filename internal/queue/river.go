@@ -194,8 +194,8 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	// retiring are clients replaced by a restart, finishing their syncs.
 	retiring sync.WaitGroup
 	retired  sync.Map // *river.Client[TTx] -> struct{}
-	// pruneFrom is where the next pruneEvents goes on (the engine's
-	// prune loop is its only user).
+	// pruneFrom is where the next pruneEvents goes on.
+	pruneMu   sync.Mutex
 	pruneFrom int64
 }
 

@@ -46,18 +46,7 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	// synchronous(NORMAL) by default, for River's own transactions (a
-	// fetch, a completion, maintenance): in WAL mode they survive a crash
-	// of the process, and the next durable commit takes them to disk. The
-	// commits that must survive a power cut before anything goes on (a
-	// webhook's record before its 2xx, a claim before its call, a replay,
-	// the health probe) run with synchronous=FULL (beginSync).
-	// auto_vacuum comes first: it takes effect only on a file that has
-	// no page yet, and WAL mode writes the first (see incrementalVacuum
-	// for older files).
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	base, err := sqlite.NewConnector(dsn)
+	base, err := sqlite.NewConnector(sqliteDSN(path))
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("opening queue file: %w", err)
@@ -77,6 +66,20 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// sqliteDSN opens the file at path as the queue uses it. synchronous(NORMAL)
+// by default, for River's own transactions (a fetch, a completion,
+// maintenance): in WAL mode they survive a crash of the process, and the
+// next durable commit takes them to disk. The commits that must survive a
+// power cut before anything goes on (a webhook's record before its 2xx, a
+// claim before its call, a replay, the health probe) run with
+// synchronous=FULL (beginSync). auto_vacuum comes first: it takes effect
+// only on a file that has no page yet, and WAL mode writes the first (see
+// incrementalVacuum for older files).
+func sqliteDSN(path string) string {
+	return "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 }
 
 func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend, error) {
@@ -240,6 +243,10 @@ func (d *sqliteDialect) incrementalVacuum(ctx context.Context, q *Engine) error 
 // reclaim gives back the free pages beyond reclaimReserve of the file, at
 // most reclaimMaxPages at a time.
 func (d *sqliteDialect) reclaim(ctx context.Context) error {
+	return d.reclaimAtMost(ctx, reclaimMaxPages)
+}
+
+func (d *sqliteDialect) reclaimAtMost(ctx context.Context, maxPages int64) error {
 	var free, pages int64
 	if err := d.db.QueryRowContext(ctx, `SELECT freelist_count, page_count FROM pragma_freelist_count(), pragma_page_count()`).
 		Scan(&free, &pages); err != nil {
@@ -250,7 +257,7 @@ func (d *sqliteDialect) reclaim(ctx context.Context) error {
 		return nil
 	}
 	// Exec steps the pragma to its end: each step frees one page.
-	_, err := d.db.ExecContext(ctx, fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, min(n, reclaimMaxPages)))
+	_, err := d.db.ExecContext(ctx, fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, min(n, maxPages)))
 	return err
 }
 

@@ -426,8 +426,15 @@ const (
 // windows, so it holds the database briefly whatever the table's size; a
 // long history of kept jobs only makes the walk take several prunes.
 func (b *riverBackend[TDriver, TTx]) pruneEvents(ctx context.Context, horizon time.Time) error {
-	for range pruneSteps {
-		last, restart, err := b.pruneWindowEnd(ctx, horizon)
+	return b.pruneWalk(ctx, horizon, pruneWindow, pruneSteps)
+}
+
+// pruneWalk is pruneEvents in steps of window events.
+func (b *riverBackend[TDriver, TTx]) pruneWalk(ctx context.Context, horizon time.Time, window, steps int) error {
+	b.pruneMu.Lock()
+	defer b.pruneMu.Unlock()
+	for range steps {
+		last, restart, err := b.pruneWindowEnd(ctx, horizon, window)
 		if err != nil {
 			return err
 		}
@@ -449,8 +456,8 @@ func (b *riverBackend[TDriver, TTx]) pruneEvents(ctx context.Context, horizon ti
 // pruneWindowEnd reads the next window after pruneFrom and returns the
 // last id in it written before the horizon, and whether the walk reached
 // the horizon or the table's end.
-func (b *riverBackend[TDriver, TTx]) pruneWindowEnd(ctx context.Context, horizon time.Time) (last int64, restart bool, err error) {
-	rows, err := b.db.queryRows(ctx, `SELECT id, at FROM receive_booking_event WHERE id > $1 ORDER BY id LIMIT $2`, b.pruneFrom, pruneWindow)
+func (b *riverBackend[TDriver, TTx]) pruneWindowEnd(ctx context.Context, horizon time.Time, window int) (last int64, restart bool, err error) {
+	rows, err := b.db.queryRows(ctx, `SELECT id, at FROM receive_booking_event WHERE id > $1 ORDER BY id LIMIT $2`, b.pruneFrom, window)
 	if err != nil {
 		return 0, false, fmt.Errorf("pruning booking timelines: %w", err)
 	}
@@ -467,5 +474,5 @@ func (b *riverBackend[TDriver, TTx]) pruneWindowEnd(ctx context.Context, horizon
 		}
 		last = id
 	}
-	return last, n < pruneWindow, rows.Err()
+	return last, n < window, rows.Err()
 }
