@@ -1035,8 +1035,20 @@ func (b *riverBackend[TDriver, TTx]) GetJob(ctx context.Context, id int64) (*riv
 	return b.cl().JobGet(ctx, id)
 }
 
+// DeleteJob drops a job and the timeline events it keeps.
 func (b *riverBackend[TDriver, TTx]) DeleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
-	return b.cl().JobDelete(ctx, id)
+	var job *rivertype.JobRow
+	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
+		var err error
+		if job, err = b.cl().JobDeleteTx(ctx, tx, id); err != nil {
+			return err
+		}
+		return b.dropEvents(ctx, tx, job)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return job, nil
 }
 
 // replayJob runs a finished job again, by the coalescing rule: when the

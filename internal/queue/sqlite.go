@@ -76,11 +76,18 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 // claim before its call, a replay, the health probe) run with
 // synchronous=FULL (beginSync). auto_vacuum comes first: it takes effect
 // only on a file that has no page yet, and WAL mode writes the first (see
-// incrementalVacuum for older files).
+// incrementalVacuum for older files). The WAL is reused from its start
+// after each checkpoint, but a large transaction (River's cleaner, a
+// reclaim) grows it for good unless journal_size_limit cuts it back.
 func sqliteDSN(path string) string {
 	return "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+		"?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit) + "&_pragma=synchronous(NORMAL)&_txlock=immediate"
 }
+
+// walSizeLimit is the size a WAL is cut back to after a checkpoint: about
+// what SQLite's automatic checkpoint (every 1000 pages) lets it reach.
+const walSizeLimit = 4 << 20
 
 func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend, error) {
 	migrator, err := rivermigrate.New(riversqlite.New(d.db), nil)
@@ -200,9 +207,9 @@ const (
 	// reclaimMinFree is the fewest free pages worth a reclaim (4 MiB of
 	// 4 KiB pages).
 	reclaimMinFree = 1024
-	// reclaimMaxPages bounds the pages one reclaim gives back (16 MiB),
-	// and so the time it holds the file.
-	reclaimMaxPages = 4096
+	// reclaimMaxPages bounds the pages one reclaim gives back (8 MiB),
+	// and so the time it holds the file and the WAL it writes.
+	reclaimMaxPages = 2048
 )
 
 // incrementalVacuum turns incremental auto-vacuum on for a file made

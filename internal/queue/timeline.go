@@ -82,6 +82,11 @@ var createEventTable = map[string]string{
 const createEventIndex = `CREATE INDEX IF NOT EXISTS receive_booking_event_booking
 	ON receive_booking_event (booking, org, id)`
 
+// insertEvent writes one event (a finish's, a replay's, a record of one
+// webhook): cheaper than insertEvents' arrays for one row.
+const insertEvent = `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7)`
+
 // insertEvents writes events, one statement whatever their number (see
 // setArgs).
 var insertEvents = map[string]string{
@@ -179,11 +184,15 @@ func (b *riverBackend[TDriver, TTx]) writeEvents(ctx context.Context, tx TTx, ro
 		routes[i], orgs[i], bookings[i], kinds[i], data[i] = r.route, r.org, r.booking, r.kind, string(raw)
 		ats[i], keeps[i] = r.at.UnixNano(), r.keep
 	}
-	args, err := setArgs(b.q.rq.Driver, routes, orgs, bookings, kinds, data, ats, keeps)
-	if err != nil {
-		return err
+	query, args := insertEvent, []any{routes[0], orgs[0], bookings[0], kinds[0], data[0], ats[0], keeps[0]}
+	if n > 1 {
+		query = insertEvents[b.q.rq.Driver]
+		var err error
+		if args, err = setArgs(b.q.rq.Driver, routes, orgs, bookings, kinds, data, ats, keeps); err != nil {
+			return err
+		}
 	}
-	if err := b.db.exec(ctx, tx, insertEvents[b.q.rq.Driver], args...); err != nil {
+	if err := b.db.exec(ctx, tx, query, args...); err != nil {
 		return fmt.Errorf("writing the booking timeline: %w", err)
 	}
 	return nil
@@ -261,15 +270,21 @@ type Answer struct {
 	Answer, Reason, Outcome, Error string
 }
 
-// answerQueue bounds the answers waiting to be written; beyond it they
-// are dropped (counted, and logged with the next batch) rather than hold
-// up a sender.
-const answerQueue = 4096
+const (
+	// answerQueue bounds the answers waiting to be written; beyond it
+	// they are dropped (counted, and logged with the next batch) rather
+	// than hold up a sender.
+	answerQueue = 4096
+	// answerFlush is how long answers gather before they are written:
+	// one transaction for all that came meanwhile, rather than one per
+	// sender (a write transaction is most of a webhook's cost on SQLite).
+	answerFlush = 250 * time.Millisecond
+)
 
 // Answered adds what the sender of req (recorded) was answered to its
-// booking's timeline. It never blocks: answers are written in batches, in
-// transactions that need not reach the disk at once (SQLite: see
-// groupCommit).
+// booking's timeline. It never blocks: answers gather for answerFlush and
+// are written together, in a transaction that need not reach the disk at
+// once (SQLite: see groupCommit).
 func (e *Engine) Answered(req *Entry, a Answer) {
 	if req.JobID == 0 {
 		return
@@ -284,22 +299,33 @@ func (e *Engine) Answered(req *Entry, a Answer) {
 	}
 }
 
-// answerLoop writes the answers in batches; at stop it writes those
-// still waiting.
+// answerLoop writes the answers in batches, answerFlush after the first
+// of each; at stop it writes those still waiting.
 func (e *Engine) answerLoop() {
+	for {
+		var first eventRow
+		select {
+		case first = <-e.answers:
+		case <-e.stop:
+			e.flushAnswers()
+			return
+		}
+		select {
+		case <-time.After(answerFlush):
+		case <-e.stop:
+		}
+		e.writeAnswers(gather(first, e.answers, answerQueue))
+	}
+}
+
+// flushAnswers writes every answer waiting.
+func (e *Engine) flushAnswers() {
 	for {
 		select {
 		case first := <-e.answers:
-			e.writeAnswers(gather(first, e.answers, maxBatch))
-		case <-e.stop:
-			for {
-				select {
-				case first := <-e.answers:
-					e.writeAnswers(gather(first, e.answers, maxBatch))
-				default:
-					return
-				}
-			}
+			e.writeAnswers(gather(first, e.answers, answerQueue))
+		default:
+			return
 		}
 	}
 }
@@ -331,6 +357,19 @@ func (b *riverBackend[TDriver, TTx]) handOverEvents(ctx context.Context, tx TTx,
 	if err := b.db.exec(ctx, tx, `UPDATE receive_booking_event SET job_id = $1 WHERE booking = $2 AND org = $3 AND job_id = $4`,
 		into, a.BookingKey, a.OrganizationID, from); err != nil {
 		return fmt.Errorf("handing over the booking timeline: %w", err)
+	}
+	return nil
+}
+
+// dropEvents deletes the events a deleted job kept.
+func (b *riverBackend[TDriver, TTx]) dropEvents(ctx context.Context, tx TTx, job *rivertype.JobRow) error {
+	var a Args
+	if err := json.Unmarshal(job.EncodedArgs, &a); err != nil {
+		return fmt.Errorf("reading job args: %w", err)
+	}
+	if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_event WHERE booking = $1 AND org = $2 AND job_id = $3`,
+		a.BookingKey, a.OrganizationID, job.ID); err != nil {
+		return fmt.Errorf("dropping the job's timeline: %w", err)
 	}
 	return nil
 }
