@@ -110,6 +110,10 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return a.serveQueue(w, r, withJobID(parts[1], fn), http.MethodGet, http.MethodDelete)
 	case is("jobs", "*", "retry"):
 		return a.serveQueue(w, r, withJobID(parts[1], a.retryOne), http.MethodPost)
+	case parts[0] == "bookings":
+		if booking, ok := bookingFromPath(r); ok {
+			return a.serveQueue(w, r, a.serveTimeline(booking), http.MethodGet)
+		}
 	}
 	return apiError(http.StatusNotFound, "no such receive_booking admin route")
 }
@@ -484,17 +488,8 @@ func replayableOnly(states []rivertype.JobState) error {
 var pendingStates = []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStateScheduled,
 	rivertype.JobStateRetryable, rivertype.JobStateRunning}
 
-// bookingParam reads ?booking_id= as the booking's key: the string's
-// value or the integer's digits. A JSON string literal ("abc", quotes
-// included) is accepted too.
-func bookingParam(r *http.Request) string {
-	v := r.URL.Query().Get("booking_id")
-	var s string
-	if strings.HasPrefix(v, `"`) && json.Unmarshal([]byte(v), &s) == nil {
-		return s
-	}
-	return v
-}
+// bookingParam reads ?booking_id= as the booking's key (see bookingKey).
+func bookingParam(r *http.Request) string { return bookingKey(r.URL.Query().Get("booking_id")) }
 
 func intParam(r *http.Request, name string, def, lo, hi int64) (int64, error) {
 	v := r.URL.Query().Get(name)

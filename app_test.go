@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -49,6 +50,10 @@ func TestAppConflictingSettingsAreAProvisioningError(t *testing.T) {
 	require.Error(t, err)
 	assert.Regexp(t, `the handler at 127\.0\.0\.1:1808[12] and the handler at 127\.0\.0\.1:1808[12] share it but set different workers \((4, 2|2, 4)\)`, err.Error())
 	assert.Contains(t, err.Error(), "sqlite "+db)
+
+	err = validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "retention completed 1h\nroute a")+site(18082, "http://127.0.0.1:1/b", "route b"))
+	require.Error(t, err)
+	assert.Regexp(t, `set different retention completed \((1h0m0s, 24h0m0s|24h0m0s, 1h0m0s)\)`, err.Error())
 
 	err = validateCaddyfile(t, global+site(18081, "http://127.0.0.1:1/a", "")+site(18082, "http://127.0.0.1:1/b", ""))
 	require.Error(t, err)
@@ -119,4 +124,22 @@ example.com:18443, www.example.com:18443 {
 `, handler(4), handler(2)))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "the handler at :18083 (server srv0, route 0.0) and the handler at :18083 (server srv0, route 1.0) share it")
+}
+
+// TestRetentionProvisioning: retention periods resolve with their
+// defaults, and one that resolves to zero or less (a placeholder) is a
+// provisioning error naming the state.
+func TestRetentionProvisioning(t *testing.T) {
+	repl := caddy.NewReplacer()
+	rq, err := resolveQueueConfig(repl, &QueueConfig{Retention: &QueueRetention{Cancelled: "2d"}})
+	require.NoError(t, err)
+	assert.Equal(t, 24*time.Hour, rq.RetentionCompleted)
+	assert.Equal(t, 48*time.Hour, rq.RetentionCancelled)
+	assert.Equal(t, 720*time.Hour, rq.RetentionDiscarded)
+	for v, want := range map[string]string{"0s": "retention discarded: must be positive", "-1h": "retention discarded: not a valid duration",
+		"soon": "retention discarded: not a valid duration"} {
+		t.Setenv("RB_UT_RETENTION", v)
+		_, err := resolveQueueConfig(repl, &QueueConfig{Retention: &QueueRetention{Discarded: "{env.RB_UT_RETENTION}"}})
+		assert.EqualError(t, err, want, v)
+	}
 }

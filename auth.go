@@ -7,6 +7,7 @@ package receivebooking
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
 	"net/http"
 	"strings"
 )
@@ -31,6 +32,9 @@ const (
 type secretSet struct {
 	digests [][sha256.Size]byte
 	orgs    []string
+	// names say which configured key each is, for the booking timeline
+	// ("organization org-a key #2"): never the key itself.
+	names []string
 }
 
 func newSecretSet(secrets []string) *secretSet {
@@ -39,21 +43,44 @@ func newSecretSet(secrets []string) *secretSet {
 	return s
 }
 
-// add appends keys that belong to org ("": shared).
+// add appends keys that belong to org ("": shared), numbered after the
+// organization's keys so far.
 func (s *secretSet) add(org string, secrets ...string) {
-	for _, v := range secrets {
-		s.digests = append(s.digests, sha256.Sum256([]byte(v)))
-		s.orgs = append(s.orgs, org)
+	n := 0
+	for _, o := range s.orgs {
+		if o == org {
+			n++
+		}
 	}
+	for i, v := range secrets {
+		s.addNth(org, n+i+1, v)
+	}
+}
+
+// addNth appends the organization's nth configured key.
+func (s *secretSet) addNth(org string, n int, secret string) {
+	s.digests = append(s.digests, sha256.Sum256([]byte(secret)))
+	s.orgs = append(s.orgs, org)
+	s.names = append(s.names, credentialName(org, "key", n))
+}
+
+// credentialName names a configured credential (kind "key" or "signing
+// secret", the nth of its organization's, or of the shared ones) without
+// its value.
+func credentialName(org, kind string, n int) string {
+	if org == "" {
+		return fmt.Sprintf("shared %s #%d", kind, n)
+	}
+	return fmt.Sprintf("organization %s %s #%d", org, kind, n)
 }
 
 func (s *secretSet) empty() bool { return s == nil || len(s.digests) == 0 }
 
-// match reports whether any candidate equals any configured secret, and
-// the organization the matched secrets bind the request to. It compares
-// every candidate with every secret, without an early exit, so the time
-// taken says neither which secret matched nor how much of it.
-func (s *secretSet) match(candidates []string) (bool, orgBinding) {
+// match reports whether any candidate equals any configured secret, the
+// organization the matched secrets bind the request to, and their names.
+// It compares every candidate with every secret, without an early exit, so
+// the time taken says neither which secret matched nor how much of it.
+func (s *secretSet) match(candidates []string) (bool, orgBinding, string) {
 	hits := make([]int, len(s.digests))
 	for _, c := range candidates {
 		d := sha256.Sum256([]byte(c))
@@ -62,14 +89,14 @@ func (s *secretSet) match(candidates []string) (bool, orgBinding) {
 		}
 	}
 	var b orgBinding
-	found := false
+	var names []string
 	for i, hit := range hits {
 		if hit == 1 {
-			found = true
+			names = append(names, s.names[i])
 			b = b.and(s.orgs[i])
 		}
 	}
-	return found, b
+	return len(names) > 0, b, strings.Join(names, " + ")
 }
 
 // orgBinding is the organization a request's credentials bind it to.
@@ -156,14 +183,14 @@ func stripCredentials(h http.Header) {
 	h.Del(headerAuthorization)
 }
 
-// authenticate reports whether the request carries a configured API key
-// and the organization it binds the request to, and strips the
-// credentials from the request either way.
-func (s *secretSet) authenticate(h http.Header) (bool, orgBinding) {
+// authenticate reports whether the request carries a configured API key,
+// the organization it binds the request to and the key's name, and strips
+// the credentials from the request either way.
+func (s *secretSet) authenticate(h http.Header) (bool, orgBinding, string) {
 	creds, ok := credentials(h)
 	stripCredentials(h)
 	if !ok {
-		return false, orgBinding{}
+		return false, orgBinding{}, ""
 	}
 	return s.match(creds)
 }

@@ -37,24 +37,26 @@ const (
 func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	var keys []standardwebhooks.Key
 	add := func(org, field string, vals []string) error {
-		raw, err := resolveAll(repl, field, vals)
+		raw, err := resolveNumbered(repl, field, vals)
 		if err != nil {
 			return err
 		}
-		for i, s := range raw {
+		for _, v := range raw {
+			s := v.val
 			h.secretValues = append(h.secretValues, s, strings.TrimPrefix(strings.TrimSpace(s), standardwebhooks.SecretPrefix))
 			k, err := standardwebhooks.ParseSecret(s)
 			if err != nil {
 				// err names what is wrong, never the value.
-				return fmt.Errorf("%s #%d: %w", field, i+1, err)
+				return fmt.Errorf("%s #%d: %w", field, v.n, err)
 			}
 			for j, other := range keys {
 				if string(other) == string(k) && h.sigOrgs[j] != org {
-					return fmt.Errorf("%s #%d is also a signing secret of %s: a signing secret belongs to one organization, or is shared", field, i+1, describeOrg(h.sigOrgs[j]))
+					return fmt.Errorf("%s #%d is also a signing secret of %s: a signing secret belongs to one organization, or is shared", field, v.n, describeOrg(h.sigOrgs[j]))
 				}
 			}
 			keys = append(keys, k)
 			h.sigOrgs = append(h.sigOrgs, org)
+			h.sigNames = append(h.sigNames, credentialName(org, "signing secret", v.n))
 		}
 		return nil
 	}
@@ -113,35 +115,38 @@ func defaultAuthMode(haveKeys, haveSigning bool) string {
 
 // checkSignature verifies a webhook's Standard Webhooks signature over the
 // raw body, then that its id was not delivered before. It returns the
-// rejection reason, or "", the webhook id and the organization the signing
-// secrets bind the webhook to on success.
-func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string, bind orgBinding) {
+// rejection reason, or "", the webhook id, the organization the signing
+// secrets bind the webhook to and their names on success.
+func (h *Handler) checkSignature(ctx context.Context, r *http.Request, body []byte) (reason, id string, bind orgBinding, via string) {
 	id = r.Header.Get(headerWebhookID)
 	signed, err := h.verifier.VerifyKeys(id, r.Header.Get(headerWebhookTimestamp), r.Header.Get(headerWebhookSignature), body)
 	switch {
 	case errors.Is(err, standardwebhooks.ErrMissingSignature):
-		return "missing_signature", "", bind
+		return "missing_signature", "", bind, ""
 	case errors.Is(err, standardwebhooks.ErrStaleTimestamp):
-		return "stale_timestamp", "", bind
+		return "stale_timestamp", "", bind, ""
 	case err != nil:
-		return "bad_signature", "", bind
+		return "bad_signature", "", bind, ""
 	}
+	var names []string
 	for i, ok := range signed {
 		if ok {
 			bind = bind.and(h.sigOrgs[i])
+			names = append(names, h.sigNames[i])
 		}
 	}
+	via = strings.Join(names, " + ")
 	seen, err := h.replay.seen(ctx, id, time.Now())
 	if err != nil {
 		// Fail closed would turn a database hiccup into lost webhooks:
 		// the signature and timestamp already bound the exposure.
 		h.logger.Warn("checking webhook-id for replay", zap.String("error", h.scrub.String(err.Error())))
-		return "", id, bind
+		return "", id, bind, via
 	}
 	if seen {
-		return "replay", "", bind
+		return "replay", "", bind, ""
 	}
-	return "", id, bind
+	return "", id, bind, via
 }
 
 // replayStore remembers the webhook-ids delivered within the tolerance

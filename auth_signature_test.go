@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
 	"github.com/caddyserver/caddy/v2"
 	reference "github.com/standard-webhooks/standard-webhooks/libraries/go"
@@ -219,4 +221,46 @@ func referenceWebhook(t testing.TB, secret string) *reference.Webhook {
 	wh, err := reference.NewWebhook(secret)
 	require.NoError(t, err)
 	return wh
+}
+
+// TestCredentialsNamedInTheTimeline: a recorded webhook's timeline event
+// names the credentials that authenticated it by their place in the
+// config (an unset {env.*} value keeps its number), never by value; a
+// webhook answered when recorded (async) has its answer in the event.
+func TestCredentialsNamedInTheTimeline(t *testing.T) {
+	h, up := signedHandler(t, func(h *Handler) {
+		h.Secrets = []string{"{env.RB_UT_UNSET_KEY}", "shared-key-2"}
+		h.Organizations[0].Secrets = []string{"org-1-key-1", "org-1-key-2"}
+		h.Auth = authBoth
+	})
+	u, err := url.Parse(up.URL)
+	require.NoError(t, err)
+	e := openTestQueue(t, &queue.Config{Driver: queue.SQLite, Settings: queue.Settings{Workers: 1, MaxAttempts: 1, WorkerTimeout: 5 * time.Second}},
+		map[string]*upstream.Client{queue.DefaultRoute: upstream.New(u, "", userAgent, nil)})
+	h.mode, h.route, h.queue = modeAsync, queue.DefaultRoute, newEngineRef()
+	h.queue.bind(e)
+	now := time.Now()
+	for i, tc := range []struct {
+		key, secret, body, want string
+	}{
+		{"org-1-key-2", testSigningSecret2, `{"booking_id":"c1"}`, "organization org-1 key #2 + organization org-1 signing secret #2"},
+		{"shared-key-2", testSigningSecret, `{"booking_id":"c2","organization_id":"org-1"}`, "shared key #2 + organization org-1 signing secret #1"},
+	} {
+		r := signedRequest(t, tc.secret, fmt.Sprintf("msg_cred_%d", i), now, tc.body)
+		r.Header.Set("X-Api-Key", tc.key)
+		w := serve(h, r)
+		require.Equal(t, http.StatusAccepted, w.Code, w.Body.String())
+		jobs, err := e.Jobs()
+		require.NoError(t, err)
+		booking := decodeObject(t, tc.body)["booking_id"].(string)
+		evs, err := jobs.BookingEvents(t.Context(), "org-1", booking, 10)
+		require.NoError(t, err)
+		require.NotEmpty(t, evs)
+		wh := evs[len(evs)-1]
+		assert.Equal(t, queue.EventWebhook, wh.Kind)
+		assert.Equal(t, tc.want, wh.Credential)
+		assert.Equal(t, http.StatusAccepted, wh.Status, "answered when recorded")
+		assert.Equal(t, "queued", wh.Answer)
+		assert.NotContains(t, fmt.Sprint(evs), tc.key)
+	}
 }

@@ -123,12 +123,12 @@ func TestSecretSetMatch(t *testing.T) {
 		{nil, false},
 	}
 	for _, tc := range cases {
-		got, bind := s.match(tc.cands)
+		got, bind, _ := s.match(tc.cands)
 		assert.Equal(t, tc.want, got, "%q", tc.cands)
 		assert.Equal(t, orgBinding{}, bind, "shared keys bind to no organization")
 	}
 
-	matches := func(s *secretSet, c ...string) bool { ok, _ := s.match(c); return ok }
+	matches := func(s *secretSet, c ...string) bool { ok, _, _ := s.match(c); return ok }
 	one := newSecretSet([]string{"only"})
 	assert.True(t, matches(one, "only"))
 	assert.False(t, matches(one, "on"))
@@ -165,7 +165,7 @@ func TestSecretSetOrganizations(t *testing.T) {
 		{[]string{"key-c"}, false, orgBinding{}},
 	}
 	for _, tc := range cases {
-		ok, bind := s.match(tc.cands)
+		ok, bind, _ := s.match(tc.cands)
 		assert.Equal(t, tc.ok, ok, "%q", tc.cands)
 		assert.Equal(t, tc.want, bind, "%q", tc.cands)
 	}
@@ -188,7 +188,7 @@ func TestAuthenticateStripsEitherWay(t *testing.T) {
 	} {
 		h := tc.h
 		h.Set("Apikey", "kept")
-		got, _ := s.authenticate(h)
+		got, _, _ := s.authenticate(h)
 		assert.Equal(t, tc.want, got)
 		assert.Empty(t, h.Values("X-Api-Key"))
 		assert.Empty(t, h.Values("Authorization"))

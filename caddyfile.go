@@ -54,6 +54,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_in_flight   <n>
 //		max_attempts    <n>
 //		worker_timeout  <duration>
+//		retention       completed|cancelled|discarded <duration>
 //		coalesce_window <duration>
 //		route           <name>
 //		outcome         <name> ok|retry|final
@@ -64,7 +65,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // are accepted, which is how a key is rotated. At the top they are shared
 // (a webhook they authenticate must name its organization_id); inside an
 // organization block they belong to that organization, which a webhook
-// they authenticate then syncs as. organization may repeat, once per id.
+// they authenticate then syncs as. organization may repeat, once per id;
+// retention once per state.
 // Every value accepts placeholders such as {env.WEBHOOK_SECRET} or
 // {file./run/secrets/webhook}. "require organization_id" is still accepted
 // and changes nothing: organization_id is always required.
@@ -76,7 +78,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" && name != "organization" {
+		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" && name != "organization" && name != "retention" {
 			return d.Errf("%s: subdirective given twice", name)
 		}
 		seen[name] = true
@@ -193,6 +195,7 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		return nil
 	},
 	"max_attempts": intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
+	"retention":    parseRetention,
 	"worker_timeout": func(h *Handler, d *caddyfile.Dispenser) error {
 		name := d.Val()
 		var v string

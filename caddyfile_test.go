@@ -51,6 +51,8 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		queue           sqlite /var/lib/caddy/queue.db
 		max_attempts    12
 		worker_timeout  90s
+		retention       completed 36h
+		retention       discarded 14d
 		coalesce_window 2s
 		metrics         off
 	}`)
@@ -76,6 +78,7 @@ func TestCaddyfileEverySubdirective(t *testing.T) {
 		Queue: &QueueConfig{
 			Driver: "sqlite", Path: "/var/lib/caddy/queue.db",
 			Workers: 8, MaxAttempts: 12, WorkerTimeout: "90s",
+			Retention: &QueueRetention{Completed: "36h", Discarded: "14d"},
 		},
 		CoalesceWindow: "2s",
 		DisableMetrics: true,
@@ -172,6 +175,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"organization secret without value", "receive_booking {\n organization a {\n  secret\n }\n}", 3, "wrong argument count"},
 		{"bad contract", "receive_booking {\n contract lenient\n}", 2, `contract: expected envelope or legacy, got "lenient"`},
 		{"repeated contract", "receive_booking {\n contract legacy\n contract envelope\n}", 3, "contract: subdirective given twice"},
+		{"retention of another state", "receive_booking {\n retention running 1h\n}", 2, `retention: expected completed, cancelled or discarded, got "running"`},
+		{"retention zero", "receive_booking {\n retention completed 0s\n}", 2, `retention completed: expected a positive duration, e.g. 24h or 7d, got "0s"`},
+		{"retention negative", "receive_booking {\n retention cancelled -1h\n}", 2, "retention cancelled: expected a positive duration"},
+		{"retention twice", "receive_booking {\n retention completed 1h\n retention discarded 1h\n retention completed 2h\n}", 4, "retention completed: given twice"},
+		{"retention without duration", "receive_booking {\n retention completed\n}", 2, "wrong argument count"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

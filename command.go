@@ -36,7 +36,7 @@ const (
 	// queue (a mistyped --queue must not pass for "no such job").
 	exitUsage     = 2
 	exitUnhealthy = 3 // health: webhooks cannot be recorded, or a job waits longer than --max-age
-	exitNotFound  = 4 // no such job
+	exitNotFound  = 4 // no such job, or no such booking
 )
 
 // verb is a command: its synopsis, and the flags it takes besides the
@@ -50,6 +50,7 @@ type verb struct {
 var verbs = []verb{
 	{"jobs", "jobs [--state <states>] [--booking <id>]", []string{"state", "booking"}},
 	{"job", "job <id>", nil},
+	{"booking", "booking <booking_id> [--organization <id>]", []string{"organization"}},
 	{"retry", "retry <id> | retry --state <states> [--booking <id>]", []string{"state", "booking"}},
 	{"delete", "delete <id>", nil},
 	{"stats", "stats", nil},
@@ -57,7 +58,7 @@ var verbs = []verb{
 }
 
 // verbFlags are the flags only some commands take.
-var verbFlags = []string{"state", "booking", "max-age"}
+var verbFlags = []string{"state", "booking", "max-age", "organization"}
 
 func init() {
 	synopses := make([]string, len(verbs))
@@ -77,6 +78,11 @@ current directory, else localhost:2019).
            are pending, available, scheduled, retryable, running,
            discarded, cancelled, completed, comma-separated)
   job      one job with its attempt history
+  booking  a booking's timeline, newest first: every webhook recorded for
+           it (when, event type, which key), the answer it got, every
+           attempt (duration, upstream status, outcome, next run) and
+           replay, and the state of its jobs; --organization when the id
+           is known in several organizations
   retry    replays a job now, or every job in a failed state (discarded,
            cancelled or retryable; --state, not with a job id); a replay
            gets a fresh attempt budget
@@ -96,7 +102,7 @@ Exit codes:
      an unknown state or queue
   3  unhealthy: Caddy answered that webhooks cannot be recorded, or a
      job waited longer than --max-age
-  4  no such job`,
+  4  no such job, or no such booking`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("address", "", "The address of the admin API")
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin API's address")
@@ -104,6 +110,7 @@ Exit codes:
 			cmd.Flags().String("state", "", "Job states, comma-separated (jobs, retry)")
 			cmd.Flags().String("booking", "", "Only this booking_id (jobs, retry --state)")
 			cmd.Flags().String("max-age", "", "The longest a pending job may wait, e.g. 10m (health; default 5m)")
+			cmd.Flags().String("organization", "", "The booking's organization (booking)")
 			cmd.Flags().String("queue", "", "The queue's key, when several are configured")
 			cmd.Flags().Bool("json", false, "Print JSON")
 			// Every error is logged as Caddy logs a command's errors
@@ -166,12 +173,12 @@ func (r *request) uri() string {
 // what is wrong with it (a usage error).
 func parseCommand(fl caddycmd.Flags, args []string) (*request, error) {
 	if len(args) == 0 {
-		return nil, errors.New("say what to do: jobs, job, retry, delete, stats or health")
+		return nil, errors.New("say what to do: " + verbNames())
 	}
 	name, rest := args[0], args[1:]
 	i := slices.IndexFunc(verbs, func(v verb) bool { return v.name == name })
 	if i < 0 {
-		return nil, fmt.Errorf("unknown command %q: expected jobs, job, retry, delete, stats or health", name)
+		return nil, fmt.Errorf("unknown command %q: expected %s", name, verbNames())
 	}
 	for _, flag := range verbFlags {
 		if fl.Changed(flag) && !slices.Contains(verbs[i].flags, flag) {
@@ -192,6 +199,8 @@ func parseCommand(fl caddycmd.Flags, args []string) (*request, error) {
 		err = req.health(fl, rest)
 	case "stats":
 		req.path, err = "/receive_booking/stats", noArgs(name, rest)
+	case "booking":
+		err = req.booking(fl, rest)
 	default: // job, delete
 		err = req.job(rest)
 	}
@@ -260,6 +269,26 @@ func (r *request) job(rest []string) error {
 	return nil
 }
 
+func (r *request) booking(fl caddycmd.Flags, rest []string) error {
+	if len(rest) != 1 || rest[0] == "" {
+		return errors.New("booking takes one booking id")
+	}
+	r.path = "/receive_booking/" + bookingsPath + url.PathEscape(rest[0])
+	if v := fl.String("organization"); v != "" {
+		r.query.Set("organization", v)
+	}
+	return nil
+}
+
+// verbNames lists the commands for a usage error.
+func verbNames() string {
+	names := make([]string, len(verbs))
+	for i, v := range verbs {
+		names[i] = v.name
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
 func (r *request) setBooking(fl caddycmd.Flags) {
 	if v := fl.String("booking"); v != "" {
 		r.query.Set("booking_id", v)
@@ -302,7 +331,7 @@ func readAnswer(req *request, resp *http.Response, err error) ([]byte, int, erro
 		return nil, exitUsage, fmt.Errorf("--queue %s: %s in the running config (stats names its queue)", req.query.Get("queue"), msgNoSuchQueue)
 	case status == http.StatusBadRequest:
 		return nil, exitUsage, err
-	case status == http.StatusNotFound && v.Error == msgNoSuchJob:
+	case status == http.StatusNotFound && (v.Error == msgNoSuchJob || v.Error == msgNoSuchBooking):
 		return nil, exitNotFound, err
 	case req.verb == "health" && status == http.StatusServiceUnavailable && v.Status == "unhealthy":
 		return body, exitUnhealthy, nil
@@ -334,6 +363,9 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 	var v map[string]any
 	if err := json.Unmarshal(body, &v); err != nil {
 		return fmt.Errorf("the admin API's answer is not JSON: %w", err)
+	}
+	if verb == "booking" {
+		return printTimeline(out, body)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	defer tw.Flush()

@@ -192,6 +192,7 @@ func TestCommandExitCodes(t *testing.T) {
 		{up, []string{"jobs"}, exitOK, `(?m)^\d+\s+\S+\s+exit-pending\s`, ""},
 		{up, []string{"jobs", "--state", "cancelled", "--booking", "exit-gone"}, exitOK, `(?m)^` + gone + `\s+cancelled\s+exit-gone`, ""},
 		{up, []string{"job", gone}, exitOK, `(?m)^state\s+cancelled$`, ""},
+		{up, []string{"booking", "exit-gone"}, exitOK, `(?m)^state\s+cancelled$`, ""},
 		{up, []string{"stats"}, exitOK, `(?m)^cancelled\s+1$`, ""},
 		{up, []string{"health"}, exitOK, `(?m)^status\s+ok$`, ""},
 		{up, []string{"health", "--max-age", "1h", "--json"}, exitOK, `"status":"ok"`, ""},
@@ -226,6 +227,9 @@ func TestCommandExitCodes(t *testing.T) {
 		{up, []string{"stats", "--booking", "exit-gone"}, exitUsage, `^$`, "stats does not take --booking"},
 		{up, []string{"job", gone, "--state", "cancelled"}, exitUsage, `^$`, "job does not take --state"},
 		{up, []string{"jobs", "--max-age", "1m"}, exitUsage, `^$`, "jobs does not take --max-age"},
+		{up, []string{"booking"}, exitUsage, `^$`, "booking takes one booking id"},
+		{up, []string{"booking", "a", "b"}, exitUsage, `^$`, "booking takes one booking id"},
+		{up, []string{"jobs", "--organization", "org-1"}, exitUsage, `^$`, "jobs does not take --organization"},
 		{up, []string{"health", "--max-age", "soon"}, exitUsage, `^$`, "--max-age: expected a positive duration"},
 		{up, []string{"health", "--max-age", "0s"}, exitUsage, `^$`, "--max-age: expected a positive duration"},
 		{up, []string{"health", "--frobnicate"}, exitUsage, `^$`, "unknown flag: --frobnicate"},
@@ -242,6 +246,8 @@ func TestCommandExitCodes(t *testing.T) {
 		{up, []string{"job", "999999"}, exitNotFound, `^$`, "no such job"},
 		{up, []string{"delete", "999999"}, exitNotFound, `^$`, "no such job"},
 		{up, []string{"retry", "999999"}, exitNotFound, `^$`, "no such job"},
+		{up, []string{"booking", "no-such-booking"}, exitNotFound, `^$`, "no such booking"},
+		{up, []string{"booking", "exit-gone", "--organization", "org-2"}, exitNotFound, `^$`, "no such booking"},
 	} {
 		name := strings.Join(tc.args, " ")
 		if tc.admin == nobody {
@@ -268,7 +274,7 @@ func TestCommandExitCodes(t *testing.T) {
 	// The help says the same.
 	stdout, _, code := runCLIAt(t, nobody, "--help")
 	assert.Equal(t, exitOK, code)
-	for _, s := range []string{"--max-age", "1  the admin API was unreachable (health included", "2  usage", "3  unhealthy", "4  no such job"} {
+	for _, s := range []string{"--max-age", "1  the admin API was unreachable (health included", "2  usage", "3  unhealthy", "4  no such job, or no such booking", "booking  a booking's timeline"} {
 		assert.Contains(t, stdout, s)
 	}
 }

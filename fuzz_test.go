@@ -276,7 +276,7 @@ func FuzzCredentials(f *testing.F) {
 		// are stripped either way.
 		set := newSecretSet([]string{"other-secret", secret})
 		hdr := h.Clone()
-		got, _ := set.authenticate(hdr)
+		got, _, _ := set.authenticate(hdr)
 		contains := false
 		for _, c := range want {
 			contains = contains || c == secret || c == "other-secret"

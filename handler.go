@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,14 +129,16 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		w.Header().Set("Allow", corsAllowMethods)
 		return reject(http.StatusMethodNotAllowed, "Method not allowed", "method")
 	}
-	// bind is the organization the sender's credentials belong to.
+	// bind is the organization the sender's credentials belong to; via
+	// names them (never their values) for the booking's timeline.
 	var bind orgBinding
+	var via []string
 	if h.authKey {
-		ok, b := h.secrets.authenticate(r.Header)
+		ok, b, name := h.secrets.authenticate(r.Header)
 		if !ok {
 			return reject(http.StatusUnauthorized, "Unauthorized", "unauthorized")
 		}
-		bind = b
+		bind, via = b, append(via, name)
 	}
 	stripCredentials(r.Header)
 	// Any Content-Type: the Edge Function parsed every body as JSON, and
@@ -147,12 +150,12 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 	}
 	var webhookID string
 	if h.authSig {
-		reason, id, b := h.checkSignature(r.Context(), r, buf.Bytes())
+		reason, id, b, name := h.checkSignature(r.Context(), r, buf.Bytes())
 		if reason != "" {
 			putBuffer(buf)
 			return reject(http.StatusUnauthorized, "Unauthorized", reason)
 		}
-		webhookID, bind = id, bind.join(b)
+		webhookID, bind, via = id, bind.join(b), append(via, name)
 	}
 	var wh *payload.Webhook
 	var err error = payload.ErrForbidden
@@ -168,7 +171,7 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request) *answer {
 		errors.As(err, &ie)
 		a = reject(ie.Status, ie.Msg, ie.Reason)
 	} else {
-		a = h.dispatch(r, wh)
+		a = h.dispatch(r, wh, strings.Join(via, " + "))
 	}
 	if webhookID != "" && (a == nil || a.status >= 300 || a.status == 0) {
 		// Not accepted (status 0: the sender left before its sync, which
@@ -220,16 +223,17 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 // syncs while the sender waits (sync); with one, every sync goes through
 // the queue's engine, which runs at most one per booking: the webhook is
 // recorded first, then the sender is answered at once (async) or waits for
-// the sync's first attempt (auto).
-func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook) *answer {
+// the sync's first attempt (auto). via names the credentials that
+// authenticated it, for the booking's timeline.
+func (h *Handler) dispatch(r *http.Request, wh *payload.Webhook, via string) *answer {
 	switch {
 	case h.queue == nil:
 		return h.syncNow(r, wh)
 	case h.mode == modeAsync:
-		a, _ := h.enqueue(r.Context(), wh, tracing.FromHeader(r.Header), nil)
+		a, _ := h.enqueue(r.Context(), wh, via, tracing.FromHeader(r.Header), nil)
 		return a
 	default:
-		return h.recordThenWait(r, wh)
+		return h.recordThenWait(r, wh, via)
 	}
 }
 
@@ -262,15 +266,33 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 // the outcome when the sync ended for good (a resend would end the same way);
 // 202 with sync_error when it failed and will be retried, or is still
 // running at the timeout (it is never cancelled for that: it runs to its
-// end, or to worker_timeout).
-func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook) *answer {
+// end, or to worker_timeout). The answer joins the booking's timeline.
+func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook, via string) *answer {
 	deadline := time.Now().Add(h.timeout)
 	wait := make(chan *queue.Outcome, 1)
-	a, req := h.enqueue(r.Context(), wh, tracing.FromHeader(r.Header), wait)
+	a, req := h.enqueue(r.Context(), wh, via, tracing.FromHeader(r.Header), wait)
 	if req == nil {
 		return a
 	}
-	defer h.queue.get().StopWaiting(req.JobID, wait)
+	e := h.queue.get()
+	defer e.StopWaiting(req.JobID, wait)
+	a = h.await(r, wh, req, a, wait, deadline)
+	e.Answered(req, queue.Answer{Status: a.answeredStatus(), Answer: a.outcome, Reason: a.reason,
+		Outcome: a.body.Outcome, Error: a.body.SyncError})
+	return a
+}
+
+// answeredStatus is the status the sender got: none if it had left.
+func (a *answer) answeredStatus() int {
+	if a.silent {
+		return 0
+	}
+	return a.status
+}
+
+// await waits for the outcome of req's next attempt until deadline, and
+// answers with it; a, the 202 of the record, if it does not come.
+func (h *Handler) await(r *http.Request, wh *payload.Webhook, req *queue.Entry, a *answer, wait chan *queue.Outcome, deadline time.Time) *answer {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
@@ -346,8 +368,9 @@ func (h *Handler) syncAnswer(wh *payload.Webhook, res *upstream.Result, shared b
 // cannot be recorded: then the sender keeps it and retries. wait, if set,
 // is registered for the outcome of the job's next attempt. The returned
 // request is nil when nothing was recorded. A new job continues the
-// webhook's trace (tc, or the record's span when Caddy traces).
-func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, tc tracing.Context, wait chan *queue.Outcome) (*answer, *queue.Entry) {
+// webhook's trace (tc, or the record's span when Caddy traces). via names
+// the credentials that authenticated it.
+func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, via string, tc tracing.Context, wait chan *queue.Outcome) (*answer, *queue.Entry) {
 	ctx, span := tracing.Start(ctx, tc, "receive_booking.record", trace.WithAttributes(
 		attribute.String("booking_id", wh.BookingKey), attribute.String("organization_id", wh.OrganizationID)))
 	defer span.End()
@@ -357,7 +380,10 @@ func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, tc tracing.C
 	defer cancel()
 	now := time.Now()
 	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(h.coalesceWindow), Wait: wait,
-		Trace: span.Context}
+		Trace: span.Context, Credential: via}
+	if wait == nil {
+		req.AnswerOnRecord = http.StatusAccepted // the answer below, once recorded
+	}
 	e, err := h.queue.wait(ctx)
 	if err == nil {
 		err = e.Record(ctx, req)

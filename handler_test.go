@@ -954,7 +954,7 @@ func TestQueueUnavailableAnswers503(t *testing.T) {
 	h := &Handler{mode: modeAsync, timeout: time.Second, logger: zaptest.NewLogger(t), upstream: upstream.New(u, "", userAgent, nil), route: queue.DefaultRoute}
 	h.queue = newEngineRef()
 	h.queue.bind(e)
-	a, req := h.enqueue(context.Background(), testWebhook("b9"), tracing.Context{}, nil)
+	a, req := h.enqueue(context.Background(), testWebhook("b9"), "", tracing.Context{}, nil)
 	assert.Nil(t, req)
 	assert.Equal(t, http.StatusServiceUnavailable, a.status)
 	assert.Equal(t, "Queue unavailable", a.body.Error)

@@ -190,8 +190,9 @@ type Handler struct {
 
 	secrets *secretSet
 	// sigOrgs[i] is the organization of the verifier's Keys[i] ("" when
-	// shared).
+	// shared), sigNames[i] its name in booking timelines.
 	sigOrgs        []string
+	sigNames       []string
 	authKey        bool
 	authSig        bool
 	verifier       *standardwebhooks.Verifier
@@ -281,23 +282,23 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 	h.secrets = new(secretSet)
 	seen := map[string]string{} // secret -> its organization, to refuse one bound twice
 	add := func(org, field string, vals []string) error {
-		secrets, err := resolveAll(repl, field, vals)
+		secrets, err := resolveNumbered(repl, field, vals)
 		if err != nil {
 			return err
 		}
-		for i, v := range secrets {
+		for _, v := range secrets {
 			// A secret no request can present would leave Caddy answering 401
 			// to everyone: refuse it (credentials are trimmed and bounded).
-			if v != strings.TrimSpace(v) || len(v) > maxCredentialLen {
-				return fmt.Errorf("%s #%d: must not start or end with white space or exceed %d bytes", field, i+1, maxCredentialLen)
+			if v.val != strings.TrimSpace(v.val) || len(v.val) > maxCredentialLen {
+				return fmt.Errorf("%s #%d: must not start or end with white space or exceed %d bytes", field, v.n, maxCredentialLen)
 			}
-			if other, dup := seen[v]; dup && other != org {
-				return fmt.Errorf("%s #%d is also a key of %s: a key belongs to one organization, or is shared", field, i+1, describeOrg(other))
+			if other, dup := seen[v.val]; dup && other != org {
+				return fmt.Errorf("%s #%d is also a key of %s: a key belongs to one organization, or is shared", field, v.n, describeOrg(other))
 			}
-			seen[v] = org
+			seen[v.val] = org
+			h.secrets.addNth(org, v.n, v.val)
+			h.secretValues = append(h.secretValues, v.val)
 		}
-		h.secrets.add(org, secrets...)
-		h.secretValues = append(h.secretValues, secrets...)
 		return nil
 	}
 	if err := add("", "secret", h.Secrets); err != nil {
@@ -439,18 +440,26 @@ func resolve(repl *caddy.Replacer, field, val string) (string, error) {
 	return out, nil
 }
 
-// resolveAll resolves every value and drops the ones that are empty after
-// resolution, so that "{env.OLD_SECRET}" can be left in place once the old
-// secret is retired. Provision then requires at least one value left.
-func resolveAll(repl *caddy.Replacer, field string, vals []string) ([]string, error) {
-	out := make([]string, 0, len(vals))
-	for _, v := range vals {
+// numbered is a resolved value and its place among the configured ones
+// (from 1), which names it in errors and booking timelines.
+type numbered struct {
+	val string
+	n   int
+}
+
+// resolveNumbered resolves every value and drops the ones that are empty
+// after resolution, so that "{env.OLD_SECRET}" can be left in place once
+// the old secret is retired (Provision then requires at least one value
+// left); each keeps its configured place.
+func resolveNumbered(repl *caddy.Replacer, field string, vals []string) ([]numbered, error) {
+	out := make([]numbered, 0, len(vals))
+	for i, v := range vals {
 		r, err := resolve(repl, field, v)
 		if err != nil {
 			return nil, err
 		}
 		if r != "" {
-			out = append(out, r)
+			out = append(out, numbered{r, i + 1})
 		}
 	}
 	return out, nil

@@ -56,6 +56,11 @@ type QueueConfig struct {
 	// SQLite it caps Workers. Default: 3 on PostgreSQL (as many as the
 	// Edge Function this module replaces made), none on SQLite.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
+
+	// Retention is how long finished jobs, and the booking timelines they
+	// keep, are kept, by state. Handlers that share a database must agree
+	// on it. Default: completed 24h, cancelled 7 days, discarded 30 days.
+	Retention *QueueRetention `json:"retention,omitempty"`
 }
 
 func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error {
@@ -138,6 +143,9 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 		return nil, fmt.Errorf("queue: unknown driver %q", rq.Driver)
 	}
 	if rq.WorkerTimeout, err = resolveDuration(repl, "worker_timeout", c.WorkerTimeout, queue.DefaultWorkerTimeout); err != nil {
+		return nil, err
+	}
+	if err := resolveRetention(repl, c.Retention, &rq.Settings); err != nil {
 		return nil, err
 	}
 	if rq.Workers <= 0 {

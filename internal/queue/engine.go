@@ -13,6 +13,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -54,6 +55,14 @@ const (
 	// DefaultRoute is the route of handlers that name none.
 	DefaultRoute = "default"
 
+	// How long finished jobs, and with them their bookings' timelines,
+	// are kept by default: completed ones a day, cancelled ones (a final
+	// answer) a week, discarded ones (out of attempts: the dead letter) a
+	// month.
+	DefaultRetentionCompleted = 24 * time.Hour
+	DefaultRetentionCancelled = 7 * 24 * time.Hour
+	DefaultRetentionDiscarded = 30 * 24 * time.Hour
+
 	// maxBatch bounds how many webhooks share one commit.
 	maxBatch = 256
 	// statsInterval is how often expired webhook-ids are pruned.
@@ -89,7 +98,27 @@ type Settings struct {
 	// sharing the database; 0: no cap beyond each instance's Workers. On
 	// SQLite (one instance) it caps Workers.
 	MaxInFlight int
+	// RetentionCompleted, RetentionCancelled and RetentionDiscarded are
+	// how long River keeps finished jobs in each state before it deletes
+	// them; a booking's timeline events go with the last job that keeps
+	// them. 0: the default (DefaultRetention*).
+	RetentionCompleted, RetentionCancelled, RetentionDiscarded time.Duration
 }
+
+// retentions are the retention periods in effect.
+type retentions struct{ completed, cancelled, discarded time.Duration }
+
+func (s Settings) retention() retentions {
+	return retentions{
+		completed: cmp.Or(s.RetentionCompleted, DefaultRetentionCompleted),
+		cancelled: cmp.Or(s.RetentionCancelled, DefaultRetentionCancelled),
+		discarded: cmp.Or(s.RetentionDiscarded, DefaultRetentionDiscarded),
+	}
+}
+
+// shortest is the shortest retention period: no job River removed can
+// have finished, or had an event, more recently than that.
+func (r retentions) shortest() time.Duration { return min(r.completed, r.cancelled, r.discarded) }
 
 // Key names the queue (in a usage pool, the admin API, metrics): one
 // queue, and one set of workers, per database. It does not reveal the DSN.
@@ -121,6 +150,15 @@ func (q *Config) SettingsDiff(o *Config) string {
 	if q.MaxInFlight != o.MaxInFlight {
 		d = append(d, fmt.Sprintf("max_in_flight (%d, %d)", q.MaxInFlight, o.MaxInFlight))
 	}
+	a, b := q.retention(), o.retention()
+	for _, r := range []struct {
+		state string
+		a, b  time.Duration
+	}{{"completed", a.completed, b.completed}, {"cancelled", a.cancelled, b.cancelled}, {"discarded", a.discarded, b.discarded}} {
+		if r.a != r.b {
+			d = append(d, fmt.Sprintf("retention %s (%s, %s)", r.state, r.a, r.b))
+		}
+	}
 	return strings.Join(d, ", ")
 }
 
@@ -151,6 +189,9 @@ type Engine struct {
 	observer atomic.Pointer[Observer]
 	// availability is the intake's last known state (avail*).
 	availability atomic.Int32
+	// answers wait to be written to booking timelines (Answered).
+	answers        chan eventRow
+	answersDropped atomic.Int64
 }
 
 // Observer is told what the metrics need; every method must be cheap.
@@ -216,12 +257,13 @@ type engineUser struct {
 // keeps trying), so it returns at once. Destruct stops it.
 func New(rq *Config, logger *zap.Logger) *Engine {
 	e := &Engine{
-		key:    rq.Key(),
-		rq:     rq,
-		logger: logger,
-		ready:  make(chan struct{}),
-		reqs:   make(chan *Entry, maxBatch),
-		stop:   make(chan struct{}),
+		key:     rq.Key(),
+		rq:      rq,
+		logger:  logger,
+		ready:   make(chan struct{}),
+		reqs:    make(chan *Entry, maxBatch),
+		answers: make(chan eventRow, answerQueue),
+		stop:    make(chan struct{}),
 	}
 	e.waiters.init()
 	if rq.Driver == Postgres {
@@ -238,6 +280,7 @@ func New(rq *Config, logger *zap.Logger) *Engine {
 		e.wg.Go(e.batchLoop)
 	}
 	e.wg.Go(e.statsLoop)
+	e.wg.Go(e.answerLoop)
 	return e
 }
 
@@ -467,6 +510,14 @@ type Entry struct {
 	Wait chan *Outcome
 	// Trace is the webhook's trace context; a new job continues it.
 	Trace tracing.Context
+	// Credential names the credential that authenticated the webhook, for
+	// the booking's timeline ("organization org-a key #1"): a name, never
+	// the secret.
+	Credential string
+	// AnswerOnRecord is the HTTP status its sender is given once it is
+	// recorded, when the sender does not wait for the sync (async); 0 when
+	// the answer comes later (see Answered).
+	AnswerOnRecord int
 
 	// JobID is the job that carries the webhook, once recorded;
 	// Coalesced says it merged into a job that was already waiting.
@@ -576,8 +627,9 @@ type Stats struct {
 // StatsStates are the job states reported.
 var StatsStates = []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"}
 
-// statsLoop prunes expired webhook-ids now and then. (The gauges are
-// read at scrape time: see Stats.)
+// statsLoop prunes now and then: expired webhook-ids, the timeline
+// events of jobs River has removed, and (SQLite) the free pages they
+// leave. (The gauges are read at scrape time: see Stats.)
 func (e *Engine) statsLoop() {
 	t := time.NewTicker(statsInterval)
 	defer t.Stop()
@@ -596,10 +648,23 @@ func (e *Engine) prune() {
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := b.prune(ctx, time.Now()); err != nil {
-		e.logger.Warn("pruning webhook ids", zap.Error(e.scrubErr(err)))
+	now := time.Now()
+	for _, p := range []struct {
+		what string
+		fn   func(context.Context) error
+	}{
+		{"pruning webhook ids", func(ctx context.Context) error { return b.prune(ctx, now) }},
+		{"pruning booking timelines", func(ctx context.Context) error {
+			return b.pruneEvents(ctx, now.Add(-e.settings().retention().shortest()))
+		}},
+		{"reclaiming free space", b.reclaim},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := p.fn(ctx)
+		cancel()
+		if err != nil {
+			e.logger.Warn(p.what, zap.Error(e.scrubErr(err)))
+		}
 	}
 }
 

@@ -89,7 +89,7 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	err = migrateOurs(func(ddl string) error {
+	err = migrateOurs(Postgres, func(ddl string) error {
 		_, err := conn.Exec(ctx, strings.Replace(ddl, "ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ", 1))
 		return err
 	})
@@ -161,6 +161,9 @@ func (d *pgDialect) queryTx(ctx context.Context, tx pgx.Tx, query string, args .
 }
 
 func (d *pgDialect) lockSuffix() string { return " FOR UPDATE" }
+
+// reclaim leaves free space to PostgreSQL's autovacuum.
+func (d *pgDialect) reclaim(context.Context) error { return nil }
 
 func (d *pgDialect) close() {
 	if d.outcomes != nil {

@@ -21,7 +21,6 @@ import (
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/scrub"
@@ -86,6 +85,13 @@ type intake interface {
 	workerSettings() Settings
 	// dashboard is a read-only River UI served under prefix.
 	dashboard(prefix string) (http.Handler, error)
+	// recordAnswers writes answers to booking timelines.
+	recordAnswers(ctx context.Context, rows []eventRow) error
+	// pruneEvents drops timeline events whose job is gone, among those
+	// written before horizon.
+	pruneEvents(ctx context.Context, horizon time.Time) error
+	// reclaim gives free space back to the file system (SQLite).
+	reclaim(ctx context.Context) error
 	close(ctx context.Context) error
 }
 
@@ -95,6 +101,11 @@ type JobStore interface {
 	GetJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
 	ReplayJob(ctx context.Context, id int64) (*ReplayResult, error)
 	DeleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error)
+	// BookingEvents, BookingOrganizations and JobsByID read booking
+	// timelines (timeline.go).
+	BookingEvents(ctx context.Context, org, booking string, limit int) ([]Event, error)
+	BookingOrganizations(ctx context.Context, booking string) ([]string, error)
+	JobsByID(ctx context.Context, ids []int64) ([]*rivertype.JobRow, error)
 }
 
 // ReplayMemory is the webhook-id store of signed webhooks, shared by the
@@ -135,6 +146,9 @@ type dialect[TTx any] interface {
 	// lockSuffix locks a selected row until the transaction ends; SQLite
 	// needs none, its immediate transactions hold the write lock.
 	lockSuffix() string
+	// reclaim gives free pages back to the file system (SQLite; PostgreSQL's
+	// autovacuum does its own).
+	reclaim(ctx context.Context) error
 	close()
 }
 
@@ -180,6 +194,9 @@ type riverBackend[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	// retiring are clients replaced by a restart, finishing their syncs.
 	retiring sync.WaitGroup
 	retired  sync.Map // *river.Client[TTx] -> struct{}
+	// pruneFrom is where the next pruneEvents goes on.
+	pruneMu   sync.Mutex
+	pruneFrom int64
 }
 
 // workerSettings are the settings of the current client (engine.restartMu
@@ -298,8 +315,8 @@ var ourTables = []string{createBookingTable, createWebhookIDTable, createHealthT
 // migrateOurs creates our tables and adds the columns a newer version
 // needs. exec runs one statement; a column that exists already is fine
 // (SQLite has no ADD COLUMN IF NOT EXISTS).
-func migrateOurs(exec func(string) error) error {
-	for _, ddl := range ourTables {
+func migrateOurs(driver string, exec func(string) error) error {
+	for _, ddl := range append(ourTables, createEventTable[driver], createEventIndex) {
 		if err := exec(ddl); err != nil {
 			return fmt.Errorf("migrating queue: %w", err)
 		}
@@ -381,12 +398,11 @@ func newRiverConfig(s Settings, driver string, workers *river.Workers, e *Engine
 		RescueStuckJobsAfter: s.WorkerTimeout + finishAllowance + 15*time.Second,
 		MaxAttempts:          s.MaxAttempts,
 		RetryPolicy:          retryPolicy{},
-		// Keep finished jobs as the operator's history: completed ones a
-		// day, cancelled (permanent failures) a week, discarded (out of
-		// attempts) a month.
-		CompletedJobRetentionPeriod: 24 * time.Hour,
-		CancelledJobRetentionPeriod: 7 * 24 * time.Hour,
-		DiscardedJobRetentionPeriod: 30 * 24 * time.Hour,
+		// Finished jobs are the operator's history, kept with their
+		// bookings' timelines as the config says (see Settings).
+		CompletedJobRetentionPeriod: s.retention().completed,
+		CancelledJobRetentionPeriod: s.retention().cancelled,
+		DiscardedJobRetentionPeriod: s.retention().discarded,
 	}
 	if driver == Postgres {
 		cfg.FetchCooldown = 20 * time.Millisecond
@@ -413,7 +429,10 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*E
 		if fresh, err = b.mergeGroups(ctx, tx, groups); err != nil {
 			return err
 		}
-		return b.insertJobs(ctx, tx, fresh)
+		if err := b.insertJobs(ctx, tx, fresh); err != nil {
+			return err
+		}
+		return b.writeEvents(ctx, tx, webhookEvents(batch))
 	})
 	if err != nil {
 		return err
@@ -818,18 +837,23 @@ func (h scrubHandler) WithGroup(name string) slog.Handler {
 // error River should record (River's completer then records the job's
 // state, in batches), or the database's error. If the process dies
 // between the two, the job is still running to River and runs again once
-// its call can no longer be running: a sync repeated, none lost. note, if
-// set, is the attempt's outcome for senders waiting on other instances
-// (PostgreSQL): published in the same transaction, so it is sent once,
-// when the outcome is recorded.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error, note []byte) (record, err error) {
+// its call can no longer be running: a sync repeated, none lost. The
+// attempt's event joins the booking's timeline in the same transaction.
+// note, if set, is the attempt's outcome for senders waiting on other
+// instances (PostgreSQL): published in the same transaction, so it is sent
+// once, when the outcome is recorded.
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], at *attempt, note []byte) (record, err error) {
 	// A finish need not reach the disk before the next durable commit: if
 	// power fails first, the job is still running in River's (durable)
 	// fetch and the booking still claimed, so it runs again once its call
 	// can no longer be running; a sync repeated, none lost or overlapped.
 	err = b.writeOpts(ctx, true, func(ctx context.Context, tx TTx) error {
 		var err error
-		if record, err = b.finishTx(ctx, tx, job, jobErr); err != nil {
+		var fate string
+		if record, fate, err = b.finishTx(ctx, tx, job, at.jobErr); err != nil {
+			return err
+		}
+		if err := b.writeEvents(ctx, tx, []eventRow{attemptEvent(job, at, fate)}); err != nil {
 			return err
 		}
 		return b.publish(ctx, tx, note)
@@ -840,12 +864,14 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	return record, nil
 }
 
-func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], jobErr error) (record, err error) {
+// finishTx releases the booking; fate is ResultStale or ResultSuperseded
+// when the attempt's own outcome did not decide the job's.
+func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], jobErr error) (record error, fate string, err error) {
 	// The claim made the row, and nothing removes a row while a sync
 	// runs: read it (a missing row reads as a claim passed on).
 	row, err := b.readBooking(ctx, tx, &job.Args)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	a := &job.Args
 	if !row.holds(job) {
@@ -854,15 +880,15 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 		// job be retried rather than reported done.
 		b.q.logger.Warn("sync finished after its claim passed to a newer attempt", zap.Int64("job_id", job.ID), zap.Int("attempt", job.Attempt))
 		if jobErr == nil || isCancel(jobErr) {
-			return errors.New("stale attempt: the booking is claimed by a newer one"), nil
+			return errors.New("stale attempt: the booking is claimed by a newer one"), ResultStale, nil
 		}
-		return jobErr, nil
+		return jobErr, ResultStale, nil
 	}
 	retriable := jobErr != nil && !isCancel(jobErr)
 	superseded := retriable && row.waiting.Valid && row.waiting.Int64 != job.ID
 	if superseded {
 		if superseded, err = b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	// A job that will retry takes the waiting slot back; on its last
@@ -876,7 +902,7 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 		// it again).
 		if err := b.db.exec(ctx, tx, `DELETE FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3`,
 			a.route(), a.OrganizationID, a.BookingKey); err != nil {
-			return nil, fmt.Errorf("releasing booking: %w", err)
+			return nil, "", fmt.Errorf("releasing booking: %w", err)
 		}
 	} else {
 		err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
@@ -884,20 +910,20 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 			running_job_id = NULL, running_attempt = NULL, running_until = NULL
 			WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
 		if err != nil {
-			return nil, fmt.Errorf("releasing booking: %w", err)
+			return nil, "", fmt.Errorf("releasing booking: %w", err)
 		}
 	}
 	// Slots exist on PostgreSQL only (takeSlot).
 	if b.q.rq.Driver == Postgres {
 		if err := b.db.exec(ctx, tx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
 			WHERE job_id = $1 AND attempt = $2`, job.ID, job.Attempt); err != nil {
-			return nil, fmt.Errorf("releasing sync slot: %w", err)
+			return nil, "", fmt.Errorf("releasing sync slot: %w", err)
 		}
 	}
 	if superseded {
-		return nil, nil // the newer job carries the sync; logged by the worker
+		return nil, ResultSuperseded, nil // the newer job carries the sync; logged by the worker
 	}
-	return jobErr, nil
+	return jobErr, "", nil
 }
 
 func isCancel(err error) bool {
@@ -1009,8 +1035,20 @@ func (b *riverBackend[TDriver, TTx]) GetJob(ctx context.Context, id int64) (*riv
 	return b.cl().JobGet(ctx, id)
 }
 
+// DeleteJob drops a job and the timeline events it keeps.
 func (b *riverBackend[TDriver, TTx]) DeleteJob(ctx context.Context, id int64) (*rivertype.JobRow, error) {
-	return b.cl().JobDelete(ctx, id)
+	var job *rivertype.JobRow
+	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
+		var err error
+		if job, err = b.cl().JobDeleteTx(ctx, tx, id); err != nil {
+			return err
+		}
+		return b.dropEvents(ctx, tx, job)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return job, nil
 }
 
 // replayJob runs a finished job again, by the coalescing rule: when the
@@ -1053,6 +1091,12 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 					return err
 				}
 				res.JobID, res.Coalesced = row.waiting.Int64, true
+				if err := b.handOverEvents(ctx, tx, &args, id, res.JobID); err != nil {
+					return err
+				}
+				if err := b.writeEvents(ctx, tx, []eventRow{replayEvent(&args, id, res)}); err != nil {
+					return err
+				}
 				// The replayed change gets a full budget in the job it
 				// joins, as a webhook's does.
 				return b.renewAttempts(ctx, tx, []int64{row.waiting.Int64})
@@ -1066,6 +1110,9 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 		if err := b.db.exec(ctx, tx, `UPDATE river_job SET max_attempts = attempt + $2 WHERE id = $1`,
 			id, b.maxAttempts.Load()); err != nil {
 			return fmt.Errorf("renewing attempts: %w", err)
+		}
+		if err := b.writeEvents(ctx, tx, []eventRow{replayEvent(&args, id, res)}); err != nil {
+			return err
 		}
 		return b.setWaiting(ctx, tx, args.route(), args.OrganizationID, args.BookingKey, id)
 	})
@@ -1127,6 +1174,8 @@ func (b *riverBackend[TDriver, TTx]) ReplayForget(ctx context.Context, key strin
 func (b *riverBackend[TDriver, TTx]) prune(ctx context.Context, now time.Time) error {
 	return b.execPool(ctx, `DELETE FROM receive_booking_webhook_id WHERE expires_at <= $1`, now.UnixNano())
 }
+
+func (b *riverBackend[TDriver, TTx]) reclaim(ctx context.Context) error { return b.db.reclaim(ctx) }
 
 // execPool runs a statement outside any transaction.
 func (b *riverBackend[TDriver, TTx]) execPool(ctx context.Context, query string, args ...any) error {

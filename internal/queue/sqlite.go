@@ -12,9 +12,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
+	"go.uber.org/zap"
 	"modernc.org/sqlite" // the pure-Go SQLite driver
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/stmtcache"
@@ -44,15 +46,7 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	// synchronous(NORMAL) by default, for River's own transactions (a
-	// fetch, a completion, maintenance): in WAL mode they survive a crash
-	// of the process, and the next durable commit takes them to disk. The
-	// commits that must survive a power cut before anything goes on (a
-	// webhook's record before its 2xx, a claim before its call, a replay,
-	// the health probe) run with synchronous=FULL (beginSync).
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	base, err := sqlite.NewConnector(dsn)
+	base, err := sqlite.NewConnector(sqliteDSN(path))
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("opening queue file: %w", err)
@@ -62,6 +56,10 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	db := sql.OpenDB(stmtcache.Connector(base, stmtCacheSize))
 	db.SetMaxOpenConns(1)
 	d := &sqliteDialect{db: db, lock: lock}
+	if err := d.incrementalVacuum(ctx, q); err != nil {
+		d.close()
+		return nil, err
+	}
 	b, err := newSQLiteBackend(ctx, d, q)
 	if err != nil {
 		d.close()
@@ -69,6 +67,27 @@ func openSQLite(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	}
 	return b, nil
 }
+
+// sqliteDSN opens the file at path as the queue uses it. synchronous(NORMAL)
+// by default, for River's own transactions (a fetch, a completion,
+// maintenance): in WAL mode they survive a crash of the process, and the
+// next durable commit takes them to disk. The commits that must survive a
+// power cut before anything goes on (a webhook's record before its 2xx, a
+// claim before its call, a replay, the health probe) run with
+// synchronous=FULL (beginSync). auto_vacuum comes first: it takes effect
+// only on a file that has no page yet, and WAL mode writes the first (see
+// incrementalVacuum for older files). The WAL is reused from its start
+// after each checkpoint, but a large transaction (River's cleaner, a
+// reclaim) grows it for good unless journal_size_limit cuts it back.
+func sqliteDSN(path string) string {
+	return "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=auto_vacuum(INCREMENTAL)&_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+		fmt.Sprintf("&_pragma=journal_size_limit(%d)", walSizeLimit) + "&_pragma=synchronous(NORMAL)&_txlock=immediate"
+}
+
+// walSizeLimit is the size a WAL is cut back to after a checkpoint: about
+// what SQLite's automatic checkpoint (every 1000 pages) lets it reach.
+const walSizeLimit = 4 << 20
 
 func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend, error) {
 	migrator, err := rivermigrate.New(riversqlite.New(d.db), nil)
@@ -78,7 +97,7 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return nil, fmt.Errorf("migrating queue: %w", err)
 	}
-	if err := migrateOurs(func(ddl string) error { _, err := d.db.ExecContext(ctx, ddl); return err }); err != nil {
+	if err := migrateOurs(SQLite, func(ddl string) error { _, err := d.db.ExecContext(ctx, ddl); return err }); err != nil {
 		return nil, err
 	}
 	if err := setupTally(ctx, d.db); err != nil {
@@ -171,6 +190,94 @@ func (d *sqliteDialect) queryTx(ctx context.Context, tx *sql.Tx, query string, a
 }
 
 func (d *sqliteDialect) lockSuffix() string { return "" }
+
+// The file's size: SQLite reuses the pages that deleted rows leave free,
+// but never gives them back to the file system by itself, so a burst of
+// webhooks would leave the file at its peak size for good. In incremental
+// auto-vacuum mode the free pages can be given back a few at a time
+// (reclaim, from the engine's periodic prune).
+const (
+	// autoVacuumIncremental is PRAGMA auto_vacuum's value for it.
+	autoVacuumIncremental = 2
+	// reclaimReserve is the share of the file (in free pages) kept free
+	// for new rows: River deletes finished jobs in batches, and the
+	// pages they free are refilled soon after; only what a burst leaves
+	// beyond that goes back.
+	reclaimReserve = 0.1
+	// reclaimMinFree is the fewest free pages worth a reclaim (4 MiB of
+	// 4 KiB pages).
+	reclaimMinFree = 1024
+	// reclaimMaxPages bounds the pages one reclaim gives back (8 MiB),
+	// and so the time it holds the file and the WAL it writes.
+	reclaimMaxPages = 2048
+)
+
+// incrementalVacuum turns incremental auto-vacuum on for a file made
+// before it was used: a new file has it from its first page (see the
+// DSN); an older one is rewritten once (VACUUM), which takes about as long
+// as copying the file and needs as much free disk beside it. It runs
+// before the queue opens (webhooks are answered 503 meanwhile), without
+// the connect timeout: a large file must not be cut short and tried again.
+func (d *sqliteDialect) incrementalVacuum(ctx context.Context, q *Engine) error {
+	var mode int
+	if err := d.db.QueryRowContext(ctx, `PRAGMA auto_vacuum`).Scan(&mode); err != nil {
+		return fmt.Errorf("reading the queue file's auto_vacuum: %w", err)
+	}
+	if mode == autoVacuumIncremental {
+		return nil
+	}
+	size := fileSize(q.rq.Location)
+	q.logger.Info("converting the queue file to incremental auto-vacuum, once: it is rewritten (VACUUM)",
+		zap.String("path", q.rq.Location), zap.Int64("bytes", size))
+	start := time.Now()
+	vctx := context.WithoutCancel(ctx)
+	if _, err := d.db.ExecContext(vctx, `PRAGMA auto_vacuum = INCREMENTAL`); err != nil {
+		return fmt.Errorf("converting the queue file to incremental auto-vacuum: %w", err)
+	}
+	if _, err := d.db.ExecContext(vctx, `VACUUM`); err != nil {
+		return fmt.Errorf("converting the queue file to incremental auto-vacuum (VACUUM): %w", err)
+	}
+	// The rewrite went through the WAL, which would otherwise stay as
+	// large as the file.
+	if _, err := d.db.ExecContext(vctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("converting the queue file to incremental auto-vacuum (checkpoint): %w", err)
+	}
+	q.logger.Info("queue file converted to incremental auto-vacuum", zap.String("path", q.rq.Location),
+		zap.Int64("bytes_before", size), zap.Int64("bytes_after", fileSize(q.rq.Location)), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// reclaim gives back the free pages beyond reclaimReserve of the file, at
+// most reclaimMaxPages at a time.
+func (d *sqliteDialect) reclaim(ctx context.Context) error {
+	return d.reclaimAtMost(ctx, reclaimMaxPages)
+}
+
+func (d *sqliteDialect) reclaimAtMost(ctx context.Context, maxPages int64) error {
+	var free, pages int64
+	if err := d.db.QueryRowContext(ctx, `SELECT freelist_count, page_count FROM pragma_freelist_count(), pragma_page_count()`).
+		Scan(&free, &pages); err != nil {
+		return err
+	}
+	n := free - int64(reclaimReserve*float64(pages))
+	if n < reclaimMinFree {
+		return nil
+	}
+	// Exec steps the pragma to its end: each step frees one page.
+	_, err := d.db.ExecContext(ctx, fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, min(n, maxPages)))
+	return err
+}
+
+// fileSize is the size of a SQLite file with its WAL, or -1.
+func fileSize(path string) int64 {
+	var n int64 = -1
+	for _, p := range []string{path, path + "-wal"} {
+		if fi, err := os.Stat(p); err == nil {
+			n = max(n, 0) + fi.Size()
+		}
+	}
+	return n
+}
 
 func (d *sqliteDialect) close() {
 	_ = d.db.Close()

@@ -86,6 +86,7 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// The senders waiting for this job are answered by this attempt.
 	waiting := e.waiters.take(job.ID)
 	up := e.upstreamFor(job.Args.Route)
+	started := time.Now()
 	actx, span := w.startAttempt(ctx, job)
 	var res *upstream.Result
 	var jobErr error
@@ -105,18 +106,24 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// Those waiting on other instances hear it with the recording.
 	out := outcomeOf(job, res, jobErr)
 	deliver(waiting, out)
+	// The retry is planned before the outcome is recorded, so that the
+	// booking's timeline says when it comes.
+	at := &attempt{started: started, res: res, jobErr: jobErr}
+	if jobErr != nil && !res.Permanent() && job.Attempt < job.MaxAttempts {
+		at.next = w.planRetry(job, res, ctx.Err() != nil)
+	}
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
-	riverErr, err := w.finishRetrying(fctx, job, res, jobErr, e.noteOf(job.ID, c.number, out))
+	riverErr, err := w.finishRetrying(fctx, job, at, e.noteOf(job.ID, c.number, out))
 	if err != nil {
+		w.notBefore.Delete(job.ID) // the attempt runs again; River's policy times it
 		return e.scrubErr(err)
 	}
-	var next time.Time
-	if riverErr != nil && !res.Permanent() && job.Attempt < job.MaxAttempts {
-		next = w.planRetry(job, res, ctx.Err() != nil)
+	if riverErr == nil {
+		w.notBefore.Delete(job.ID) // superseded: no retry
 	}
-	w.logOutcome(job, res, jobErr, riverErr, next)
+	w.logOutcome(job, res, jobErr, riverErr, at.next)
 	if o := e.observe(); o != nil {
 		switch {
 		case jobErr == nil:
@@ -167,10 +174,10 @@ func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], re
 // finishRetrying records the attempt's outcome, trying again while the
 // database refuses (a full disk, a dropped connection) within ctx: until it
 // is recorded, the booking stays claimed by this attempt.
-func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], res *upstream.Result, jobErr error, note []byte) (error, error) {
+func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], at *attempt, note []byte) (error, error) {
 	wait := 50 * time.Millisecond
 	for {
-		riverErr, err := w.b.finish(ctx, job, res, jobErr, note)
+		riverErr, err := w.b.finish(ctx, job, at, note)
 		if err == nil {
 			return riverErr, nil
 		}
@@ -268,7 +275,7 @@ func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
 
 // planRetry chooses when a failed attempt's retry comes, and keeps it for
 // NextRetry (River asks for it after Work returns, before it records the
-// attempt's error): the answer's Retry-After (capped) if it sent one, else
+// attempt's error; Work drops it if no retry follows): the answer's Retry-After (capped) if it sent one, else
 // the backoff; and when the call was abandoned (the worker's deadline
 // passed, or Caddy is stopping) while import-bookings may still be working
 // on it, not before that run could have ended: it keeps running after its
