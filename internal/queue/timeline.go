@@ -10,13 +10,14 @@ package queue
 // webhook's with its record, an attempt's with its finish, a replay's with
 // the replay. An answer is written just after it is given (it follows a
 // commit), in batches that never hold up a sender, and may be lost if the
-// process dies first; the rest are as durable as the queue.
+// process dies first; the others are as durable as what they record.
 //
 // Events are kept as long as the job that keeps them (job_id): River
 // deletes finished jobs after their retention, and the engine's periodic
 // prune drops the events of jobs that are gone (pruneEvents). A replay that
 // merges a job into the booking's waiting one hands that job's events to
-// it. Every text passes the engine's scrubber when it is written.
+// it. Every text passes the engine's scrubber when it is written, and
+// again when it is read.
 
 import (
 	"context"
@@ -344,8 +345,8 @@ func (b *riverBackend[TDriver, TTx]) recordAnswers(ctx context.Context, rows []e
 	return b.writeOpts(ctx, true, func(ctx context.Context, tx TTx) error { return b.writeEvents(ctx, tx, rows) })
 }
 
-// handOverEvents makes the events kept by job from keep by into: a
-// replay merged from into the booking's waiting job, and deleted it.
+// handOverEvents makes job into keep the events job from kept: a replay
+// merged from into the booking's waiting job into, and deleted from.
 func (b *riverBackend[TDriver, TTx]) handOverEvents(ctx context.Context, tx TTx, a *Args, from, into int64) error {
 	if err := b.db.exec(ctx, tx, `UPDATE receive_booking_event SET job_id = $1 WHERE booking = $2 AND org = $3 AND job_id = $4`,
 		into, a.BookingKey, a.OrganizationID, from); err != nil {
