@@ -436,7 +436,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 // webhook secret, the signing secret and the database password in its
 // errors (a retried 503 and a final 400): none of them appears in Caddy's
 // log (River's lines included, at debug level), in a stored job error or
-// in an admin answer.
+// booking timeline, or in an admin answer.
 func TestNoSecretLeavesTheEngine(t *testing.T) {
 	const signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 	dsn := testkit.FreshPostgresDSN(t)
@@ -475,7 +475,8 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 	require.Eventually(t, func() bool { return len(stand.CallsFor("s1")) >= 2 }, 30*time.Second, 100*time.Millisecond, "s1 retried")
 	time.Sleep(500 * time.Millisecond)
 	for _, path := range []string{"/receive_booking/jobs?state=discarded", "/receive_booking/jobs?state=cancelled",
-		"/receive_booking/jobs/1", "/receive_booking/jobs/2", "/receive_booking/stats", "/receive_booking/health"} {
+		"/receive_booking/jobs/1", "/receive_booking/jobs/2", "/receive_booking/stats", "/receive_booking/health",
+		"/receive_booking/bookings/s1", "/receive_booking/bookings/s2"} {
 		_, out := p.adminJSON(t, http.MethodGet, path)
 		raw, _ := json.Marshal(out)
 		answers.Write(raw)
@@ -486,6 +487,10 @@ func TestNoSecretLeavesTheEngine(t *testing.T) {
 	var stored string
 	require.NoError(t, conn.QueryRow(t.Context(), `SELECT coalesce(string_agg(errors::text, ' '), '') FROM river_job`).Scan(&stored))
 	require.Contains(t, stored, "[redacted]", "the stored errors hold the echo, scrubbed")
+	var timelines string
+	require.NoError(t, conn.QueryRow(t.Context(), `SELECT coalesce(string_agg(data, ' '), '') FROM receive_booking_event`).Scan(&timelines))
+	require.Contains(t, timelines, "[redacted]", "the timelines hold the echo, scrubbed")
+	stored += " " + timelines
 	found := map[string]int{}
 	for i, s := range secrets {
 		for where, text := range map[string]string{"log": p.log.String(), "stored errors": stored, "answers": answers.String()} {

@@ -129,7 +129,9 @@ func TestSoakFileSize(t *testing.T) {
 	}
 	dbIdle, walIdle := size()
 	slices.Sort(lat)
-	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond) }
+	pct := func(q float64) time.Duration {
+		return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
 	t.Logf("answer latency: p50 %s, p99 %s, p99.9 %s, max %s", pct(0.5), pct(0.99), pct(0.999), lat[len(lat)-1].Round(time.Millisecond))
 	t.Logf("sent %d (%d not answered 2xx) in %s: %.0f/s; file grew %.1f MB during the load (%.0f bytes per webhook), %.1f MB at the end of the idle time",
 		sent.Load(), failed.Load(), loadEnd.Sub(start).Round(time.Second), float64(sent.Load())/loadEnd.Sub(start).Seconds(),

@@ -38,8 +38,8 @@ type timelineView struct {
 	// State is where the booking stands: the state of its newest job not
 	// yet done, else of its newest job kept; "unknown" when no job is
 	// kept (deleted by an operator).
-	State  string         `json:"state"`
-	Jobs   []timelineJob  `json:"jobs"`
+	State  string        `json:"state"`
+	Jobs   []timelineJob `json:"jobs"`
 	Events []queue.Event `json:"events"`
 }
 

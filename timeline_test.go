@@ -73,13 +73,7 @@ func testTimeline(t *testing.T, driver string) {
 	status, _ = postAs(t, p.url, orgBKey, `{"booking_id":"tl-twice"}`)
 	require.Equal(t, 200, status)
 
-	// The answer is written just after it is given; wait until the
-	// timeline has it all.
-	var view timelineView
-	require.Eventually(t, func() bool {
-		adminJSON(t, p, "/receive_booking/bookings/tl-1?organization=org-a", &view)
-		return len(view.Events) == 6
-	}, 10*time.Second, 50*time.Millisecond, "six events: %+v", view.Events)
+	view := waitTimeline(t, p, "/receive_booking/bookings/tl-1?organization=org-a", 6)
 	checkTimeline(t, &view, job)
 
 	// The command prints the same: --json is the admin API's answer
@@ -121,12 +115,33 @@ func testTimeline(t *testing.T, driver string) {
 	stdout, _, code = runCLIAt(t, strings.TrimPrefix(p.admin, "http://"), "booking", "tl-twice", "--organization", "org-b")
 	assert.Equal(t, 0, code)
 	assert.Regexp(t, `(?m)^\S+ \S+\s+webhook\s+\d+\s+no event_type by organization org-b key #1, new job$`, stdout)
+	status, _ = postAs(t, p.url, orgAKey, `{"booking_id":"tl/slash"}`)
+	require.Equal(t, 200, status)
+	stdout, _, code = runCLIAt(t, strings.TrimPrefix(p.admin, "http://"), "booking", "tl/slash")
+	assert.Equal(t, 0, code, "an id with a slash is one id")
+	assert.Regexp(t, `(?m)^booking\s+tl/slash$`, stdout)
+	resp, err := http.Get(p.admin + "/receive_booking/bookings/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "no booking id")
 	_, stderr, code = runCLIAt(t, strings.TrimPrefix(p.admin, "http://"), "booking", "nope")
 	assert.Equal(t, exitNotFound, code)
 	assert.Contains(t, stderr, msgNoSuchBooking)
 	_, _, code = runCLIAt(t, strings.TrimPrefix(p.admin, "http://"), "booking", "tl-1", "--organization", "org-b")
 	assert.Equal(t, exitNotFound, code, "the booking is org-a's")
 	assert.NotContains(t, p.log.String(), orgAKey, "no key in any log line")
+}
+
+// waitTimeline reads a timeline from the admin API once it has n events:
+// an answer is written just after it is given.
+func waitTimeline(t *testing.T, p *caddyProcess, path string, n int) timelineView {
+	t.Helper()
+	var view timelineView
+	require.Eventually(t, func() bool {
+		adminJSON(t, p, path, &view)
+		return len(view.Events) == n
+	}, 10*time.Second, 50*time.Millisecond, "%d events: %+v", n, view.Events)
+	return view
 }
 
 // checkTimeline: the six events of the retried, failed and replayed
@@ -215,9 +230,7 @@ func TestRetentionThroughTheBinary(t *testing.T) {
 	require.Equal(t, 200, status)
 	status, _ = postAs(t, p.url, orgAKey, `{"booking_id":"rt-kept"}`)
 	require.Equal(t, 200, status)
-	var view timelineView
-	adminJSON(t, p, "/receive_booking/bookings/rt-gone", &view)
-	require.Len(t, view.Events, 3, "webhook, attempt, answer")
+	view := waitTimeline(t, p, "/receive_booking/bookings/rt-gone", 3) // webhook, attempt, answer
 
 	// River's cleaner runs every 30 s; the engine prunes every 10 s.
 	start := time.Now()
