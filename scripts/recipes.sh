@@ -142,8 +142,11 @@ done < <(instructions)
 [ -n "$binary" ] || fail "the final stage copies no binary from the builder"
 [ -x "$binary" ] || fail "the builder stage did not build ${binary#"$root"}"
 "$binary" version
+# The list is read whole first: grep -q would close the pipe at its first
+# match, and under pipefail caddy's SIGPIPE would fail the check.
+modules=$("$binary" list-modules)
 for module in receive_booking http.handlers.receive_booking http.handlers.receive_booking_dashboard admin.api.receive_booking; do
-	"$binary" list-modules | grep -qx "$module" || fail "the Dockerfile's binary lacks $module"
+	grep -qx "$module" <<<"$modules" || fail "the Dockerfile's binary lacks $module"
 done
 XDG_DATA_HOME=$tmp/data XDG_CONFIG_HOME=$tmp/config "$binary" validate --config Caddyfile.example --adapter caddyfile 2>/dev/null ||
 	fail "the Dockerfile's binary does not validate Caddyfile.example"
