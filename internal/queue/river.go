@@ -452,7 +452,7 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*E
 // at once only to be snoozed (a fetch and a state change per job, a third
 // of the workers' database work in async mode).
 type windowStart struct {
-	river.JobInsertMiddlewareDefaults
+	river.MiddlewareDefaults
 }
 
 func (*windowStart) InsertMany(ctx context.Context, params []*rivertype.JobInsertParams,
