@@ -71,13 +71,14 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
-// jobStates are the states an operator may list.
-var jobStates = map[string]rivertype.JobState{
-	"available": rivertype.JobStateAvailable, "cancelled": rivertype.JobStateCancelled,
-	"completed": rivertype.JobStateCompleted, "discarded": rivertype.JobStateDiscarded,
-	"retryable": rivertype.JobStateRetryable, "running": rivertype.JobStateRunning,
-	"scheduled": rivertype.JobStateScheduled,
-}
+// jobStates are the states an operator may list: the engine's list.
+var jobStates = func() map[string]rivertype.JobState {
+	m := make(map[string]rivertype.JobState, len(queue.States))
+	for _, s := range queue.States {
+		m[s] = rivertype.JobState(s)
+	}
+	return m
+}()
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, adminPrefix), "/"), "/")
@@ -485,8 +486,13 @@ func replayableOnly(states []rivertype.JobState) error {
 }
 
 // pendingStates are the jobs not done yet: the "pending" shorthand.
-var pendingStates = []rivertype.JobState{rivertype.JobStateAvailable, rivertype.JobStateScheduled,
-	rivertype.JobStateRetryable, rivertype.JobStateRunning}
+var pendingStates = func() []rivertype.JobState {
+	out := make([]rivertype.JobState, len(queue.PendingStates))
+	for i, s := range queue.PendingStates {
+		out[i] = rivertype.JobState(s)
+	}
+	return out
+}()
 
 // bookingParam reads ?booking_id= as the booking's key (see bookingKey).
 func bookingParam(r *http.Request) string { return bookingKey(r.URL.Query().Get("booking_id")) }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"io"
 	"net/http"
 	"net/url"
@@ -407,7 +408,7 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 			fmt.Fprintf(tw, "reason\t%v\n", r)
 		}
 		if counts, ok := v["counts"].(map[string]any); ok {
-			for _, st := range []string{"available", "scheduled", "retryable", "running", "discarded", "cancelled", "completed"} {
+			for _, st := range queue.States {
 				fmt.Fprintf(tw, "%s\t%v\n", st, num(counts[st]))
 			}
 		}
@@ -438,7 +439,7 @@ func num(v any) any {
 // or "-".
 func nextRun(job map[string]any) string {
 	switch job["state"] {
-	case "available", "scheduled", "retryable":
+	case queue.StateAvailable, queue.StateScheduled, queue.StateRetryable:
 		if t, err := time.Parse(time.RFC3339Nano, str(job["scheduled_at"])); err == nil {
 			return t.UTC().Format("15:04:05") + " UTC"
 		}

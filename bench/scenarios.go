@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"path/filepath"
 	"strings"
 	"time"
@@ -371,8 +372,11 @@ type statsAnswer struct {
 }
 
 // pending is the jobs not done yet.
-func (s *statsAnswer) pending() int64 {
-	return s.Counts["available"] + s.Counts["scheduled"] + s.Counts["running"] + s.Counts["retryable"]
+func (s *statsAnswer) pending() (n int64) {
+	for _, st := range queue.PendingStates {
+		n += s.Counts[st]
+	}
+	return n
 }
 
 func queueStats(c *caddyProc) (*statsAnswer, error) {

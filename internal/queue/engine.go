@@ -624,8 +624,31 @@ type Stats struct {
 	LastSyncAt           *time.Time       `json:"last_sync_at,omitempty"`
 }
 
-// StatsStates are the job states reported.
-var StatsStates = []string{"available", "running", "retryable", "scheduled", "discarded", "cancelled", "completed"}
+// The states of a job, as the engine reports them (River's own names).
+const (
+	StateAvailable = "available"
+	StateScheduled = "scheduled"
+	StateRetryable = "retryable"
+	StateRunning   = "running"
+	StateDiscarded = "discarded"
+	StateCancelled = "cancelled"
+	StateCompleted = "completed"
+)
+
+// PendingStates are the states of a job not done yet: the "pending"
+// shorthand of the admin API and the commands.
+var PendingStates = []string{StateAvailable, StateScheduled, StateRetryable, StateRunning}
+
+// FinishedStates are the states of a job that is done: kept for its
+// retention period, then deleted.
+var FinishedStates = []string{StateDiscarded, StateCancelled, StateCompleted}
+
+// States is every job state, pending ones first: the one list the admin
+// API, the commands, the metrics and the counts use.
+var States = append(append([]string(nil), PendingStates...), FinishedStates...)
+
+// StatsStates are the job states reported (every state).
+var StatsStates = States
 
 // statsLoop prunes now and then: expired webhook-ids, the timeline
 // events of jobs River has removed, and (SQLite) the free pages they
