@@ -46,16 +46,11 @@ func postAs(t *testing.T, url, key, body string) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
-// adminJSON GETs an admin API path of a running binary and decodes it.
+// adminJSON GETs an admin API path of a running binary, which must answer
+// 200, and decodes it into out.
 func adminJSON(t *testing.T, p *caddyProcess, path string, out any) {
 	t.Helper()
-	resp, err := http.Get(p.admin + path)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", path, raw)
-	require.NoError(t, json.Unmarshal(raw, out), "%s: %s", path, raw)
+	require.Equal(t, http.StatusOK, p.adminDecode(t, http.MethodGet, path, out), path)
 }
 
 // jobsOf lists the jobs of one booking.

@@ -482,15 +482,22 @@ func (p *caddyProcess) reload(t *testing.T, directive string) {
 // adminJSON calls the process's admin API and decodes the JSON answer.
 func (p *caddyProcess) adminJSON(t *testing.T, method, path string) (int, map[string]any) {
 	t.Helper()
+	var out map[string]any
+	return p.adminDecode(t, method, path, &out), out
+}
+
+// adminDecode calls the admin API and decodes its JSON answer into out;
+// it returns the status.
+func (p *caddyProcess) adminDecode(t *testing.T, method, path string, out any) int {
+	t.Helper()
 	req, err := http.NewRequest(method, p.admin+path, nil)
 	require.NoError(t, err)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var out map[string]any
 	raw, _ := io.ReadAll(resp.Body)
-	require.NoError(t, json.Unmarshal(raw, &out), "%s %s: %s", method, path, raw)
-	return resp.StatusCode, out
+	require.NoError(t, json.Unmarshal(raw, out), "%s %s: %s", method, path, raw)
+	return resp.StatusCode
 }
 
 func portOf(u string) string {
