@@ -19,7 +19,6 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/riverqueue/river/rivertype"
 )
 
 // The admin API's answers for a queue or a job that does not exist (404;
@@ -70,15 +69,6 @@ func (*AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
-
-// jobStates are the states an operator may list: the engine's list.
-var jobStates = func() map[string]rivertype.JobState {
-	m := make(map[string]rivertype.JobState, len(queue.States))
-	for _, s := range queue.States {
-		m[s] = rivertype.JobState(s)
-	}
-	return m
-}()
 
 func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, adminPrefix), "/"), "/")
@@ -205,17 +195,12 @@ type attemptView struct {
 	Error   string    `json:"error"`
 }
 
-func newJobView(job *rivertype.JobRow, q *adminQueue, withHistory bool) jobView {
-	var args queue.Args
-	_ = json.Unmarshal(job.EncodedArgs, &args)
+func newJobView(job *queue.Job, q *adminQueue, withHistory bool) jobView {
 	v := jobView{
-		ID: job.ID, State: string(job.State), BookingKey: args.BookingKey,
-		OrganizationID: args.OrganizationID, EventType: args.EventType,
+		ID: job.ID, State: job.State, BookingID: job.BookingID, BookingKey: job.BookingKey,
+		OrganizationID: job.OrganizationID, EventType: job.EventType,
 		Attempts: job.Attempt, MaxAttempts: job.MaxAttempts,
 		CreatedAt: job.CreatedAt, ScheduledAt: job.ScheduledAt, AttemptedAt: job.AttemptedAt, FinalizedAt: job.FinalizedAt,
-	}
-	if json.Valid(args.BookingID) {
-		v.BookingID = args.BookingID
 	}
 	if n := len(job.Errors); n > 0 {
 		v.LastError = adminScrub(q, job.Errors[n-1].Error)
@@ -250,7 +235,7 @@ func (a *AdminAPI) listJobs(ctx context.Context, q *adminQueue, r *http.Request)
 	}
 	ctx, cancel := adminCtx(ctx)
 	defer cancel()
-	jobs, err := q.backend.ListJobs(ctx, states, int(limit), after, bookingParam(r))
+	jobs, err := q.backend.ListJobs(ctx, queue.ListParams{States: states, Limit: int(limit), After: after, Booking: bookingParam(r)})
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +316,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 	}
 	for after := int64(0); ; {
 		lctx, cancel := adminCtx(ctx)
-		jobs, err := q.backend.ListJobs(lctx, states, maxListLimit, after, booking)
+		jobs, err := q.backend.ListJobs(lctx, queue.ListParams{States: states, Limit: maxListLimit, After: after, Booking: booking})
 		cancel()
 		if err != nil {
 			return nil, partial(err)
@@ -340,7 +325,7 @@ func (a *AdminAPI) retryMany(ctx context.Context, q *adminQueue, r *http.Request
 			after = j.ID
 			res, err := replayIfReplayable(ctx, q, j.ID)
 			switch {
-			case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, rivertype.ErrNotFound), errors.Is(err, rivertype.ErrJobRunning):
+			case errors.Is(err, queue.ErrNotReplayable), errors.Is(err, queue.ErrJobNotFound), errors.Is(err, queue.ErrJobRunning):
 				out.Skipped++
 			case err != nil:
 				return nil, partial(err)
@@ -375,7 +360,7 @@ func replayIfReplayable(ctx context.Context, q *adminQueue, id int64) (*queue.Re
 // deleteJob drops a job; a running one cannot be (409).
 func (a *AdminAPI) deleteJob(ctx context.Context, q *adminQueue, id int64) (any, error) {
 	job, err := q.backend.DeleteJob(ctx, id)
-	if errors.Is(err, rivertype.ErrJobRunning) {
+	if errors.Is(err, queue.ErrJobRunning) {
 		return nil, apiError(http.StatusConflict, fmt.Sprintf("job %d is running and cannot be deleted", id))
 	}
 	if err != nil {
@@ -445,10 +430,10 @@ func (a *AdminAPI) health(w http.ResponseWriter, r *http.Request) error {
 }
 
 // stateParam reads ?state=, discarded by default.
-func stateParam(r *http.Request) ([]rivertype.JobState, error) {
+func stateParam(r *http.Request) ([]string, error) {
 	v := r.URL.Query().Get("state")
 	if v == "" {
-		return []rivertype.JobState{rivertype.JobStateDiscarded}, nil
+		return []string{queue.StateDiscarded}, nil
 	}
 	states, err := parseStates(v)
 	if err != nil {
@@ -459,24 +444,23 @@ func stateParam(r *http.Request) ([]rivertype.JobState, error) {
 
 // parseStates reads comma-separated job states; "pending" stands for the
 // jobs not done yet. The admin API and the command check states alike.
-func parseStates(v string) ([]rivertype.JobState, error) {
-	var out []rivertype.JobState
+func parseStates(v string) ([]string, error) {
+	var out []string
 	for name := range strings.SplitSeq(v, ",") {
 		if name == "pending" {
-			out = append(out, pendingStates...)
+			out = append(out, queue.PendingStates...)
 			continue
 		}
-		s, ok := jobStates[name]
-		if !ok {
+		if !slices.Contains(queue.States, name) {
 			return nil, errors.New("state: expected one or more (comma-separated) of pending, discarded, cancelled, retryable, available, scheduled, running, completed")
 		}
-		out = append(out, s)
+		out = append(out, name)
 	}
 	return out, nil
 }
 
 // replayableOnly refuses the states a replay does not take.
-func replayableOnly(states []rivertype.JobState) error {
+func replayableOnly(states []string) error {
 	for _, st := range states {
 		if !queue.ReplayableStates[st] {
 			return errors.New("state: expected discarded, cancelled or retryable")
@@ -484,15 +468,6 @@ func replayableOnly(states []rivertype.JobState) error {
 	}
 	return nil
 }
-
-// pendingStates are the jobs not done yet: the "pending" shorthand.
-var pendingStates = func() []rivertype.JobState {
-	out := make([]rivertype.JobState, len(queue.PendingStates))
-	for i, s := range queue.PendingStates {
-		out[i] = rivertype.JobState(s)
-	}
-	return out
-}()
 
 // bookingParam reads ?booking_id= as the booking's key (see bookingKey).
 func bookingParam(r *http.Request) string { return bookingKey(r.URL.Query().Get("booking_id")) }
@@ -522,7 +497,7 @@ func adminErr(err error, q *adminQueue) error {
 	switch {
 	case errors.As(err, &apiErr):
 		return apiErr
-	case errors.Is(err, rivertype.ErrNotFound):
+	case errors.Is(err, queue.ErrJobNotFound):
 		return apiError(http.StatusNotFound, msgNoSuchJob)
 	case errors.Is(err, context.DeadlineExceeded):
 		return apiError(http.StatusGatewayTimeout, "the queue did not answer in time: "+adminScrub(q, err.Error()))

@@ -196,7 +196,7 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 		if err != nil {
 			continue // the counts are unknown: absent rather than 0
 		}
-		for _, state := range queue.StatsStates {
+		for _, state := range queue.States {
 			ch <- prometheus.MustNewConstMetric(descQueueJobs, prometheus.GaugeValue, float64(s.Counts[state]), id, state)
 		}
 		ch <- prometheus.MustNewConstMetric(descQueueOldest, prometheus.GaugeValue, s.OldestPendingSeconds, id)

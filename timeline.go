@@ -16,8 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/riverqueue/river/rivertype"
-
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 )
 
@@ -140,7 +138,7 @@ func jobIDsOf(events []queue.Event) []int64 {
 	return ids
 }
 
-func newTimelineView(booking, org string, events []queue.Event, jobs []*rivertype.JobRow) *timelineView {
+func newTimelineView(booking, org string, events []queue.Event, jobs []*queue.Job) *timelineView {
 	v := &timelineView{BookingID: booking, OrganizationID: org, State: "unknown", Events: events, Jobs: []timelineJob{}}
 	if v.Events == nil {
 		v.Events = []queue.Event{}
@@ -152,7 +150,7 @@ func newTimelineView(booking, org string, events []queue.Event, jobs []*rivertyp
 			if pending == "" {
 				pending = tj.State
 			}
-			if j.State != rivertype.JobStateRunning {
+			if j.State != queue.StateRunning {
 				at := j.ScheduledAt.UTC()
 				tj.NextRun = &at
 			}

@@ -129,10 +129,28 @@ func (q *Config) Key() string {
 
 // Describe names the queue in errors without its DSN.
 func (q *Config) Describe() string {
-	if q.Driver == SQLite {
-		return "sqlite " + q.Location
+	if drivers[q.Driver].secretLocation {
+		return q.Driver + " (" + q.Key() + ")"
 	}
-	return "postgres (" + q.Key() + ")"
+	return q.Driver + " " + q.Location
+}
+
+// engineDriver is what the engine knows of a database before it opens it.
+type engineDriver struct {
+	open func(ctx context.Context, rq *Config, e *Engine) (backend, error)
+	// batchers commit webhooks side by side (1 where one writer is all).
+	batchers int
+	// secretLocation: the location (a DSN) may hold a password.
+	secretLocation bool
+	// maxInFlight is the cap on syncs running at once, for the metrics.
+	maxInFlight func(s Settings) int
+}
+
+// drivers are the databases a queue runs on.
+var drivers = map[string]engineDriver{
+	SQLite: {open: openSQLite, batchers: 1, maxInFlight: (*sqliteDialect)(nil).workers},
+	// max_in_flight across every instance (0: none).
+	Postgres: {open: openPostgres, batchers: 4, secretLocation: true, maxInFlight: func(s Settings) int { return s.MaxInFlight }},
 }
 
 // SettingsDiff names the worker settings in which o differs, or "".
@@ -266,17 +284,13 @@ func New(rq *Config, logger *zap.Logger) *Engine {
 		stop:    make(chan struct{}),
 	}
 	e.waiters.init()
-	if rq.Driver == Postgres {
+	if drivers[rq.Driver].secretLocation {
 		e.scrub.Set(e, append([]string{rq.Location}, DSNSecrets(rq.Location)...)...)
 	}
 	reason := "connecting"
 	e.down.Store(&reason)
 	e.wg.Go(e.connectLoop)
-	batchers := 1
-	if rq.Driver == Postgres {
-		batchers = 4 // PostgreSQL commits concurrently; SQLite has one writer
-	}
-	for range batchers {
+	for range max(drivers[rq.Driver].batchers, 1) {
 		e.wg.Go(e.batchLoop)
 	}
 	e.wg.Go(e.statsLoop)
@@ -390,14 +404,11 @@ func (e *Engine) connectLoop() {
 func (e *Engine) connect() error {
 	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 	defer cancel()
-	var b backend
-	var err error
-	switch e.rq.Driver {
-	case SQLite:
-		b, err = openSQLite(ctx, e.rq, e)
-	case Postgres:
-		b, err = openPostgres(ctx, e.rq, e)
+	d, ok := drivers[e.rq.Driver]
+	if !ok {
+		return fmt.Errorf("queue: unknown driver %q", e.rq.Driver)
 	}
+	b, err := d.open(ctx, e.rq, e)
 	if err != nil {
 		return err
 	}
@@ -624,32 +635,6 @@ type Stats struct {
 	LastSyncAt           *time.Time       `json:"last_sync_at,omitempty"`
 }
 
-// The states of a job, as the engine reports them (River's own names).
-const (
-	StateAvailable = "available"
-	StateScheduled = "scheduled"
-	StateRetryable = "retryable"
-	StateRunning   = "running"
-	StateDiscarded = "discarded"
-	StateCancelled = "cancelled"
-	StateCompleted = "completed"
-)
-
-// PendingStates are the states of a job not done yet: the "pending"
-// shorthand of the admin API and the commands.
-var PendingStates = []string{StateAvailable, StateScheduled, StateRetryable, StateRunning}
-
-// FinishedStates are the states of a job that is done: kept for its
-// retention period, then deleted.
-var FinishedStates = []string{StateDiscarded, StateCancelled, StateCompleted}
-
-// States is every job state, pending ones first: the one list the admin
-// API, the commands, the metrics and the counts use.
-var States = append(append([]string(nil), PendingStates...), FinishedStates...)
-
-// StatsStates are the job states reported (every state).
-var StatsStates = States
-
 // statsLoop prunes now and then: expired webhook-ids, the timeline
 // events of jobs River has removed, and (SQLite) the free pages they
 // leave. (The gauges are read at scrape time: see Stats.)
@@ -703,11 +688,10 @@ func (e *Engine) Up() bool {
 // max_in_flight across every instance (0: none), on SQLite the workers
 // (capped by max_in_flight).
 func (e *Engine) MaxInFlight() int {
-	s := e.settings()
-	if e.rq.Driver == Postgres {
-		return s.MaxInFlight
+	if d, ok := drivers[e.rq.Driver]; ok {
+		return d.maxInFlight(e.settings())
 	}
-	return localWorkers(s, e.rq.Driver)
+	return 0
 }
 
 // Stats is a snapshot of the queue.

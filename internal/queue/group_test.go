@@ -17,7 +17,6 @@ import (
 
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivermigrate"
-	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"modernc.org/sqlite"
@@ -202,7 +201,7 @@ func TestJobCountsFollowRiver(t *testing.T) {
 		require.NoError(t, err)
 		defer rows.Close()
 		out := map[string]int64{}
-		for _, st := range StatsStates {
+		for _, st := range States {
 			out[st] = 0
 		}
 		for rows.Next() {
@@ -221,7 +220,7 @@ func TestJobCountsFollowRiver(t *testing.T) {
 	require.Eventually(t, func() bool { return len(up.Calls()) >= 40 }, 20*time.Second, 20*time.Millisecond)
 	// Two reads of a changing queue agree once it holds still a moment.
 	require.Eventually(t, same, 10*time.Second, 50*time.Millisecond, "while jobs run and retry")
-	jobs, err := b.ListJobs(ctx, []rivertype.JobState{rivertype.JobStateCancelled}, 5, 0, "")
+	jobs, err := b.ListJobs(ctx, ListParams{States: []string{StateCancelled}, Limit: 5})
 	require.NoError(t, err)
 	require.NotEmpty(t, jobs)
 	_, err = b.ReplayJob(ctx, jobs[0].ID)
@@ -248,7 +247,7 @@ func TestWindowedJobsWaitUnfetched(t *testing.T) {
 		require.NoError(t, err)
 		job, err := qh.backend().(JobStore).GetJob(t.Context(), id)
 		require.NoError(t, err)
-		assert.Equal(t, rivertype.JobStateAvailable, job.State)
+		assert.Equal(t, StateAvailable, job.State)
 		assert.WithinDuration(t, before.Add(window), job.ScheduledAt, 100*time.Millisecond)
 		time.Sleep(window / 2)
 		job, err = qh.backend().(JobStore).GetJob(t.Context(), id)

@@ -1,83 +1,85 @@
 package queue
 
-// Set-based intake: a batch's bookings are recorded with one statement and
-// its new jobs named waiting with another, whatever the batch's size. On
-// PostgreSQL each statement is a round trip (the batch used two per
-// booking); on SQLite each is a program started. The bookings travel as
-// arrays (PostgreSQL, unnest) or as one JSON array (SQLite, json_each), so
-// the statement's text, and its prepared plan, stay the same.
+// The intake: a batch of webhooks (every one that arrived while the
+// previous batch committed) recorded in one transaction. Webhooks are
+// grouped by booking; a group merges into its booking's waiting sync if
+// it has one that has not started (gate.go says why that is safe), or
+// else becomes one new job, inserted with every other new job of the
+// batch in one statement. The bookings are recorded set-based, one
+// statement whatever the batch's size, their columns passed as the
+// dialect takes them (arrays on PostgreSQL, one JSON array on SQLite), so
+// that a statement's text, and its prepared plan, stay the same.
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 )
 
-const upsertBookingsReturning = `
-ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
-	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
-RETURNING target_id, org, booking, waiting_job_id, (SELECT count(*) FROM river_job
-	WHERE river_job.id = receive_booking_booking.waiting_job_id AND ` + mergeable + `)`
-
-// upsertBookings records a batch's bookings (route, org, booking, latest
-// event type), locking their rows until the transaction ends, and
-// returns each one's waiting job and whether a webhook may merge into it.
-var upsertBookings = map[string]string{
-	Postgres: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])` + upsertBookingsReturning,
-	// "WHERE true" tells SQLite's parser that ON CONFLICT is the upsert's.
-	SQLite: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
-SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($1) WHERE true` + upsertBookingsReturning,
-}
-
-// setWaitingMany makes each new job its booking's waiting sync.
-var setWaitingMany = map[string]string{
-	Postgres: `UPDATE receive_booking_booking AS b SET waiting_job_id = v.id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS v(target_id, org, booking, id)
-WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
-	SQLite: `UPDATE receive_booking_booking SET waiting_job_id = v.id
-FROM (SELECT value->>0 AS target_id, value->>1 AS org, value->>2 AS booking, value->>3 AS id FROM json_each($1)) AS v
-WHERE receive_booking_booking.target_id = v.target_id AND receive_booking_booking.org = v.org
-	AND receive_booking_booking.booking = v.booking`,
-}
-
-// setArgs passes columns of equal length as the dialect takes them: one
-// array each (PostgreSQL) or one JSON array of rows (SQLite).
-func setArgs(driver string, cols ...any) ([]any, error) {
-	if driver == Postgres {
-		return cols, nil
+// insertBatch records a batch of webhooks in one transaction. Webhooks are
+// grouped by booking: a group merges into the booking's waiting sync if it
+// has one, or else becomes one new job; all new jobs are inserted with one
+// statement.
+func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*Entry) error {
+	var fresh [][]*Entry
+	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
+		groups := groupByBooking(batch)
+		// Lock booking rows in one global order, so that two batches committing
+		// at once (PostgreSQL) never wait on each other in a cycle.
+		slices.SortFunc(groups, func(x, y []*Entry) int {
+			a, b := x[0], y[0]
+			return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
+				strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
+		})
+		var err error
+		if fresh, err = b.mergeGroups(ctx, tx, groups); err != nil {
+			return err
+		}
+		if err := b.insertJobs(ctx, tx, fresh); err != nil {
+			return err
+		}
+		return b.writeEvents(ctx, tx, webhookEvents(batch))
+	})
+	if err != nil {
+		return err
 	}
-	var n int
-	switch c := cols[0].(type) {
-	case []string:
-		n = len(c)
-	default:
-		return nil, fmt.Errorf("setArgs: unexpected column %T", c)
-	}
-	rows := make([][]any, n)
-	for i := range rows {
-		rows[i] = make([]any, len(cols))
-		for j, col := range cols {
-			switch c := col.(type) {
-			case []string:
-				rows[i][j] = c[i]
-			case []int64:
-				rows[i][j] = c[i]
-			}
+	now := time.Now()
+	for _, g := range fresh {
+		if !g[0].NotBefore.After(now) {
+			b.announce() // a job to run now; those in a window are polled for
+			break
 		}
 	}
-	b, err := json.Marshal(rows)
-	if err != nil {
-		return nil, err
-	}
-	return []any{string(b)}, nil
+	return nil
 }
 
-type bookingKey struct{ route, org, booking string }
-
-func keyOf(e *Entry) bookingKey {
-	return bookingKey{e.Route, e.Webhook.OrganizationID, e.Webhook.BookingKey}
+// groupByBooking groups webhooks by booking, in order of first arrival.
+func groupByBooking(batch []*Entry) [][]*Entry {
+	type key struct {
+		route   string
+		booking payload.Key
+	}
+	index := make(map[key]int, len(batch))
+	var groups [][]*Entry
+	for _, r := range batch {
+		k := key{r.Route, r.Webhook.Key()}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], r)
+	}
+	return groups
 }
 
 // mergeGroups records a batch's bookings and merges each group into its
@@ -90,11 +92,11 @@ func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, gr
 		first, last := g[0], g[len(g)-1]
 		routes[i], orgs[i], bookings[i], events[i] = first.Route, first.Webhook.OrganizationID, first.Webhook.BookingKey, last.Webhook.EventType
 	}
-	args, err := setArgs(b.q.rq.Driver, routes, orgs, bookings, events)
+	args, err := b.db.columns(routes, orgs, bookings, events)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := b.db.queryTx(ctx, tx, upsertBookings[b.q.rq.Driver], args...)
+	rows, err := b.db.queryTx(ctx, tx, b.db.sql().upsertBookings, args...)
 	if err != nil {
 		return nil, fmt.Errorf("recording bookings: %w", err)
 	}
@@ -139,47 +141,107 @@ func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, gr
 	return fresh, b.renewAttempts(ctx, tx, merged)
 }
 
-// renewAttempts gives jobs that webhooks merged into max_attempts
-// attempts after their current one.
-func (b *riverBackend[TDriver, TTx]) renewAttempts(ctx context.Context, tx TTx, ids []int64) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	var arg any = ids
-	if b.q.rq.Driver == SQLite {
-		raw, err := json.Marshal(ids)
-		if err != nil {
-			return err
-		}
-		arg = string(raw)
-	}
-	if err := b.db.exec(ctx, tx, renewAttempts[b.q.rq.Driver], arg, b.maxAttempts.Load()); err != nil {
-		return fmt.Errorf("renewing attempts: %w", err)
-	}
-	return nil
+const upsertBookingsReturning = `
+ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
+	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
+RETURNING target_id, org, booking, waiting_job_id, (SELECT count(*) FROM river_job
+	WHERE river_job.id = receive_booking_booking.waiting_job_id AND ` + mergeable + `)`
+
+type bookingKey struct{ route, org, booking string }
+
+func keyOf(e *Entry) bookingKey {
+	return bookingKey{e.Route, e.Webhook.OrganizationID, e.Webhook.BookingKey}
 }
 
-// setWaitingGroups makes each group's new job its booking's waiting sync.
-func (b *riverBackend[TDriver, TTx]) setWaitingGroups(ctx context.Context, tx TTx, groups [][]*Entry) error {
-	n := len(groups)
-	routes, orgs, bookings, ids := make([]string, n), make([]string, n), make([]string, n), make([]int64, n)
-	for i, g := range groups {
-		k := keyOf(g[0])
-		routes[i], orgs[i], bookings[i], ids[i] = k.route, k.org, k.booking, g[0].JobID
+// insertJobs inserts one job for each group and makes it the booking's
+// waiting sync; later webhooks of a group merge into it.
+func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry) error {
+	if len(groups) == 0 {
+		return nil
 	}
-	args, err := setArgs(b.q.rq.Driver, routes, orgs, bookings, ids)
+	params := make([]river.InsertManyParams, len(groups))
+	waiting, err := b.waitingByOrg(ctx, tx, groups)
 	if err != nil {
 		return err
 	}
-	if err := b.db.exec(ctx, tx, setWaitingMany[b.q.rq.Driver], args...); err != nil {
-		return fmt.Errorf("naming waiting syncs: %w", err)
+	maxAttempts := int(b.maxAttempts.Load())
+	for i, g := range groups {
+		r, last := g[0], g[len(g)-1]
+		org := r.Webhook.OrganizationID
+		opts := &river.InsertOpts{MaxAttempts: maxAttempts, Priority: fairPriority(waiting[org])}
+		waiting[org]++
+		params[i] = river.InsertManyParams{InsertOpts: opts, Args: Args{
+			Route: r.Route, BookingID: last.Webhook.BookingID, BookingKey: r.Webhook.BookingKey,
+			OrganizationID: r.Webhook.OrganizationID, OrganizationIDJSON: r.Webhook.OrganizationIDJSON, EventType: last.Webhook.EventType,
+			AcceptedAt: r.AcceptedAt.UTC(), NotBefore: r.NotBefore.UTC(), Trace: r.Trace,
+		}}
 	}
-	return nil
+	res, err := b.cl().InsertManyTx(ctx, tx, params)
+	if err != nil {
+		return fmt.Errorf("inserting jobs: %w", err)
+	}
+	for i, g := range groups {
+		id := res[i].Job.ID
+		for j, r := range g {
+			r.JobID, r.Coalesced = id, j > 0
+			b.addWaiter(r)
+		}
+	}
+	return b.setWaitingGroups(ctx, tx, groups)
 }
 
-// claimMark reads the highest claim number taken so far (0 before the
-// first); is_called is false until the sequence's first nextval.
-const claimMark = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receive_booking_claim_seq`
+// fairPriority is a new sync's River priority (1 runs first) from how many
+// syncs its organization already has waiting: an organization's first few
+// run at once, and a backlog (a bulk change in EventFlow) sinks below
+// every other organization's new webhooks. River fetches by priority,
+// then by time, so one organization's thousands of queued syncs hold back
+// another's webhook by at most a few syncs.
+func fairPriority(waiting int) int {
+	// fairPriorityCap must stay the last threshold below.
+	switch {
+	case waiting < 3:
+		return 1
+	case waiting < 30:
+		return 2
+	case waiting < fairPriorityCap:
+		return 3
+	}
+	return 4
+}
+
+// fairPriorityCap is where fairPriority reaches its lowest priority.
+const fairPriorityCap = 300
+
+// waitingByOrg counts, for each organization of the groups, its bookings
+// with a sync waiting (an index covers it), up to fairPriority's last
+// step: beyond it the priority no longer changes, and a bulk change's
+// backlog of thousands need not be counted for every batch.
+func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, groups [][]*Entry) (map[string]int, error) {
+	out := make(map[string]int)
+	for _, g := range groups {
+		org := g[0].Webhook.OrganizationID
+		if _, done := out[org]; done {
+			continue
+		}
+		var n int
+		if err := b.db.queryRow(ctx, tx, `SELECT count(*) FROM (SELECT 1 FROM receive_booking_booking
+			WHERE org = $1 AND waiting_job_id IS NOT NULL LIMIT $2) AS w`, org, fairPriorityCap).Scan(&n); err != nil {
+			return nil, fmt.Errorf("counting waiting syncs: %w", err)
+		}
+		out[org] = n
+	}
+	return out, nil
+}
+
+// addWaiter registers a waiting sender for its job's next attempt. It runs
+// inside the recording transaction: the job cannot be claimed before the
+// commit, so the attempt that answers the sender starts after its webhook
+// was recorded. A failed commit withdraws the waiter (commitBatch).
+func (b *riverBackend[TDriver, TTx]) addWaiter(r *Entry) {
+	if r.Wait != nil {
+		b.q.waiters.add(r.JobID, r.Wait, r.mark)
+	}
+}
 
 // markWaiters gives the batch's waiting senders their claim mark
 // (PostgreSQL; see waiters). It is read once every booking row of the
@@ -188,11 +250,11 @@ const claimMark = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM re
 // the commit and takes a greater number. (A mark read in the upsert's
 // RETURNING could be read before a later row of the batch was locked.)
 func (b *riverBackend[TDriver, TTx]) markWaiters(ctx context.Context, tx TTx, groups [][]*Entry) error {
-	if b.q.rq.Driver != Postgres || !anyWaits(groups) {
+	if !anyWaits(groups) {
 		return nil
 	}
-	var mark int64
-	if err := b.db.queryRow(ctx, tx, claimMark).Scan(&mark); err != nil {
+	mark, err := b.db.claimMark(ctx, tx)
+	if err != nil {
 		return fmt.Errorf("reading claim mark: %w", err)
 	}
 	for _, g := range groups {
@@ -212,4 +274,58 @@ func anyWaits(groups [][]*Entry) bool {
 		}
 	}
 	return false
+}
+
+// renewAttempts gives jobs that webhooks merged into max_attempts
+// attempts after their current one.
+func (b *riverBackend[TDriver, TTx]) renewAttempts(ctx context.Context, tx TTx, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	arg, err := idList(b.db, ids)
+	if err != nil {
+		return err
+	}
+	if err := b.db.exec(ctx, tx, b.db.sql().renewAttempts, arg, b.maxAttempts.Load()); err != nil {
+		return fmt.Errorf("renewing attempts: %w", err)
+	}
+	return nil
+}
+
+// setWaitingGroups makes each group's new job its booking's waiting sync.
+func (b *riverBackend[TDriver, TTx]) setWaitingGroups(ctx context.Context, tx TTx, groups [][]*Entry) error {
+	n := len(groups)
+	routes, orgs, bookings, ids := make([]string, n), make([]string, n), make([]string, n), make([]int64, n)
+	for i, g := range groups {
+		k := keyOf(g[0])
+		routes[i], orgs[i], bookings[i], ids[i] = k.route, k.org, k.booking, g[0].JobID
+	}
+	args, err := b.db.columns(routes, orgs, bookings, ids)
+	if err != nil {
+		return err
+	}
+	if err := b.db.exec(ctx, tx, b.db.sql().setWaitingMany, args...); err != nil {
+		return fmt.Errorf("naming waiting syncs: %w", err)
+	}
+	return nil
+}
+
+// windowStart makes a job inside its coalescing window available from the
+// window's end, as River keeps a short snooze: fetched then, rather than
+// at once only to be snoozed (a fetch and a state change per job, a third
+// of the workers' database work in async mode).
+type windowStart struct {
+	river.MiddlewareDefaults
+}
+
+func (*windowStart) InsertMany(ctx context.Context, params []*rivertype.JobInsertParams,
+	doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
+	now := time.Now()
+	for _, p := range params {
+		if a, ok := p.Args.(Args); ok && p.State == rivertype.JobStateAvailable && a.NotBefore.After(now) {
+			at := a.NotBefore
+			p.ScheduledAt = &at
+		}
+	}
+	return doInner(ctx)
 }

@@ -30,8 +30,8 @@ import (
 const (
 	// outcomeChannel is the NOTIFY channel of attempts' outcomes.
 	outcomeChannel = "receive_booking_outcome"
-	// createClaimSeq numbers the claims of every instance (see waiters).
-	createClaimSeq = `CREATE SEQUENCE IF NOT EXISTS receive_booking_claim_seq`
+	// slotChannel tells every instance that a max_in_flight slot is free.
+	slotChannel = "receive_booking_slot"
 	// maxNoteBytes bounds a notification: PostgreSQL refuses payloads of
 	// 8000 bytes or more, counted in the server's encoding.
 	maxNoteBytes = 7000
@@ -129,35 +129,26 @@ func readNote(payload string) (jobID, claim int64, out *Outcome, err error) {
 	return n.JobID, n.Claim, &Outcome{Result: res, Final: n.Final, Err: n.Err}, nil
 }
 
-// publish sends note to every instance listening, when tx commits.
-func (b *riverBackend[TDriver, TTx]) publish(ctx context.Context, tx TTx, note []byte) error {
-	if note == nil {
-		return nil
-	}
-	if err := b.db.exec(ctx, tx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note)); err != nil {
-		return fmt.Errorf("publishing sync outcome: %w", err)
-	}
-	return nil
-}
-
 // outcomeListener hears the outcomes every instance publishes and answers
 // this instance's senders waiting for them.
 type outcomeListener struct {
-	pool   *pgxpool.Pool
-	q      *Engine
-	cancel context.CancelFunc
-	done   chan struct{}
+	pool *pgxpool.Pool
+	q    *Engine
+	// slotFreed is told that an instance released a max_in_flight slot.
+	slotFreed func()
+	cancel    context.CancelFunc
+	done      chan struct{}
 }
 
 // listenOutcomes starts listening; it returns once the first LISTEN holds,
 // so that no sender of this instance can wait unheard.
-func listenOutcomes(ctx context.Context, pool *pgxpool.Pool, q *Engine) (*outcomeListener, error) {
+func listenOutcomes(ctx context.Context, pool *pgxpool.Pool, q *Engine, slotFreed func()) (*outcomeListener, error) {
 	c, err := listenConn(ctx, pool)
 	if err != nil {
 		return nil, fmt.Errorf("listening for sync outcomes: %w", err)
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	l := &outcomeListener{pool: pool, q: q, cancel: cancel, done: make(chan struct{})}
+	l := &outcomeListener{pool: pool, q: q, slotFreed: slotFreed, cancel: cancel, done: make(chan struct{})}
 	go l.run(lctx, c)
 	return l, nil
 }
@@ -177,9 +168,11 @@ func listenConn(ctx context.Context, pool *pgxpool.Pool) (*pgx.Conn, error) {
 		return nil, err
 	}
 	c := pc.Hijack()
-	if _, err := c.Exec(ctx, "LISTEN "+outcomeChannel); err != nil {
-		closeConn(c)
-		return nil, err
+	for _, ch := range []string{outcomeChannel, slotChannel} {
+		if _, err := c.Exec(ctx, "LISTEN "+ch); err != nil {
+			closeConn(c)
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -242,6 +235,8 @@ func (l *outcomeListener) receive(ctx context.Context, c *pgx.Conn) error {
 		quiet := errors.Is(wctx.Err(), context.DeadlineExceeded)
 		cancel()
 		switch {
+		case err == nil && n.Channel == slotChannel:
+			l.slotFreed()
 		case err == nil:
 			l.hear(n.Payload)
 		case ctx.Err() != nil:

@@ -8,9 +8,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,9 +29,11 @@ const migrationLockID = 0x72625f6d6967 // "rb_mig"
 // points at the same database. Booking rows are locked with FOR UPDATE.
 type pgDialect struct {
 	pool *pgxpool.Pool
-	// outcomes hears the outcomes of syncs run by every instance (see
-	// notify.go).
+	// outcomes hears the outcomes of syncs run by every instance, and
+	// their released slots (see notify.go).
 	outcomes *outcomeListener
+	// slots are this instance's syncs waiting for a free slot.
+	slots slotWaits
 }
 
 func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
@@ -47,7 +51,7 @@ func openPostgres(ctx context.Context, rq *Config, q *Engine) (backend, error) {
 	d := &pgDialect{pool: pool}
 	b, err := newPostgresBackend(ctx, d, q)
 	if err == nil {
-		d.outcomes, err = listenOutcomes(ctx, pool, q)
+		d.outcomes, err = listenOutcomes(ctx, pool, q, d.slots.signal)
 	}
 	if err != nil {
 		pool.Close()
@@ -61,11 +65,11 @@ func newPostgresBackend(ctx context.Context, d *pgDialect, q *Engine) (backend, 
 	if err := migratePostgres(ctx, d, driver); err != nil {
 		return nil, err
 	}
-	id := instanceID(q.rq.DataDir, q.key)
-	if err := recoverOwnJobs(ctx, d, id, q.rq.WorkerTimeout); err != nil {
+	b := &riverBackend[*riverpgxv5.Driver, pgx.Tx]{driver: driver, db: d, q: q, clientID: instanceID(q.rq.DataDir, q.key)}
+	if err := b.recoverInterrupted(ctx); err != nil {
 		return nil, err
 	}
-	return &riverBackend[*riverpgxv5.Driver, pgx.Tx]{driver: driver, db: d, q: q, clientID: id}, nil
+	return b, nil
 }
 
 // migratePostgres brings River's tables and ours up to date under an
@@ -89,17 +93,7 @@ func migratePostgres(ctx context.Context, d *pgDialect, driver *riverpgxv5.Drive
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	err = migrateOurs(Postgres, func(ddl string) error {
-		_, err := conn.Exec(ctx, strings.Replace(ddl, "ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ", 1))
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, createClaimSeq); err != nil {
-		return fmt.Errorf("migrating queue: %w", err)
-	}
-	return nil
+	return migrate(ctx, Postgres, &postgresSQL, pgConn{conn}, time.Now().UnixNano())
 }
 
 // instanceID names this Caddy instance to River, the same across restarts:
@@ -109,24 +103,6 @@ func instanceID(dataDir, queueKey string) string {
 	host, _ := os.Hostname()
 	sum := sha256.Sum256([]byte(dataDir + "\x00" + queueKey))
 	return fmt.Sprintf("rb-%s-%s", host, hex.EncodeToString(sum[:6]))
-}
-
-// recoverOwnJobs makes available again the syncs this instance was running
-// when it last stopped without finishing them (a crash, a kill -9): it has
-// just started, so none of them can still be running here. Without this
-// they would wait for River's rescuer (worker_timeout + 45 s, checked every
-// 30 s). Each runs once its call could have ended (attempted_at +
-// worker_timeout): import-bookings goes on after its caller dies. Jobs of
-// other instances are theirs to finish, or the rescuer's.
-func recoverOwnJobs(ctx context.Context, d *pgDialect, id string, workerTimeout time.Duration) error {
-	_, err := d.pool.Exec(ctx, `UPDATE river_job SET state = 'available',
-		scheduled_at = greatest(now(), attempted_at + make_interval(secs => $3))
-		WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`,
-		riverQueueName, id, workerTimeout.Seconds())
-	if err != nil {
-		return fmt.Errorf("recovering interrupted jobs: %w", err)
-	}
-	return nil
 }
 
 func (d *pgDialect) begin(ctx context.Context) (pgx.Tx, error) { return d.pool.Begin(ctx) }
@@ -160,7 +136,179 @@ func (d *pgDialect) queryTx(ctx context.Context, tx pgx.Tx, query string, args .
 	return pgRows{rows}, nil
 }
 
-func (d *pgDialect) lockSuffix() string { return " FOR UPDATE" }
+func (d *pgDialect) isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }
+
+func (d *pgDialect) sql() *queries { return &postgresSQL }
+
+// columns passes each column as an array (unnest in the statement).
+func (d *pgDialect) columns(cols ...any) ([]any, error) { return cols, nil }
+
+// takeSlot takes the lowest slot not held by a call that may be running
+// (one of this attempt's own, after a claim rolled back, counts as free),
+// skipping the slots other claims are taking at this moment.
+func (d *pgDialect) takeSlot(ctx context.Context, tx pgx.Tx, s slotClaim, maxInFlight int) (bool, error) {
+	if maxInFlight <= 0 {
+		return true, nil
+	}
+	var slot int
+	err := tx.QueryRow(ctx, `SELECT slot FROM receive_booking_slot
+		WHERE slot <= $1 AND (job_id IS NULL OR until < $2 OR (job_id = $3 AND attempt = $4))
+		ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED`, maxInFlight, time.Now().UnixNano(), s.jobID, s.attempt).Scan(&slot)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("taking a sync slot: %w", err)
+	}
+	_, err = tx.Exec(ctx, `UPDATE receive_booking_slot SET job_id = $1, attempt = $2, until = $3 WHERE slot = $4`,
+		s.jobID, s.attempt, s.until, slot)
+	return true, err
+}
+
+// releaseSlot frees the attempt's slot, and tells every instance that one
+// is free (a sync waiting for one tries again at once; see slotWaiter).
+func (d *pgDialect) releaseSlot(ctx context.Context, tx pgx.Tx, jobID int64, attempt int) error {
+	tag, err := tx.Exec(ctx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
+		WHERE job_id = $1 AND attempt = $2`, jobID, attempt)
+	if err != nil {
+		return fmt.Errorf("releasing sync slot: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, slotChannel); err != nil {
+		return fmt.Errorf("announcing a free sync slot: %w", err)
+	}
+	return nil
+}
+
+// waitSlot waits until a slot is released (on any instance: every release
+// is announced on slotChannel), d has passed, or ctx is done.
+func (d *pgDialect) waitSlot(ctx context.Context, wait time.Duration) { d.slots.wait(ctx, wait) }
+
+// slotWaits hands each announced free slot to one waiting sync of this
+// instance, the one that has waited longest: every instance's longest
+// waiter tries to claim it, not every waiter.
+type slotWaits struct {
+	mu    sync.Mutex
+	queue []chan struct{}
+}
+
+func (s *slotWaits) wait(ctx context.Context, d time.Duration) {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	s.queue = append(s.queue, ch)
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i := slices.Index(s.queue, ch); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
+		return
+	}
+	// Signalled as the wait ended: pass the slot on.
+	if len(s.queue) > 0 {
+		s.queue[0] <- struct{}{}
+		s.queue = s.queue[1:]
+	}
+}
+
+func (s *slotWaits) signal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 {
+		s.queue[0] <- struct{}{}
+		s.queue = s.queue[1:]
+	}
+}
+
+func (d *pgDialect) ensureSlots(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	_, err := d.pool.Exec(ctx, `INSERT INTO receive_booking_slot (slot) SELECT generate_series(1, $1::int) ON CONFLICT (slot) DO NOTHING`, n)
+	return err
+}
+
+func (d *pgDialect) claimNumber(ctx context.Context, tx pgx.Tx) (int64, error) {
+	var n int64
+	err := tx.QueryRow(ctx, `SELECT nextval('receive_booking_claim_seq')`).Scan(&n)
+	return n, err
+}
+
+// claimMark reads the highest claim number taken so far (0 before the
+// first); is_called is false until the sequence's first nextval.
+func (d *pgDialect) claimMark(ctx context.Context, tx pgx.Tx) (int64, error) {
+	var mark int64
+	err := tx.QueryRow(ctx, `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM receive_booking_claim_seq`).Scan(&mark)
+	return mark, err
+}
+
+// publish sends note on the outcome channel when tx commits.
+func (d *pgDialect) publish(ctx context.Context, tx pgx.Tx, note []byte) error {
+	if note == nil {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note)); err != nil {
+		return fmt.Errorf("publishing sync outcome: %w", err)
+	}
+	return nil
+}
+
+// workers is Workers: max_in_flight caps every instance's syncs together,
+// through the slots.
+func (d *pgDialect) workers(s Settings) int { return s.Workers }
+
+// fetchCooldown spaces River's fetches: each is a round trip and a write.
+func (d *pgDialect) fetchCooldown() time.Duration { return 20 * time.Millisecond }
+
+// postgresSQL is the SQL that PostgreSQL says differently from SQLite.
+var postgresSQL = queries{
+	lockRow: " FOR UPDATE",
+	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])` + upsertBookingsReturning,
+	setWaitingMany: `UPDATE receive_booking_booking AS b SET waiting_job_id = v.id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS v(target_id, org, booking, id)
+WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
+	renewAttempts: `UPDATE river_job SET max_attempts = GREATEST(max_attempts, attempt + $2) WHERE id = ANY($1::bigint[])`,
+	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])`,
+	// PostgreSQL counts without blocking writers.
+	countByState: `SELECT state::text, count(*) FROM river_job WHERE queue = $1 GROUP BY state`,
+	oldestPending: `SELECT greatest(extract(epoch FROM now() - created_at), 0)::float8 FROM river_job
+WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
+	argField: "args ->> '", argFieldEnd: "'",
+	// Only this instance's own ($2): jobs of other instances are theirs to
+	// finish, or River's rescuer's.
+	recoverJobs: `UPDATE river_job SET state = 'available',
+	scheduled_at = greatest(now(), attempted_at + make_interval(secs => $3))
+	WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`,
+	columnExists: `SELECT count(*) FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2`,
+}
+
+// pgConn lets migrate run on the connection that holds the migration
+// lock (schemaDB).
+type pgConn struct{ conn *pgxpool.Conn }
+
+func (c pgConn) inTx(ctx context.Context, fn func(exec func(string, ...any) error) error) error {
+	return pgx.BeginFunc(ctx, c.conn, func(tx pgx.Tx) error {
+		return fn(func(q string, args ...any) error { _, err := tx.Exec(ctx, q, args...); return err })
+	})
+}
+
+func (c pgConn) value(ctx context.Context, query string, args ...any) (int64, error) {
+	var n int64
+	err := c.conn.QueryRow(ctx, query, args...).Scan(&n)
+	return n, err
+}
 
 // reclaim leaves free space to PostgreSQL's autovacuum.
 func (d *pgDialect) reclaim(context.Context) error { return nil }

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -97,29 +98,25 @@ func newSQLiteBackend(ctx context.Context, d *sqliteDialect, q *Engine) (backend
 	if _, err := migrator.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
 		return nil, fmt.Errorf("migrating queue: %w", err)
 	}
-	if err := migrateOurs(SQLite, func(ddl string) error { _, err := d.db.ExecContext(ctx, ddl); return err }); err != nil {
+	if err := migrate(ctx, SQLite, &sqliteSQL, d, time.Now().UnixNano()); err != nil {
 		return nil, err
 	}
 	if err := setupTally(ctx, d.db); err != nil {
 		return nil, err
 	}
-	// This process holds the file's lock, so a job still marked running
-	// was cut short by a crash: make it available again, rather than
-	// waiting for River's rescuer, but not before its call could have
-	// ended: import-bookings goes on after its caller dies, and a retry
-	// beside it would be a second sync of the booking.
-	if _, err := d.db.ExecContext(ctx, `UPDATE river_job SET state = 'available',
-		scheduled_at = max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, ?))
-		WHERE state = 'running' AND queue = ?`,
-		fmt.Sprintf("+%d seconds", int(q.rq.WorkerTimeout.Seconds())), riverQueueName); err != nil {
-		return nil, fmt.Errorf("recovering interrupted jobs: %w", err)
-	}
 	driver := newWakeDriver(d.db)
 	insert, _ := json.Marshal(struct {
 		Queue string `json:"queue"`
 	}{riverQueueName})
-	return &riverBackend[*wakeDriver, *sql.Tx]{driver: driver, db: d, q: q, group: newGroupCommit(d, d.beginSync),
-		wake: func() { driver.hub.publish(topicInsert, string(insert)) }}, nil
+	b := &riverBackend[*wakeDriver, *sql.Tx]{driver: driver, db: d, q: q,
+		wake: func() { driver.hub.publish(topicInsert, string(insert)) }}
+	// This process holds the file's lock, so a job still marked running
+	// was cut short by a crash.
+	if err := b.recoverInterrupted(ctx); err != nil {
+		return nil, err
+	}
+	b.group = newGroupCommit(d, d.beginSync)
+	return b, nil
 }
 
 func (d *sqliteDialect) begin(ctx context.Context) (*sql.Tx, error) {
@@ -165,16 +162,16 @@ func (d *sqliteDialect) commit(_ context.Context, tx *sql.Tx) error { return tx.
 func (d *sqliteDialect) rollback(_ context.Context, tx *sql.Tx) { _ = tx.Rollback() }
 
 func (d *sqliteDialect) exec(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
-	_, err := tx.ExecContext(ctx, rebindSQLite(query), args...)
+	_, err := tx.ExecContext(ctx, query, args...)
 	return err
 }
 
 func (d *sqliteDialect) queryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) scanner {
-	return tx.QueryRowContext(ctx, rebindSQLite(query), args...)
+	return tx.QueryRowContext(ctx, query, args...)
 }
 
 func (d *sqliteDialect) queryRows(ctx context.Context, query string, args ...any) (rowsIter, error) {
-	rows, err := d.db.QueryContext(ctx, rebindSQLite(query), args...)
+	rows, err := d.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,14 +179,144 @@ func (d *sqliteDialect) queryRows(ctx context.Context, query string, args ...any
 }
 
 func (d *sqliteDialect) queryTx(ctx context.Context, tx *sql.Tx, query string, args ...any) (rowsIter, error) {
-	rows, err := tx.QueryContext(ctx, rebindSQLite(query), args...)
+	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	return sqlRows{rows}, nil
 }
 
-func (d *sqliteDialect) lockSuffix() string { return "" }
+func (d *sqliteDialect) isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
+
+func (d *sqliteDialect) sql() *queries { return &sqliteSQL }
+
+// columns passes columns as one JSON array of rows, which the statements
+// read with json_each: the statement's text, and its prepared program,
+// stay the same whatever the number of rows.
+func (d *sqliteDialect) columns(cols ...any) ([]any, error) {
+	n := -1
+	for _, col := range cols {
+		var m int
+		switch c := col.(type) {
+		case []string:
+			m = len(c)
+		case []int64:
+			m = len(c)
+		default:
+			return nil, fmt.Errorf("columns: unexpected column %T", c)
+		}
+		if n >= 0 && m != n {
+			return nil, fmt.Errorf("columns: %d rows beside %d", m, n)
+		}
+		n = m
+	}
+	rows := make([][]any, max(n, 0))
+	for i := range rows {
+		rows[i] = make([]any, len(cols))
+		for j, col := range cols {
+			switch c := col.(type) {
+			case []string:
+				rows[i][j] = c[i]
+			case []int64:
+				rows[i][j] = c[i]
+			}
+		}
+	}
+	b, err := json.Marshal(rows)
+	if err != nil {
+		return nil, err
+	}
+	return []any{string(b)}, nil
+}
+
+// One process owns the file (lockFile): max_in_flight caps its workers,
+// and no slot, claim number or notice is shared with anyone.
+
+func (d *sqliteDialect) takeSlot(context.Context, *sql.Tx, slotClaim, int) (bool, error) {
+	return true, nil
+}
+
+func (d *sqliteDialect) releaseSlot(context.Context, *sql.Tx, int64, int) error { return nil }
+
+func (d *sqliteDialect) ensureSlots(context.Context, int) error { return nil }
+
+func (d *sqliteDialect) waitSlot(ctx context.Context, wait time.Duration) {
+	select {
+	case <-time.After(wait):
+	case <-ctx.Done():
+	}
+}
+
+func (d *sqliteDialect) claimNumber(context.Context, *sql.Tx) (int64, error) { return 0, nil }
+
+func (d *sqliteDialect) claimMark(context.Context, *sql.Tx) (int64, error) { return 0, nil }
+
+func (d *sqliteDialect) publish(context.Context, *sql.Tx, []byte) error { return nil }
+
+// workers is Workers, capped by MaxInFlight: one instance, so the cap is
+// simply the number of workers.
+func (d *sqliteDialect) workers(s Settings) int {
+	if s.MaxInFlight > 0 {
+		return min(s.Workers, s.MaxInFlight)
+	}
+	return s.Workers
+}
+
+// fetchCooldown lets River fetch again at once: a fetch shares the one
+// connection, and the wake-ups (wake.go) already come per commit.
+func (d *sqliteDialect) fetchCooldown() time.Duration { return time.Millisecond }
+
+// sqliteSQL is the SQL that SQLite says differently from PostgreSQL.
+var sqliteSQL = queries{
+	// An IMMEDIATE transaction holds the write lock: no row lock needed.
+	lockRow: "",
+	// "WHERE true" tells SQLite's parser that ON CONFLICT is the upsert's.
+	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
+SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($1) WHERE true` + upsertBookingsReturning,
+	setWaitingMany: `UPDATE receive_booking_booking SET waiting_job_id = v.id
+FROM (SELECT value->>0 AS target_id, value->>1 AS org, value->>2 AS booking, value->>3 AS id FROM json_each($1)) AS v
+WHERE receive_booking_booking.target_id = v.target_id AND receive_booking_booking.org = v.org
+	AND receive_booking_booking.booking = v.booking`,
+	renewAttempts: `UPDATE river_job SET max_attempts = max(max_attempts, attempt + $2)
+WHERE id IN (SELECT value->>0 FROM json_each($1))`,
+	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
+SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each($1)`,
+	// Kept by triggers (tally.go).
+	countByState: `SELECT state, n FROM receive_booking_job_count WHERE queue = $1`,
+	// Jobs are created in id order: the first pending one by id is the
+	// oldest, found through a partial index of only those jobs' ids
+	// (tally.go) whatever the size of the queue or of the history kept
+	// beside it.
+	oldestPending: `SELECT max(unixepoch('now', 'subsec') - unixepoch(created_at, 'subsec'), 0)
+FROM river_job INDEXED BY receive_booking_job_pending
+WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
+	argField: "args ->> '$.", argFieldEnd: "'",
+	// This process holds the file's lock, so a job still marked running
+	// was cut short: every one is this instance's ($2, unused here).
+	recoverJobs: `UPDATE river_job SET state = 'available',
+	scheduled_at = max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, '+' || $3 || ' seconds'))
+	WHERE state = 'running' AND queue = $1 AND $2 IS NOT NULL`,
+	columnExists: `SELECT count(*) FROM pragma_table_info($1) WHERE name = $2`,
+}
+
+// inTx and value let migrate run on the file (schemaDB).
+func (d *sqliteDialect) inTx(ctx context.Context, fn func(exec func(string, ...any) error) error) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if err := fn(func(q string, args ...any) error { _, err := tx.ExecContext(ctx, q, args...); return err }); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (d *sqliteDialect) value(ctx context.Context, query string, args ...any) (int64, error) {
+	var n int64
+	err := d.db.QueryRowContext(ctx, query, args...).Scan(&n)
+	return n, err
+}
 
 // The file's size: SQLite reuses the pages that deleted rows leave free,
 // but never gives them back to the file system by itself, so a burst of

@@ -12,21 +12,10 @@ import (
 	"fmt"
 )
 
-// pendingStates are the states of a job not yet done, as the stats count
-// them (the same on PostgreSQL, through River's list).
-const pendingStates = `'available', 'retryable', 'scheduled', 'running'`
-
-// oldestPendingSQLite finds the oldest job not yet done through
-// receive_booking_job_pending, a partial index of only those jobs' ids:
-// its first entry, whatever the size of the queue or of the history of
-// finished jobs kept beside it.
-const oldestPendingSQLite = `SELECT unixepoch(created_at, 'subsec') FROM river_job INDEXED BY receive_booking_job_pending
-	WHERE state IN (` + pendingStates + `) AND queue = $1 ORDER BY id LIMIT 1`
-
 // tallyDDL creates the count table, the triggers that keep it and the
 // index of pending jobs.
 var tallyDDL = []string{
-	`CREATE INDEX IF NOT EXISTS receive_booking_job_pending ON river_job (id) WHERE state IN (` + pendingStates + `)`,
+	`CREATE INDEX IF NOT EXISTS receive_booking_job_pending ON river_job (id) WHERE state IN (` + pendingStatesSQL + `)`,
 	`CREATE TABLE IF NOT EXISTS receive_booking_job_count (
 		queue TEXT    NOT NULL,
 		state TEXT    NOT NULL,
@@ -70,12 +59,4 @@ func setupTally(ctx context.Context, db *sql.DB) error {
 		}
 	}
 	return tx.Commit()
-}
-
-// countQuery counts a queue's jobs by state.
-func countQuery(driver string) string {
-	if driver == SQLite {
-		return `SELECT state, n FROM receive_booking_job_count WHERE queue = $1`
-	}
-	return `SELECT state, count(*) FROM river_job WHERE queue = $1 GROUP BY state`
 }

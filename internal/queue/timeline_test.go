@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -40,7 +39,7 @@ func kindsOf(evs []Event) []string {
 }
 
 // waitJobState waits until job id is in state.
-func waitJobState(t *testing.T, b backend, id int64, state rivertype.JobState) {
+func waitJobState(t *testing.T, b backend, id int64, state string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		j, err := b.GetJob(t.Context(), id)
@@ -69,15 +68,15 @@ func TestTimelineEventsGoWithTheirJob(t *testing.T) {
 		require.NoError(t, err)
 		kept, _, err := qh.enqueue(ctx, testWebhook("kept"), 0)
 		require.NoError(t, err)
-		waitJobState(t, b, deleted, rivertype.JobStateCompleted)
-		waitJobState(t, b, kept, rivertype.JobStateCompleted)
+		waitJobState(t, b, deleted, StateCompleted)
+		waitJobState(t, b, kept, StateCompleted)
 		require.Equal(t, []string{EventAttempt, EventWebhook}, kindsOf(eventsOf(t, b, "deleted")))
 
 		// A failed job, then a newer webhook of its booking waiting in its
 		// coalescing window: the replay merges into the waiting job.
 		failed, _, err := qh.enqueue(ctx, testWebhook("gone-for-good"), 0)
 		require.NoError(t, err)
-		waitJobState(t, b, failed, rivertype.JobStateCancelled)
+		waitJobState(t, b, failed, StateCancelled)
 		waiting, _, err := qh.enqueue(ctx, testWebhook("gone-for-good"), time.Hour)
 		require.NoError(t, err)
 		require.NotEqual(t, failed, waiting)
@@ -118,7 +117,7 @@ func TestTimelinePruneWalksInSteps(t *testing.T) {
 	t.Cleanup(func() { _ = db.Close() })
 	db.SetMaxOpenConns(1)
 	ctx := t.Context()
-	require.NoError(t, migrateOurs(SQLite, func(ddl string) error { _, err := db.ExecContext(ctx, ddl); return err }))
+	require.NoError(t, migrate(ctx, SQLite, &sqliteSQL, &sqliteDialect{db: db}, time.Now().UnixNano()))
 	_, err = db.ExecContext(ctx, `CREATE TABLE river_job (id INTEGER PRIMARY KEY)`)
 	require.NoError(t, err)
 	_, err = db.ExecContext(ctx, `INSERT INTO river_job (id) VALUES (7)`)
@@ -160,7 +159,7 @@ func TestTimelinePruneWalksInSteps(t *testing.T) {
 // on them.
 func TestRetentionReachesRiver(t *testing.T) {
 	cfg := newRiverConfig(Settings{Workers: 1, RetentionCompleted: 5 * time.Second, RetentionDiscarded: time.Hour},
-		SQLite, river.NewWorkers(), &Engine{logger: zaptest.NewLogger(t)})
+		1, time.Millisecond, river.NewWorkers(), &Engine{logger: zaptest.NewLogger(t)})
 	assert.Equal(t, 5*time.Second, cfg.CompletedJobRetentionPeriod)
 	assert.Equal(t, 7*24*time.Hour, cfg.CancelledJobRetentionPeriod, "the default")
 	assert.Equal(t, time.Hour, cfg.DiscardedJobRetentionPeriod)

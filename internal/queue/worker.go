@@ -34,9 +34,12 @@ const (
 	// busySnooze is how long a sync waits when another sync of the same
 	// booking is running (on this or another instance).
 	busySnooze = time.Second
-	// slotSnooze is about how long a sync waits when max_in_flight syncs
-	// run already.
-	slotSnooze = 200 * time.Millisecond
+	// slotSnooze is about how long a sync waiting for a max_in_flight
+	// slot waits before it looks again, if no release is announced first;
+	// slotWaitMax how long it waits in all before it gives its worker
+	// back and snoozes.
+	slotSnooze  = 200 * time.Millisecond
+	slotWaitMax = 10 * time.Second
 	// maxErrorDetails bounds the upstream answer kept in a job's error.
 	maxErrorDetails = 512
 	// finishAllowance bounds recording an attempt's outcome after its call.
@@ -72,9 +75,15 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	}
 	e := w.b.q
 	c, ok, err := w.b.claim(ctx, job, w.timeout, w.maxInFlight)
-	if errors.Is(err, errNoSlot) {
-		// Every slot is taken: look again soon (slots free up as syncs end,
-		// unlike a booking held by a long sync).
+	// Every slot is taken: wait for one to be released (on any instance)
+	// and claim again, at once; a slot whose holder died frees up at its
+	// until, which only a look now and then finds. After slotWaitMax the
+	// worker is given back.
+	for start := time.Now(); errors.Is(err, errNoSlot) && time.Since(start) < slotWaitMax && ctx.Err() == nil; {
+		w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze))
+		c, ok, err = w.b.claim(ctx, job, w.timeout, w.maxInFlight)
+	}
+	if errors.Is(err, errNoSlot) || (err != nil && ctx.Err() != nil) {
 		return river.JobSnooze(slotSnooze/2 + rand.N(slotSnooze))
 	}
 	if err != nil {

@@ -1,0 +1,171 @@
+package queue
+
+// Our schema, beside River's: numbered migrations per database
+// (migrations/<driver>/NNN_name.sql), applied in order after River's own,
+// each in a transaction with its number recorded in
+// receive_booking_schema_version. A file holds statements that each end
+// with ";" at the end of a line.
+//
+// Databases made before the schema was numbered have our tables but no
+// version table: their version is read from the schema itself (the
+// running claim's columns came with migration 2), and the migrations
+// after it, all IF NOT EXISTS, are applied as to any other.
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+//go:embed migrations
+var migrationFiles embed.FS
+
+// migration is one numbered file.
+type migration struct {
+	version int
+	name    string
+	stmts   []string
+}
+
+// schemaDB is a database as migrations use it: statements in one
+// transaction, and single integer values.
+type schemaDB interface {
+	inTx(ctx context.Context, fn func(exec func(query string, args ...any) error) error) error
+	value(ctx context.Context, query string, args ...any) (int64, error)
+}
+
+const createSchemaVersion = `CREATE TABLE IF NOT EXISTS receive_booking_schema_version (
+	version    INTEGER NOT NULL PRIMARY KEY,
+	applied_at BIGINT  NOT NULL
+)`
+
+// legacyVersion is the version of a database made before the schema was
+// numbered: 2 if the booking table has the running claim's columns, 1 if
+// it has none of them, 0 without a booking table.
+func legacyVersion(ctx context.Context, q *queries, db schemaDB) (int, error) {
+	for _, c := range []struct {
+		column  string
+		version int
+	}{{"running_until", 2}, {"booking", 1}} {
+		n, err := db.value(ctx, q.columnExists, "receive_booking_booking", c.column)
+		if err != nil {
+			return 0, err
+		}
+		if n > 0 {
+			return c.version, nil
+		}
+	}
+	return 0, nil
+}
+
+// migrate brings our schema up to date.
+func migrate(ctx context.Context, driver string, q *queries, db schemaDB, now int64) error {
+	ms, err := loadMigrations(driver)
+	if err != nil {
+		return err
+	}
+	known, err := db.value(ctx, q.columnExists, "receive_booking_schema_version", "version")
+	if err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	var version int
+	if known == 0 {
+		if version, err = legacyVersion(ctx, q, db); err != nil {
+			return fmt.Errorf("migrating queue: %w", err)
+		}
+	}
+	err = db.inTx(ctx, func(exec func(string, ...any) error) error {
+		if err := exec(createSchemaVersion); err != nil {
+			return err
+		}
+		for v := 1; v <= version; v++ {
+			if err := exec(`INSERT INTO receive_booking_schema_version (version, applied_at) VALUES ($1, $2)
+				ON CONFLICT (version) DO NOTHING`, v, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	current, err := db.value(ctx, `SELECT coalesce(max(version), 0) FROM receive_booking_schema_version`)
+	if err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	for _, m := range ms {
+		if m.version <= int(current) {
+			continue
+		}
+		err := db.inTx(ctx, func(exec func(string, ...any) error) error {
+			for _, s := range m.stmts {
+				if err := exec(s); err != nil {
+					return err
+				}
+			}
+			return exec(`INSERT INTO receive_booking_schema_version (version, applied_at) VALUES ($1, $2)`, m.version, now)
+		})
+		if err != nil {
+			return fmt.Errorf("migrating queue (%s/%s): %w", driver, m.name, err)
+		}
+	}
+	return nil
+}
+
+// loadMigrations reads a driver's migrations, in order; their numbers
+// must run 1, 2, 3… without a gap.
+func loadMigrations(driver string) ([]migration, error) {
+	dir := path.Join("migrations", driver)
+	entries, err := fs.ReadDir(migrationFiles, dir)
+	if err != nil {
+		return nil, fmt.Errorf("migrations of %s: %w", driver, err)
+	}
+	var out []migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
+			return nil, fmt.Errorf("migration %s/%s: not named NNN_name.sql", driver, e.Name())
+		}
+		body, err := fs.ReadFile(migrationFiles, path.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, migration{version: v, name: e.Name(), stmts: statements(string(body))})
+	}
+	slices.SortFunc(out, func(a, b migration) int { return a.version - b.version })
+	for i, m := range out {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("migrations of %s: %s where %d was expected", driver, m.name, i+1)
+		}
+	}
+	return out, nil
+}
+
+// statements splits a migration into its statements (each ends with ";"
+// at the end of a line), leaving out comment lines.
+func statements(body string) []string {
+	var out []string
+	var cur strings.Builder
+	for line := range strings.Lines(body) {
+		if strings.HasPrefix(strings.TrimSpace(line), "--") {
+			continue
+		}
+		cur.WriteString(line)
+		if t := strings.TrimRight(line, " \t\r\n"); strings.HasSuffix(t, ";") {
+			if s := strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"); s != "" {
+				out = append(out, s)
+			}
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		out = append(out, s)
+	}
+	return out
+}

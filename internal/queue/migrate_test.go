@@ -1,0 +1,133 @@
+package queue
+
+// Numbered migrations on real databases: a new one, one made before the
+// schema was numbered (with and without the running claim's columns), and
+// a second start, which applies nothing.
+
+import (
+	"context"
+	"database/sql"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
+)
+
+// legacyBooking and legacyColumns are the schema the versions before numbered migrations made:
+// the booking table as first made, and the running claim's columns as
+// they added them.
+const legacyBooking = `CREATE TABLE receive_booking_booking (
+	target_id TEXT NOT NULL, org TEXT NOT NULL, booking TEXT NOT NULL,
+	event_type TEXT NOT NULL DEFAULT '', waiting_job_id BIGINT, running_job_id BIGINT,
+	PRIMARY KEY (target_id, org, booking))`
+
+var legacyColumns = []string{
+	`ALTER TABLE receive_booking_booking ADD COLUMN running_attempt BIGINT`,
+	`ALTER TABLE receive_booking_booking ADD COLUMN running_until BIGINT`,
+}
+
+// schemaCase opens one database for a migration case.
+type schemaCase struct {
+	driver string
+	q      *queries
+	open   func(t *testing.T) (schemaDB, func(string))
+}
+
+func schemaCases(t *testing.T) []schemaCase {
+	cases := []schemaCase{{SQLite, &sqliteSQL, func(t *testing.T) (schemaDB, func(string)) {
+		db, err := sql.Open("sqlite", sqliteDSN(filepath.Join(t.TempDir(), "m.sqlite3")))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = db.Close() })
+		db.SetMaxOpenConns(1)
+		return &sqliteDialect{db: db}, func(q string) { _, err := db.Exec(q); require.NoError(t, err) }
+	}}}
+	return append(cases, schemaCase{Postgres, &postgresSQL, func(t *testing.T) (schemaDB, func(string)) {
+		pool, err := pgxpool.New(t.Context(), testkit.FreshPostgresDSN(t))
+		require.NoError(t, err)
+		t.Cleanup(pool.Close)
+		conn, err := pool.Acquire(t.Context())
+		require.NoError(t, err)
+		t.Cleanup(conn.Release)
+		return pgConn{conn}, func(q string) { _, err := conn.Exec(context.Background(), q); require.NoError(t, err) }
+	}})
+}
+
+func TestMigrations(t *testing.T) {
+	for _, c := range schemaCases(t) {
+		ms, err := loadMigrations(c.driver)
+		require.NoError(t, err)
+		last := int64(len(ms))
+		version := func(t *testing.T, db schemaDB) (n int64) {
+			n, err := db.value(t.Context(), `SELECT max(version) FROM receive_booking_schema_version`)
+			require.NoError(t, err)
+			return n
+		}
+		hasColumns := func(t *testing.T, db schemaDB) {
+			for _, col := range []string{"running_attempt", "running_until", "waiting_job_id"} {
+				n, err := db.value(t.Context(), c.q.columnExists, "receive_booking_booking", col)
+				require.NoError(t, err)
+				assert.EqualValues(t, 1, n, col)
+			}
+			n, err := db.value(t.Context(), c.q.columnExists, "receive_booking_event", "job_id")
+			require.NoError(t, err)
+			assert.EqualValues(t, 1, n, "the timeline table")
+		}
+		t.Run(c.driver+"/new", func(t *testing.T) {
+			db, _ := c.open(t)
+			require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 1))
+			assert.Equal(t, last, version(t, db))
+			hasColumns(t, db)
+			// A second start applies nothing (and fails on nothing).
+			require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 2))
+			n, err := db.value(t.Context(), `SELECT count(*) FROM receive_booking_schema_version WHERE applied_at = 2`)
+			require.NoError(t, err)
+			assert.Zero(t, n)
+		})
+		for _, legacy := range []struct {
+			name    string
+			columns bool
+		}{{"legacy-without-claim-columns", false}, {"legacy-with-claim-columns", true}} {
+			t.Run(c.driver+"/"+legacy.name, func(t *testing.T) {
+				db, exec := c.open(t)
+				exec(legacyBooking)
+				exec(`INSERT INTO receive_booking_booking (target_id, org, booking, waiting_job_id) VALUES ('default', 'o', 'b', 7)`)
+				if legacy.columns {
+					for _, q := range legacyColumns {
+						exec(q)
+					}
+				}
+				require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 1))
+				assert.Equal(t, last, version(t, db))
+				hasColumns(t, db)
+				n, err := db.value(t.Context(), `SELECT waiting_job_id FROM receive_booking_booking WHERE booking = 'b'`)
+				require.NoError(t, err)
+				assert.EqualValues(t, 7, n, "the rows stay")
+			})
+		}
+	}
+}
+
+// TestStatementsSplitsMigrations: comment lines go, a statement ends at a
+// ";" that ends its line.
+func TestStatementsSplitsMigrations(t *testing.T) {
+	got := statements("-- a comment; not a statement\nCREATE TABLE a (x TEXT DEFAULT 'a;b');\n\nALTER TABLE a\n\tADD COLUMN y INT;\n")
+	assert.Equal(t, []string{"CREATE TABLE a (x TEXT DEFAULT 'a;b')", "ALTER TABLE a\n\tADD COLUMN y INT"}, got)
+}
+
+// TestPendingStatesSQL: the SQL list of pending states is PendingStates.
+func TestPendingStatesSQL(t *testing.T) {
+	var got []string
+	for s := range strings.SplitSeq(pendingStatesSQL, ",") {
+		got = append(got, strings.Trim(strings.TrimSpace(s), "'"))
+	}
+	slices.Sort(got)
+	want := slices.Clone(PendingStates)
+	slices.Sort(want)
+	assert.Equal(t, want, got)
+}
