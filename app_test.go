@@ -136,8 +136,8 @@ func TestRetentionProvisioning(t *testing.T) {
 	assert.Equal(t, 24*time.Hour, rq.RetentionCompleted)
 	assert.Equal(t, 48*time.Hour, rq.RetentionCancelled)
 	assert.Equal(t, 720*time.Hour, rq.RetentionDiscarded)
-	for v, want := range map[string]string{"0s": "retention discarded: must be positive", "-1h": "retention discarded: not a valid duration",
-		"soon": "retention discarded: not a valid duration"} {
+	for v, want := range map[string]string{"0s": `retention discarded: must be positive, got "0s"`,
+		"-1h": `retention discarded: not a valid duration: "-1h"`, "soon": `retention discarded: not a valid duration: "soon"`} {
 		t.Setenv("RB_UT_RETENTION", v)
 		_, err := resolveQueueConfig(repl, &QueueConfig{Retention: &QueueRetention{Discarded: "{env.RB_UT_RETENTION}"}})
 		assert.EqualError(t, err, want, v)

@@ -73,9 +73,6 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	if err != nil {
 		return err
 	}
-	if tolerance <= 0 {
-		return errors.New("tolerance: must be positive")
-	}
 	mode, err := resolve(repl, "auth", h.Auth)
 	if err != nil {
 		return err
@@ -83,10 +80,8 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	if mode == "" {
 		mode = defaultAuthMode(!h.secrets.empty(), len(keys) > 0)
 	}
-	switch mode {
-	case authKey, authSignature, authBoth:
-	default:
-		return fmt.Errorf("auth: expected key, signature or both, got %q", mode)
+	if err := checkField("auth", mode); err != nil {
+		return err
 	}
 	h.authKey = mode == authKey || mode == authBoth
 	h.authSig = mode == authSignature || mode == authBoth

@@ -4,17 +4,12 @@ package receivebooking
 
 import (
 	"strconv"
-	"strings"
 
-	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 )
 
 func init() {
@@ -70,6 +65,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // Every value accepts placeholders such as {env.WEBHOOK_SECRET} or
 // {file./run/secrets/webhook}. "require organization_id" is still accepted
 // and changes nothing: organization_id is always required.
+//
+// A literal value is held here to the rule Provision holds JSON values and
+// resolved placeholders to (see fieldRules), so a mistake gives the same
+// message either way, here with the file and line.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
@@ -96,61 +95,34 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 	"secret":          multiArg(func(h *Handler) *[]string { return &h.Secrets }),
 	"signing_secret":  multiArg(func(h *Handler) *[]string { return &h.SigningSecrets }),
-	"tolerance":       stringArg(func(h *Handler) *string { return &h.Tolerance }, checkDuration),
-	"auth":            stringArg(func(h *Handler) *string { return &h.Auth }, checkAuth),
-	"target":          stringArg(func(h *Handler) *string { return &h.Target }, nil),
-	"target_key":      stringArg(func(h *Handler) *string { return &h.TargetKey }, nil),
-	"timeout":         stringArg(func(h *Handler) *string { return &h.Timeout }, checkDuration),
-	"body_timeout":    stringArg(func(h *Handler) *string { return &h.BodyTimeout }, checkDuration),
-	"max_body":        stringArg(func(h *Handler) *string { return &h.MaxBody }, checkSize),
-	"cors":            stringArg(func(h *Handler) *string { return &h.CORS }, nil),
-	"mode":            stringArg(func(h *Handler) *string { return &h.Mode }, checkMode),
-	"coalesce_window": stringArg(func(h *Handler) *string { return &h.CoalesceWindow }, checkDuration),
-	"route":           stringArg(func(h *Handler) *string { return &h.Route }, nil),
+	"tolerance":       stringArg(func(h *Handler) *string { return &h.Tolerance }),
+	"auth":            stringArg(func(h *Handler) *string { return &h.Auth }),
+	"target":          stringArg(func(h *Handler) *string { return &h.Target }),
+	"target_key":      stringArg(func(h *Handler) *string { return &h.TargetKey }),
+	"timeout":         stringArg(func(h *Handler) *string { return &h.Timeout }),
+	"body_timeout":    stringArg(func(h *Handler) *string { return &h.BodyTimeout }),
+	"max_body":        stringArg(func(h *Handler) *string { return &h.MaxBody }),
+	"cors":            stringArg(func(h *Handler) *string { return &h.CORS }),
+	"mode":            stringArg(func(h *Handler) *string { return &h.Mode }),
+	"coalesce_window": stringArg(func(h *Handler) *string { return &h.CoalesceWindow }),
+	"route":           stringArg(func(h *Handler) *string { return &h.Route }),
+	"contract":        stringArg(func(h *Handler) *string { return &h.Contract }),
+	"worker_timeout":  stringArg(func(h *Handler) *string { return &h.queueConfig().WorkerTimeout }),
+	"workers":         intArg(func(q *QueueConfig) *int { return &q.Workers }),
+	"max_in_flight":   intArg(func(q *QueueConfig) *int { return &q.MaxInFlight }),
+	"max_attempts":    intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
+	"retention":       parseRetention,
 	"require": func(h *Handler, d *caddyfile.Dispenser) error {
-		args := d.RemainingArgs()
-		if len(args) == 0 {
+		h.Require = d.RemainingArgs()
+		if len(h.Require) == 0 {
 			return d.ArgErr()
 		}
-		for _, a := range args {
-			if a != payload.FieldOrganizationID {
-				return d.Errf("require: unsupported field %q (only %q)", a, payload.FieldOrganizationID)
-			}
+		if err := checkRequire(h.Require); err != nil {
+			return d.WrapErr(err)
 		}
-		h.Require = args
 		return nil
 	},
-	"contract": stringArg(func(h *Handler) *string { return &h.Contract }, checkContract),
-	"organization": func(h *Handler, d *caddyfile.Dispenser) error {
-		var o Organization
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		o.ID = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		for nesting := d.Nesting(); d.NextBlock(nesting); {
-			name := d.Val()
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			switch name {
-			case "secret":
-				o.Secrets = append(o.Secrets, args...)
-			case "signing_secret":
-				o.SigningSecrets = append(o.SigningSecrets, args...)
-			default:
-				return d.Errf("organization %s: unknown subdirective %q (expected secret or signing_secret)", o.ID, name)
-			}
-		}
-		if len(o.Secrets)+len(o.SigningSecrets) == 0 {
-			return d.Errf("organization %s: needs a block with a secret or a signing_secret", o.ID)
-		}
-		h.Organizations = append(h.Organizations, o)
-		return nil
-	},
+	"organization": parseOrganization,
 	"metrics": func(h *Handler, d *caddyfile.Dispenser) error {
 		var v string
 		if !d.AllArgs(&v) {
@@ -164,6 +136,11 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 	},
 	"queue": func(h *Handler, d *caddyfile.Dispenser) error {
 		args := d.RemainingArgs()
+		if len(args) > 0 {
+			if err := checkLiteral(d, "queue", args[0]); err != nil {
+				return err
+			}
+		}
 		q := h.queueConfig()
 		switch {
 		case len(args) == 1 && args[0] == queue.SQLite, len(args) == 2 && args[0] == queue.SQLite:
@@ -178,15 +155,13 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		}
 		return nil
 	},
-	"workers":       intArg(func(q *QueueConfig) *int { return &q.Workers }),
-	"max_in_flight": intArg(func(q *QueueConfig) *int { return &q.MaxInFlight }),
 	"outcome": func(h *Handler, d *caddyfile.Dispenser) error {
 		var name, verdict string
 		if !d.AllArgs(&name, &verdict) {
 			return d.ArgErr()
 		}
-		if _, ok := upstream.ParseVerdict(verdict); !ok {
-			return d.Errf("outcome %s: expected ok, retry or final, got %q", name, verdict)
+		if _, err := parseOutcome(name, verdict); err != nil {
+			return d.WrapErr(err)
 		}
 		if h.Outcomes == nil {
 			h.Outcomes = map[string]string{}
@@ -194,17 +169,35 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		h.Outcomes[name] = verdict
 		return nil
 	},
-	"max_attempts": intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
-	"retention":    parseRetention,
-	"worker_timeout": func(h *Handler, d *caddyfile.Dispenser) error {
+}
+
+// parseOrganization parses an organization block: its id, then its
+// secrets and signing secrets.
+func parseOrganization(h *Handler, d *caddyfile.Dispenser) error {
+	var o Organization
+	if !d.AllArgs(&o.ID) {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		var v string
-		if !d.AllArgs(&v) {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
 			return d.ArgErr()
 		}
-		h.queueConfig().WorkerTimeout = v
-		return checkDuration(d, name, v)
-	},
+		switch name {
+		case "secret":
+			o.Secrets = append(o.Secrets, args...)
+		case "signing_secret":
+			o.SigningSecrets = append(o.SigningSecrets, args...)
+		default:
+			return d.Errf("organization %q: unknown subdirective %q (expected secret or signing_secret)", o.ID, name)
+		}
+	}
+	if err := checkOrganizationKeys(o.ID, o); err != nil {
+		return d.WrapErr(err)
+	}
+	h.Organizations = append(h.Organizations, o)
+	return nil
 }
 
 // queueConfig returns the queue settings, creating them on first use so
@@ -229,9 +222,9 @@ func multiArg(field func(*Handler) *[]string) func(*Handler, *caddyfile.Dispense
 	}
 }
 
-// stringArg parses a subdirective that takes exactly one value, checking
-// literal values early (placeholders are checked at provisioning).
-func stringArg(field func(*Handler) *string, check func(d *caddyfile.Dispenser, name, v string) error) func(*Handler, *caddyfile.Dispenser) error {
+// stringArg parses a subdirective that takes exactly one value, checking a
+// literal value by its rule (see fieldRules) at once.
+func stringArg(field func(*Handler) *string) func(*Handler, *caddyfile.Dispenser) error {
 	return func(h *Handler, d *caddyfile.Dispenser) error {
 		name := d.Val()
 		var v string
@@ -239,13 +232,15 @@ func stringArg(field func(*Handler) *string, check func(d *caddyfile.Dispenser, 
 			return d.ArgErr()
 		}
 		*field(h) = v
-		if check != nil {
-			return check(d, name, v)
+		if fieldRules[name] == nil {
+			return nil
 		}
-		return nil
+		return checkLiteral(d, name, v)
 	}
 }
 
+// intArg parses a whole-number queue setting (no placeholders: JSON holds
+// it as a number).
 func intArg(field func(*QueueConfig) *int) func(*Handler, *caddyfile.Dispenser) error {
 	return func(h *Handler, d *caddyfile.Dispenser) error {
 		name := d.Val()
@@ -253,59 +248,12 @@ func intArg(field func(*QueueConfig) *int) func(*Handler, *caddyfile.Dispenser) 
 		if !d.AllArgs(&v) {
 			return d.ArgErr()
 		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return d.Errf("%s: expected a positive whole number, got %q", name, v)
+		if err := checkField(name, v); err != nil {
+			return d.WrapErr(err)
 		}
-		*field(h.queueConfig()) = n
+		*field(h.queueConfig()), _ = strconv.Atoi(v)
 		return nil
 	}
-}
-
-func isPlaceholder(v string) bool { return strings.Contains(v, "{") }
-
-func checkDuration(d *caddyfile.Dispenser, name, v string) error {
-	if isPlaceholder(v) {
-		return nil
-	}
-	if dur, err := caddy.ParseDuration(v); err != nil || dur < 0 {
-		return d.Errf("%s: not a valid duration: %q", name, v)
-	}
-	return nil
-}
-
-func checkSize(d *caddyfile.Dispenser, _, v string) error {
-	if isPlaceholder(v) {
-		return nil
-	}
-	if _, err := humanize.ParseBytes(v); err != nil {
-		return d.Errf("max_body: not a valid size: %q", v)
-	}
-	return nil
-}
-
-func checkAuth(d *caddyfile.Dispenser, _, v string) error {
-	switch v {
-	case authKey, authSignature, authBoth:
-		return nil
-	}
-	return d.Errf("auth: expected key, signature or both, got %q", v)
-}
-
-func checkContract(d *caddyfile.Dispenser, _, v string) error {
-	switch v {
-	case contractEnvelope, contractLegacy:
-		return nil
-	}
-	return d.Errf("contract: expected envelope or legacy, got %q", v)
-}
-
-func checkMode(d *caddyfile.Dispenser, _, v string) error {
-	switch v {
-	case modeSync, modeAsync, modeAuto:
-		return nil
-	}
-	return d.Errf("mode: expected sync, async or auto, got %q", v)
 }
 
 // Interface guard

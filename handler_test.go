@@ -708,7 +708,7 @@ func TestProvisionErrors(t *testing.T) {
 			[]string{"SECRETQ", "exa mple"}},
 		{"target scheme-less host", func(h *Handler) { h.Target = "example.supabase.co/functions?key=SECRETQ" }, "target",
 			[]string{"SECRETQ", "supabase"}},
-		{"bad timeout", func(h *Handler) { h.Timeout = "soon" }, "timeout", []string{"soon"}},
+		{"bad timeout", func(h *Handler) { h.Timeout = "soon" }, `timeout: not a valid duration: "soon"`, nil},
 		{"negative timeout", func(h *Handler) { h.Timeout = "-1s" }, "timeout", nil},
 		{"zero timeout", func(h *Handler) { h.Timeout = "0s" }, "timeout", nil},
 		{"bad max_body", func(h *Handler) { h.MaxBody = "lots" }, "max_body", nil},

@@ -317,8 +317,8 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 			return fmt.Errorf("organization %q: configured twice", id)
 		}
 		ids[id] = true
-		if len(o.Secrets)+len(o.SigningSecrets) == 0 {
-			return fmt.Errorf("organization %q: needs a secret or a signing_secret", id)
+		if err := checkOrganizationKeys(id, o); err != nil {
+			return err
 		}
 		before := len(h.secrets.digests)
 		if err := add(id, fmt.Sprintf("organization %q: secret", id), o.Secrets); err != nil {
@@ -368,14 +368,14 @@ func (h *Handler) provisionContract(repl *caddy.Replacer) (*upstream.Contract, e
 	if err != nil {
 		return nil, err
 	}
-	if kind != "" && kind != contractEnvelope && kind != contractLegacy {
-		return nil, fmt.Errorf("contract: expected %s or %s, got %q", contractEnvelope, contractLegacy, kind)
+	if err := checkField("contract", kind); err != nil {
+		return nil, err
 	}
 	extra := make(map[string]upstream.Verdict, len(h.Outcomes))
 	for name, v := range h.Outcomes {
-		verdict, ok := upstream.ParseVerdict(v)
-		if !ok || name == "" {
-			return nil, fmt.Errorf("outcomes: %q must be ok, retry or final", name)
+		verdict, err := parseOutcome(name, v)
+		if err != nil {
+			return nil, err
 		}
 		extra[name] = verdict
 	}
@@ -411,10 +411,8 @@ func (h *Handler) provisionLimits(repl *caddy.Replacer) error {
 	if h.maxBody, err = resolveSize(repl, "max_body", h.MaxBody, defaultMaxBody); err != nil {
 		return err
 	}
-	for _, f := range h.Require {
-		if f != payload.FieldOrganizationID {
-			return fmt.Errorf("require: unsupported field %q (organization_id is always required now; bind a key to an organization to sync webhooks that do not name one)", f)
-		}
+	if err := checkRequire(h.Require); err != nil {
+		return err
 	}
 	if len(h.Require) > 0 {
 		h.logger.Info("require organization_id is the default now: the line can go")
@@ -465,50 +463,45 @@ func resolveNumbered(repl *caddy.Replacer, field string, vals []string) ([]numbe
 	return out, nil
 }
 
-func resolveDuration(repl *caddy.Replacer, field, val string, def time.Duration) (time.Duration, error) {
+// resolveChecked resolves a config value and holds it to its field's
+// rule (see fieldRules); "" is the default.
+func resolveChecked(repl *caddy.Replacer, field, val string) (string, error) {
 	s, err := resolve(repl, field, val)
+	if err != nil {
+		return "", err
+	}
+	return s, checkField(field, s)
+}
+
+// resolveDuration resolves a duration field, def when it is empty.
+func resolveDuration(repl *caddy.Replacer, field, val string, def time.Duration) (time.Duration, error) {
+	s, err := resolveChecked(repl, field, val)
 	if err != nil || s == "" {
 		return def, err
 	}
-	d, err := caddy.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%s: not a valid duration", field)
-	}
-	return d, nil
+	return caddy.ParseDuration(s)
 }
 
+// resolveSize resolves a size field, def when it is empty.
 func resolveSize(repl *caddy.Replacer, field, val string, def int64) (int64, error) {
-	s, err := resolve(repl, field, val)
+	s, err := resolveChecked(repl, field, val)
 	if err != nil || s == "" {
 		return def, err
 	}
 	n, err := humanize.ParseBytes(s)
-	if err != nil || n == 0 || n > 1<<30 {
-		return 0, fmt.Errorf("%s: not a valid size between 1 byte and 1GiB", field)
-	}
-	return int64(n), nil
+	return int64(n), err
 }
 
-// Validate checks the provisioned configuration. It only reads, and logs
-// the settings that another one makes ineffective (see conflicts).
+// Validate checks how the provisioned settings go together (each value was
+// held to its own rule when Provision resolved it, see rules.go). It only
+// reads, and logs the settings that another one makes ineffective (see
+// conflicts).
 func (h *Handler) Validate() error {
-	if h.timeout <= 0 {
-		return errors.New("timeout: must be positive")
-	}
-	if h.bodyTimeout <= 0 {
-		return errors.New("body_timeout: must be positive")
-	}
-	switch h.mode {
-	case modeSync:
-		if h.queue != nil {
-			return errors.New("mode sync: takes no queue (with a queue, mode auto syncs while the sender waits, through the queue)")
-		}
-	case modeAsync, modeAuto:
-		if h.queue == nil {
-			return fmt.Errorf("mode %s: needs a queue", h.mode)
-		}
-	default:
-		return fmt.Errorf("mode: unknown mode %q", h.mode)
+	switch {
+	case h.mode == modeSync && h.queue != nil:
+		return errors.New("mode sync: takes no queue (with a queue, mode auto syncs while the sender waits, through the queue)")
+	case h.mode != modeSync && h.queue == nil:
+		return fmt.Errorf("mode %s: needs a queue", h.mode)
 	}
 	return h.checkConflicts()
 }

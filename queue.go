@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,7 +65,7 @@ type QueueConfig struct {
 }
 
 func (h *Handler) provisionQueue(ctx caddy.Context, repl *caddy.Replacer) error {
-	mode, err := resolve(repl, "mode", h.Mode)
+	mode, err := resolveChecked(repl, "mode", h.Mode)
 	if err != nil {
 		return err
 	}
@@ -140,13 +141,25 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 			return nil, fmt.Errorf("queue postgres: %w", err)
 		}
 	default:
-		return nil, fmt.Errorf("queue: unknown driver %q", rq.Driver)
+		return nil, checkField("queue", rq.Driver)
 	}
 	if rq.WorkerTimeout, err = resolveDuration(repl, "worker_timeout", c.WorkerTimeout, queue.DefaultWorkerTimeout); err != nil {
 		return nil, err
 	}
 	if err := resolveRetention(repl, c.Retention, &rq.Settings); err != nil {
 		return nil, err
+	}
+	// JSON holds these to their rule as it decodes (QueueConfig.UnmarshalJSON);
+	// a QueueConfig built in Go is held to it here.
+	for _, f := range []struct {
+		name string
+		n    int
+	}{{"workers", c.Workers}, {"max_attempts", c.MaxAttempts}, {"max_in_flight", c.MaxInFlight}} {
+		if f.n != 0 {
+			if err := checkField(f.name, strconv.Itoa(f.n)); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if rq.Workers <= 0 {
 		rq.Workers = queue.DefaultWorkers

@@ -5,7 +5,6 @@ package receivebooking
 // cleaner deletes the jobs; the engine's prune follows with their events.
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -67,9 +66,6 @@ func resolveRetention(repl *caddy.Replacer, r *QueueRetention, s *queue.Settings
 		if err != nil {
 			return err
 		}
-		if d <= 0 {
-			return fmt.Errorf("retention %s: must be positive", p.state)
-		}
 		*p.dst = d
 	}
 	return nil
@@ -99,11 +95,5 @@ func parseRetention(h *Handler, d *caddyfile.Dispenser) error {
 		return d.Errf("retention %s: given twice", state)
 	}
 	*dst = v
-	if isPlaceholder(v) {
-		return nil
-	}
-	if dur, err := caddy.ParseDuration(v); err != nil || dur <= 0 {
-		return d.Errf("retention %s: expected a positive duration, e.g. 24h or 7d, got %q", state, v)
-	}
-	return nil
+	return checkLiteral(d, "retention "+state, v)
 }
