@@ -18,7 +18,7 @@ import (
 // testdata/fuzz/<Target>/ and are replayed by every plain `go test` run;
 // `go test -run '^$' -fuzz '^FuzzParseWebhook$' -fuzztime 10m .` explores.
 
-// contractMessages are the only errors parseWebhook may answer with.
+// contractMessages are the only errors payload.Parse may answer with.
 var contractMessages = map[string]bool{
 	"Invalid JSON body":                       true,
 	"Missing required field: booking_id":      true,

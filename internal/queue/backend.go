@@ -56,7 +56,7 @@ type JobStore interface {
 // ReplayMemory is the webhook-id store of signed webhooks, shared by the
 // instances on one database.
 type ReplayMemory interface {
-	// replaySeen records a webhook-id (hashed) until expires, and reports
+	// ReplaySeen records a webhook-id (hashed) until expires, and reports
 	// whether it was already recorded and unexpired.
 	ReplaySeen(ctx context.Context, key string, now, expires time.Time) (bool, error)
 	ReplayForget(ctx context.Context, key string) error

@@ -48,7 +48,7 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
 	// The client outlives the context of any one config: it is stopped
 	// explicitly.
 	if err := c.Start(context.Background()); err != nil {
-		return fmt.Errorf("starting queue Workers: %w", err)
+		return fmt.Errorf("starting queue workers: %w", err)
 	}
 	b.maxAttempts.Store(int64(s.MaxAttempts))
 	prev := b.settings
@@ -64,7 +64,11 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
 }
 
 // stopClient stops a River client, letting running syncs finish within
-// timeout and cancelling the rest (they are retried).
+// timeout and cancelling the rest (they are retried). River's own
+// SoftStopTimeout does this with one bound fixed when the client is made;
+// a client needs two: worker_timeout + 5 s when a reload retires it (its
+// syncs run to their end), stopTimeout when Caddy stops (and 1 s for one
+// still retiring then).
 func stopClient[TTx any](c *river.Client[TTx], e *Engine, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -91,8 +95,8 @@ func newRiverConfig(s Settings, maxWorkers int, fetchCooldown time.Duration, wor
 		Middleware: []rivertype.Middleware{&windowStart{}},
 		// New jobs are announced (PostgreSQL: LISTEN/NOTIFY; SQLite: in
 		// this process, see wakeDriver), so a sender in auto mode does not
-		// wait for a poll. Polling still finds jobs whose snooze (the
-		// coalescing window, a busy booking) or retry time has come.
+		// wait for a poll. Polling still finds jobs whose time has come: the
+		// end of a coalescing window, a retry, a busy booking's snooze.
 		// A fetch is a write transaction: at most one per cooldown.
 		FetchCooldown:     fetchCooldown,
 		FetchPollInterval: 100 * time.Millisecond,

@@ -166,7 +166,7 @@ func (d *pgDialect) takeSlot(ctx context.Context, tx pgx.Tx, s slotClaim, maxInF
 }
 
 // releaseSlot frees the attempt's slot, and tells every instance that one
-// is free (a sync waiting for one tries again at once; see slotWaiter).
+// is free (a sync waiting for one tries again at once; see slotWaits).
 func (d *pgDialect) releaseSlot(ctx context.Context, tx pgx.Tx, jobID int64, attempt int) error {
 	tag, err := tx.Exec(ctx, `UPDATE receive_booking_slot SET job_id = NULL, attempt = NULL, until = NULL
 		WHERE job_id = $1 AND attempt = $2`, jobID, attempt)

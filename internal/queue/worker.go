@@ -62,11 +62,13 @@ type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
 // Timeout bounds one sync; River cancels the context after it.
 func (w *syncWorker[TDriver, TTx]) Timeout(*river.Job[Args]) time.Duration { return w.timeout }
 
-// Work syncs one booking. Inside the coalescing window it snoozes until
-// the window ends (the job stays in the booking's waiting slot, so
-// webhooks keep merging into it, and no worker is held); then it claims
-// the booking, calls import-bookings and records the outcome in one
-// transaction with the booking row.
+// Work syncs one booking: it claims the booking (gate.go), calls
+// import-bookings, answers the senders waiting for this attempt and
+// records the outcome in one transaction with the booking row. A job is
+// inserted to become available at the end of its coalescing window
+// (windowStart, intake.go); one fetched before it (a replay, a clock
+// step) snoozes until then, staying in the booking's waiting slot so that
+// webhooks keep merging into it.
 func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args]) error {
 	if d := time.Until(job.Args.NotBefore); d > 0 {
 		// River keeps a job snoozed for less than its scheduler interval

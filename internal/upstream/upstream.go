@@ -232,7 +232,7 @@ func scrubError(err error) error {
 	return errors.New(err.Error())
 }
 
-// truncateText cuts b to at most n bytes of valid UTF-8: invalid bytes are
+// TruncateText cuts b to at most n bytes of valid UTF-8: invalid bytes are
 // replaced first (U+FFFD is 3 bytes), then the text is cut on a rune
 // boundary.
 func TruncateText(b []byte, n int) string {
