@@ -1,5 +1,8 @@
 package receivebooking
 
+// mode sync without a queue: bursts for one booking share syncs inside
+// this instance (the in-process coalescer), one running per booking.
+
 import (
 	"context"
 	"sync"
