@@ -166,7 +166,7 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	defer conn.Close(ctx)
 	listener := func() (pid int) {
 		err := conn.QueryRow(ctx, `SELECT coalesce(max(pid), 0) FROM pg_stat_activity
-			WHERE datname = current_database() AND query = 'LISTEN `+outcomeChannel+`'`).Scan(&pid)
+			WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&pid)
 		require.NoError(t, err)
 		return pid
 	}
@@ -191,4 +191,29 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no outcome heard after the reconnect")
 	}
+}
+
+// TestSlotWaitsHandOneSlotToTheLongestWaiter: each released slot wakes
+// one waiting sync of the instance, the one that has waited longest.
+func TestSlotWaitsHandOneSlotToTheLongestWaiter(t *testing.T) {
+	var s slotWaits
+	woke := make(chan int, 3)
+	for i := range 3 {
+		go func() { s.wait(t.Context(), time.Minute); woke <- i }()
+		require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == i+1 }, time.Second, time.Millisecond)
+	}
+	s.signal()
+	assert.Equal(t, 0, <-woke, "the longest waiter first")
+	select {
+	case i := <-woke:
+		t.Fatalf("one release woke a second waiter (%d)", i)
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.signal()
+	assert.Equal(t, 1, <-woke)
+
+	s.signal()
+	assert.Equal(t, 2, <-woke)
+	s.signal() // nobody waits: nothing to wake, nothing kept
+	assert.Empty(t, s.queue)
 }
