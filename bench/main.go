@@ -22,7 +22,7 @@ var (
 	flagConcurrency = flag.Int("concurrency", 32, "connections wrk keeps busy in scenarios 1-5, 9 and 10 (wrk -c)")
 	flagCaddy       = flag.String("caddy", "", "Caddy binary built with this module, copied at start (default: build one with xcaddy)")
 	flagWrk         = flag.String("wrk", "", "wrk binary (default: wrk from PATH)")
-	flagPG          = flag.String("pg", os.Getenv("RB_TEST_POSTGRES_DSN"), "PostgreSQL DSN for scenario 5-pg, preferably a dedicated database (default: $RB_TEST_POSTGRES_DSN; skipped when empty)")
+	flagPG          = flag.String("pg", os.Getenv("RB_TEST_POSTGRES_DSN"), "PostgreSQL DSN for scenarios 5-pg (preferably a dedicated database), 4-auto-pg, 4-auto-pg-3 and 9-cap (each in a database of its own, created and dropped) (default: $RB_TEST_POSTGRES_DSN; skipped when empty)")
 	flagOut         = flag.String("out", "BENCHMARKS.md", "markdown report to write (\"\" or \"-\": stdout only)")
 	flagKeep        = flag.Bool("keep", false, "keep the temporary directory (Caddyfiles, Caddy logs, SQLite files, profiles)")
 	flagPprof       = flag.Bool("pprof", true, "take a CPU profile of Caddy over each measured window and show its top entries (-pprof=false: off)")
@@ -42,6 +42,14 @@ const (
 	memSenders     = 1_000
 	memDelay       = 2 * time.Second
 	warmup         = time.Second
+	// 7-auto: senders waiting in auto mode at once, and when the driver
+	// looks at what holds Caddy's memory (all of them are waiting then).
+	waitSenders  = 5_000
+	waitSnapshot = 5 * time.Second
+	// 9-cap: max_in_flight, the stub's time per call, the jobs queued.
+	capSlots = 3
+	capDelay = 2 * time.Second
+	capJobs  = 60
 )
 
 func logf(format string, args ...any) {
@@ -93,6 +101,7 @@ type bench struct {
 	wrk      *wrkTool
 	stub     *stub
 	rows     []*row
+	pgDBs    []pgDB // made by freshPG, dropped at the end
 }
 
 func run() error {
@@ -132,6 +141,7 @@ func run() error {
 		return err
 	}
 	defer b.stub.Close()
+	defer b.dropPGs()
 	started := time.Now()
 	b.scenarios()
 	total := time.Since(started)
@@ -162,6 +172,12 @@ respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
 	// flight, 10 workers (the default) are the limit.
 	b.throughput("4-auto-w32", "receive_booking `mode auto`, SQLite, `workers 32`", 200,
 		b.receiveBooking("mode auto", "workers 32", sqlite("4-auto-w32")))
+	// Auto mode on PostgreSQL, each scenario on a database of its own:
+	// with max_in_flight at the workers (10), so that the cap is not the
+	// limit, and with the default cap of 3 in flight.
+	b.pgThroughput("4-auto-pg", "receive_booking `mode auto`, PostgreSQL, `max_in_flight 10` (= workers)", 200,
+		"mode auto", "max_in_flight 10")
+	b.pgThroughput("4-auto-pg-3", "receive_booking `mode auto`, PostgreSQL, default `max_in_flight` (3)", 200, "mode auto")
 	b.throughput("5-sqlite", "receive_booking `mode async`, SQLite (durable 202s)", 202,
 		b.receiveBooking("mode async", sqlite("5-sqlite")))
 	const pgName = "receive_booking `mode async`, PostgreSQL (durable 202s)"
@@ -182,9 +198,13 @@ respond `+"`"+`{"success":true,"booking_id":"1"}`+"`"+` 200`)
 		b.receiveBooking("mode async", sqlite("7-async")))
 	b.memory("7", "Memory: 1,000 senders at once, `mode sync`, stub takes 2 s", 200, memDelay, b.receiveBooking("mode sync"))
 	b.memory("7-stock", "Memory: as 7 through stock Caddy (as 3)", 200, memDelay, b.stock(false))
+	b.waiting("7-auto", fmt.Sprintf("Memory: %d senders at once waiting in `mode auto`, SQLite, stub holds every call", waitSenders),
+		b.receiveBooking("mode auto", sqlite("7-auto")))
 	b.latency("8-sync", "Latency, 1 in flight: `mode sync`", b.receiveBooking("mode sync"))
 	b.latency("8-auto", "Latency, 1 in flight: `mode auto`, SQLite", b.receiveBooking("mode auto", sqlite("8-auto")))
 	b.drain("9", fmt.Sprintf("Drain: %d queued jobs, `mode async`, SQLite", *flagDrain), b.receiveBooking("mode async", sqlite("9")))
+	b.capDrain("9-cap", fmt.Sprintf("Cap: %d queued jobs, two instances on one PostgreSQL, `max_in_flight %d`, stub takes %s",
+		capJobs, capSlots, capDelay))
 	if *flagBacklog <= 0 {
 		b.skip("10", "Backlog growth", "skipped: -backlog 0")
 	} else {

@@ -96,6 +96,8 @@ func (b *bench) mainTable(w *printer) {
 			switch {
 			case r.key == "9":
 				c["rps"] = fmt.Sprintf("**%.0f jobs/s**", r.rate)
+			case r.key == "9-cap":
+				c["rps"] = fmt.Sprintf("**%.2f jobs/s**", r.rate)
 			case r.key == "10":
 				c["rps"] = fmt.Sprintf("%.0f", l.okPerSec())
 				c["p99"] = ms(l.p99) + " (worst tenth)"
@@ -104,10 +106,10 @@ func (b *bench) mainTable(w *printer) {
 			default:
 				c["rps"], c["p50"], c["p99"] = fmt.Sprintf("%.0f", l.okPerSec()), ms(l.p50), ms(l.p99)
 			}
-			if !isBurst(r.key) && r.key != "9" && ceil > 0 {
+			if !isBurst(r.key) && !strings.HasPrefix(r.key, "9") && ceil > 0 {
 				c["ratio"] = fmt.Sprintf("%.2f×", l.okPerSec()/ceil)
 			}
-			if l.wrkCPU >= 0 && r.key != "9" {
+			if l.wrkCPU >= 0 && !strings.HasPrefix(r.key, "9") {
 				c["wrk"] = fmt.Sprintf("%.0f%%", l.wrkCPU)
 			}
 		}
@@ -155,7 +157,7 @@ func (b *bench) burstNote(w *printer) {
 }
 
 func (b *bench) moreNotes(w *printer) {
-	for _, k := range []string{"6-async", "6-auto", "6-auto-0", "6-sync", "7-async", "7", "7-stock", "9"} {
+	for _, k := range []string{"6-async", "6-auto", "6-auto-0", "6-sync", "7-async", "7", "7-stock", "7-auto", "9", "9-cap"} {
 		if r := b.find(k); r != nil && r.inflight > 0 {
 			w.p("Scenario %s: at most %d calls in flight at the stub at once.\n", k, r.inflight)
 		}
@@ -232,31 +234,33 @@ func (b *bench) targets(w *printer) {
 	w.p("\nA scenario with non-2xx answers or errors fails its target whatever its figures.\n\n")
 }
 
+// measureTarget measures a target over rows: not measured when one is
+// missing or was skipped, a MISS when one failed (errors, non-2xx
+// answers).
+func measureTarget(name string, rows []*row, measure func() (string, bool)) target {
+	t := target{name: name}
+	for _, r := range rows {
+		switch {
+		case r == nil:
+			return t
+		case r.failed:
+			t.measured, t.measuredOK = fmt.Sprintf("%s failed: %s", r.key, r.note), true
+			return t
+		case r.load == nil:
+			t.measured = r.key + " " + r.note
+			return t
+		}
+	}
+	t.measured, t.ok = measure()
+	t.measuredOK = true
+	return t
+}
+
 func (b *bench) targetList() []target {
 	var ts []target
 	ceil := b.ceiling()
-	// add measures a target over rows: not measured when one is missing
-	// or was skipped, a MISS when one failed (errors, non-2xx answers).
 	add := func(name string, rows []*row, measure func() (string, bool)) {
-		t := target{name: name}
-		for _, r := range rows {
-			switch {
-			case r == nil:
-				ts = append(ts, t)
-				return
-			case r.failed:
-				t.measured, t.measuredOK = fmt.Sprintf("%s failed: %s", r.key, r.note), true
-				ts = append(ts, t)
-				return
-			case r.load == nil:
-				t.measured = r.key + " " + r.note
-				ts = append(ts, t)
-				return
-			}
-		}
-		t.measured, t.ok = measure()
-		t.measuredOK = true
-		ts = append(ts, t)
+		ts = append(ts, measureTarget(name, rows, measure))
 	}
 	vsCeil := func(r *row, want float64) (string, bool) {
 		x := r.load.okPerSec() / ceil
@@ -299,13 +303,13 @@ func (b *bench) targetList() []target {
 		return fmt.Sprintf("%d calls, ≤ %d per booking", s6a.upstream, s6a.perBook), s6a.upstream <= autoCallBound && s6a.perBook <= 1
 	})
 	var once []*row
-	for _, k := range []string{"6-async", "6-auto-0", "6-sync", "7-async", "7", "9"} {
+	for _, k := range []string{"6-async", "6-auto-0", "6-sync", "7-async", "7", "7-auto", "9", "9-cap"} {
 		if r := b.find(k); r != nil && (r.perBook >= 0 || r.failed) {
 			once = append(once, r)
 		}
 	}
 	if len(once) > 0 {
-		add("never 2 calls for one booking at once (6-async, 6-auto-0, 6-sync, 7-async, 7, 9)", once, func() (string, bool) {
+		add("never 2 calls for one booking at once (6-async, 6-auto-0, 6-sync, 7-async, 7, 7-auto, 9, 9-cap)", once, func() (string, bool) {
 			var parts []string
 			ok := true
 			for _, r := range once {
@@ -319,6 +323,7 @@ func (b *bench) targetList() []target {
 	add("9 drain ≥ 1,000 jobs/s", []*row{s9}, func() (string, bool) {
 		return fmt.Sprintf("%.0f/s", s9.rate), s9.rate >= 1000
 	})
+	ts = append(ts, b.autoTargets()...)
 	s10 := b.find("10")
 	add("10 backlog: last tenth's ack rate ≥ 0.8× the first's", []*row{s10}, func() (string, bool) {
 		if len(s10.tenths) < 10 {
@@ -498,6 +503,9 @@ func (b *bench) configs(w *printer) {
 // (and the DSN) replaced by names.
 func (b *bench) scrubSite(r *row) string {
 	s := strings.ReplaceAll(r.site, filepath.Join(b.tmp, r.key), "<tmp>/<scenario>")
+	for _, d := range b.pgDBs {
+		s = strings.ReplaceAll(s, d.dsn, "<dsn of a database of its own>")
+	}
 	if *flagPG != "" {
 		s = strings.ReplaceAll(s, *flagPG, "<dsn>")
 	}
