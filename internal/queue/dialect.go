@@ -81,6 +81,9 @@ type queries struct {
 	// renewAttempts gives jobs ($1, ids as idList makes them) at least
 	// $2 attempts after their current one.
 	renewAttempts string
+	// promoteWaiting raises the waiting syncs of organization $1 to
+	// priority $2 (see promoteWaiting).
+	promoteWaiting string
 	// insertEvents writes timeline events (columns as writeEvents).
 	insertEvents string
 	// countByState counts a queue's ($1) jobs by state.

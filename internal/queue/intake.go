@@ -164,6 +164,9 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 	if err != nil {
 		return err
 	}
+	if err := b.promoteWaiting(ctx, tx, waiting); err != nil {
+		return err
+	}
 	maxAttempts := int(b.maxAttempts.Load())
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
@@ -211,6 +214,27 @@ func fairPriority(waiting int) int {
 
 // fairPriorityCap is where fairPriority reaches its lowest priority.
 const fairPriorityCap = 300
+
+// promoteWaiting keeps each organization's syncs in the order they were
+// recorded. fairPriority sinks an organization's backlog below other
+// organizations' new webhooks; as the backlog shrinks, its new syncs get a
+// better priority again, and would overtake its older ones still waiting
+// (at 32 webhooks in flight for one organization, a sync given priority 3
+// waited up to 0.8 s behind later ones given 2: auto mode's p99). So the
+// older ones are raised to the new one's priority first. Only an
+// organization with fewer than fairPriorityCap waiting can get a better
+// priority, so at most that many rows are looked at.
+func (b *riverBackend[TDriver, TTx]) promoteWaiting(ctx context.Context, tx TTx, waiting map[string]int) error {
+	for org, n := range waiting {
+		if n == 0 || n >= fairPriorityCap {
+			continue
+		}
+		if err := b.db.exec(ctx, tx, b.db.sql().promoteWaiting, org, fairPriority(n)); err != nil {
+			return fmt.Errorf("ordering waiting syncs: %w", err)
+		}
+	}
+	return nil
+}
 
 // waitingByOrg counts, for each organization of the groups, its bookings
 // with a sync waiting (an index covers it), up to fairPriority's last

@@ -267,7 +267,9 @@ func (d *pgDialect) publish(ctx context.Context, tx pgx.Tx, note []byte) error {
 func (d *pgDialect) workers(s Settings) int { return s.Workers }
 
 // fetchCooldown spaces River's fetches: each is a round trip and a write.
-func (d *pgDialect) fetchCooldown() time.Duration { return 20 * time.Millisecond }
+// A fetch takes at most the idle workers, so the cooldown bounds an
+// instance's rate of fast syncs (20 ms held 10 workers near 500/s).
+func (d *pgDialect) fetchCooldown() time.Duration { return 2 * time.Millisecond }
 
 // postgresSQL is the SQL that PostgreSQL says differently from SQLite.
 var postgresSQL = queries{
@@ -278,6 +280,12 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])` + upsertBo
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS v(target_id, org, booking, id)
 WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
 	renewAttempts: `UPDATE river_job SET max_attempts = GREATEST(max_attempts, attempt + $2) WHERE id = ANY($1::bigint[])`,
+	// A job row another transaction holds (River fetching it) is skipped,
+	// not waited for: the priority only orders fetches, and waiting on
+	// River's rows while holding booking rows could deadlock.
+	promoteWaiting: `UPDATE river_job SET priority = $2 WHERE id IN (SELECT j.id FROM river_job j
+	JOIN receive_booking_booking w ON w.waiting_job_id = j.id
+	WHERE w.org = $1 AND j.priority > $2 FOR UPDATE OF j SKIP LOCKED)`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])`,
 	// PostgreSQL counts without blocking writers.

@@ -21,8 +21,10 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 	"github.com/bookingwebhook/caddy-receive-booking/internal/upstream"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivertype"
 	"github.com/stretchr/testify/assert"
@@ -396,4 +398,79 @@ func TestFairnessBetweenOrganizations(t *testing.T) {
 	t.Logf("FAIRNESS: 2 workers, 300 syncs of organization A queued, then 1 of B once A's backlog was running: B's sync started %s after it was recorded; %d of A's syncs started in between; %d of A's were still waiting when B's ran",
 		bStart.Sub(recorded).Round(time.Millisecond), before, waiting)
 	assert.LessOrEqual(t, before, 5, "B waits for at most a few of A's syncs")
+}
+
+// TestNewSyncNeverOvertakesItsOrganization: fair priorities sink an
+// organization's backlog below others' new webhooks, but within one
+// organization syncs run in the order they were recorded: when its
+// backlog shrinks and a new sync gets a better priority, its older
+// waiting syncs are raised to it first.
+func TestNewSyncNeverOvertakesItsOrganization(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver string) {
+		qh := testQueue(t, driver, newGatedUpstream(t, false).StandIn)
+		ctx := t.Context()
+		// Inside an hour-long window: recorded and waiting, none runs.
+		for i := range 35 {
+			_, _, err := qh.enqueue(ctx, testWebhook(fmt.Sprintf("p-%d", i)), time.Hour)
+			require.NoError(t, err)
+		}
+		b := qh.backend().(interface {
+			execPool(ctx context.Context, query string, args ...any) error
+		})
+		worst := func() (p int) {
+			rows, err := qh.rows(ctx, `SELECT max(priority) FROM river_job WHERE id IN
+				(SELECT waiting_job_id FROM receive_booking_booking WHERE org = 'org')`)
+			require.NoError(t, err)
+			defer rows.Close()
+			require.True(t, rows.Next())
+			require.NoError(t, rows.Scan(&p))
+			return p
+		}
+		require.Equal(t, 3, worst(), "the backlog sank (more than 30 waiting)")
+		// The first 30 started (their claims took them out of the waiting
+		// slot): 5 wait, and the next sync gets priority 2.
+		require.NoError(t, b.execPool(ctx, `UPDATE receive_booking_booking SET waiting_job_id = NULL
+			WHERE booking IN (`+placeholders(30)+`)`, ids("p-", 30)...))
+		id, _, err := qh.enqueue(ctx, testWebhook("p-new"), time.Hour)
+		require.NoError(t, err)
+		job, err := qh.backend().GetJob(ctx, id)
+		require.NoError(t, err)
+		var prio int
+		rows, err := qh.rows(ctx, `SELECT priority FROM river_job WHERE id = $1`, job.ID)
+		require.NoError(t, err)
+		require.True(t, rows.Next())
+		require.NoError(t, rows.Scan(&prio))
+		rows.Close()
+		assert.Equal(t, 2, prio)
+		assert.LessOrEqual(t, worst(), prio, "no older sync of the organization waits behind the new one")
+	})
+}
+
+// rows runs a query on the engine's database.
+func (h *testQueueHandle) rows(ctx context.Context, query string, args ...any) (rowsIter, error) {
+	switch b := h.backend().(type) {
+	case *riverBackend[*wakeDriver, *sql.Tx]:
+		return b.db.queryRows(ctx, query, args...)
+	case *riverBackend[*riverpgxv5.Driver, pgx.Tx]:
+		return b.db.queryRows(ctx, query, args...)
+	}
+	return nil, fmt.Errorf("unknown backend %T", h.backend())
+}
+
+// placeholders is "$1, $2, …, $n".
+func placeholders(n int) string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("$%d", i+1)
+	}
+	return strings.Join(out, ", ")
+}
+
+// ids is prefix0 … prefix(n-1), as query arguments.
+func ids(prefix string, n int) []any {
+	out := make([]any, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return out
 }

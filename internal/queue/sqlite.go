@@ -279,6 +279,8 @@ WHERE receive_booking_booking.target_id = v.target_id AND receive_booking_bookin
 	AND receive_booking_booking.booking = v.booking`,
 	renewAttempts: `UPDATE river_job SET max_attempts = max(max_attempts, attempt + $2)
 WHERE id IN (SELECT value->>0 FROM json_each($1))`,
+	promoteWaiting: `UPDATE river_job SET priority = $2 WHERE priority > $2 AND id IN
+	(SELECT waiting_job_id FROM receive_booking_booking WHERE org = $1 AND waiting_job_id IS NOT NULL)`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each($1)`,
 	// Kept by triggers (tally.go).
