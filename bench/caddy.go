@@ -1,5 +1,9 @@
 package main
 
+// Caddy for each scenario: the binary (built as the tests build it, or
+// given), a fresh process per scenario with its own ports and data
+// directory, its RSS and CPU read from /proc, its CPU profile.
+
 import (
 	"bufio"
 	"bytes"

@@ -1,5 +1,8 @@
 package main
 
+// CPU accounting from /proc: a process's utime+stime and the machine's
+// busy time, over a measured window.
+
 import (
 	"os"
 	"strconv"

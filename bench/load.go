@@ -1,5 +1,8 @@
 package main
 
+// Load that wrk cannot make: bursts of senders, each on its own
+// connection, timed by the driver.
+
 import (
 	"context"
 	"fmt"

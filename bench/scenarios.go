@@ -1,5 +1,7 @@
 package main
 
+// The scenarios: each one's Caddyfile, its load, and what it records.
+
 import (
 	"encoding/json"
 	"fmt"

@@ -1,5 +1,8 @@
 package main
 
+// The stub import-bookings: internal/testkit's stand-in, held or delayed
+// as a scenario needs, counting calls in flight per booking.
+
 import (
 	"net/http"
 	"time"

@@ -1,5 +1,8 @@
 package main
 
+// wrk: the load generator of the throughput scenarios, its Lua script
+// and its result line.
+
 import (
 	"bufio"
 	"bytes"
