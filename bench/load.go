@@ -1,7 +1,7 @@
 package main
 
-// Load that wrk cannot make: bursts of senders, each on its own
-// connection, timed by the driver.
+// Load results (wrk's or the driver's own) and the load wrk cannot make:
+// bursts of senders, each on its own connection, timed by the driver.
 
 import (
 	"context"
