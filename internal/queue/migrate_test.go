@@ -131,3 +131,21 @@ func TestPendingStatesSQL(t *testing.T) {
 	slices.Sort(want)
 	assert.Equal(t, want, got)
 }
+
+// TestSQLiteBindsDollarPlaceholders: the SQL the two databases share is
+// written with $N placeholders and run as written on SQLite (modernc
+// binds $N to the argument of ordinal N, in any order), so a literal $ in
+// a query's text is left alone.
+func TestSQLiteBindsDollarPlaceholders(t *testing.T) {
+	db, err := sql.Open("sqlite", sqliteDSN(filepath.Join(t.TempDir(), "b.sqlite3")))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	d := &sqliteDialect{db: db}
+	rows, err := d.queryRows(t.Context(), `SELECT '$1 costs $2' || ':' || $2 || ':' || $1`, "a", "b")
+	require.NoError(t, err)
+	defer rows.Close()
+	require.True(t, rows.Next())
+	var got string
+	require.NoError(t, rows.Scan(&got))
+	assert.Equal(t, "$1 costs $2:b:a", got)
+}
