@@ -221,7 +221,11 @@ const fairPriorityCap = 300
 // better priority again, and would overtake its older ones still waiting
 // (at 32 webhooks in flight for one organization, a sync given priority 3
 // waited up to 0.8 s behind later ones given 2: auto mode's p99). So the
-// older ones are raised to the new one's priority first. Only an
+// older ones are raised to the new one's priority first. On PostgreSQL
+// this locks River's rows (skipping those another transaction holds)
+// after every booking row of the batch and every other job row it
+// touches, and waits for nothing after: keep it last among the batch's
+// locks, or it could deadlock with River's fetch or another batch. Only an
 // organization with fewer than fairPriorityCap waiting can get a better
 // priority, so at most that many rows are looked at.
 func (b *riverBackend[TDriver, TTx]) promoteWaiting(ctx context.Context, tx TTx, waiting map[string]int) error {

@@ -7,9 +7,9 @@ package queue
 // with ";" at the end of a line.
 //
 // Databases made before the schema was numbered have our tables but no
-// version table: their version is read from the schema itself (the
-// running claim's columns came with migration 2), and the migrations
-// after it, all IF NOT EXISTS, are applied as to any other.
+// version table: they are brought to version 2 from what their schema
+// has (upgradeLegacy), and the migrations after it, all IF NOT EXISTS,
+// are applied as to any other.
 
 import (
 	"context"
@@ -44,23 +44,43 @@ const createSchemaVersion = `CREATE TABLE IF NOT EXISTS receive_booking_schema_v
 	applied_at BIGINT  NOT NULL
 )`
 
-// legacyVersion is the version of a database made before the schema was
-// numbered: 2 if the booking table has the running claim's columns, 1 if
-// it has none of them, 0 without a booking table.
-func legacyVersion(ctx context.Context, q *queries, db schemaDB) (int, error) {
-	for _, c := range []struct {
-		column  string
-		version int
-	}{{"running_until", 2}, {"booking", 1}} {
-		n, err := db.value(ctx, q.columnExists, "receive_booking_booking", c.column)
+// legacyColumns are the columns that versions before numbered migrations
+// added to the booking table one by one (migration 2 adds them to a new
+// one): a database they made may have any of them.
+var legacyColumns = []struct{ name, ddl string }{
+	{"running_attempt", "ALTER TABLE receive_booking_booking ADD COLUMN running_attempt BIGINT"},
+	{"running_until", "ALTER TABLE receive_booking_booking ADD COLUMN running_until BIGINT"},
+}
+
+// upgradeLegacy brings a database made before the schema was numbered to
+// version 2: migration 1 again (its tables are all IF NOT EXISTS; a
+// development build made the booking table before the slots), and each
+// running-claim column it lacks (those versions added them one at a time).
+func upgradeLegacy(ctx context.Context, q *queries, db schemaDB, first migration, now int64) error {
+	// Read before the transaction: on SQLite it holds the one connection.
+	var missing []string
+	for _, c := range legacyColumns {
+		n, err := db.value(ctx, q.columnExists, "receive_booking_booking", c.name)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		if n > 0 {
-			return c.version, nil
+		if n == 0 {
+			missing = append(missing, c.ddl)
 		}
 	}
-	return 0, nil
+	return db.inTx(ctx, func(exec func(string, ...any) error) error {
+		for _, stmt := range append(slices.Clone(first.stmts), missing...) {
+			if err := exec(stmt); err != nil {
+				return err
+			}
+		}
+		for v := 1; v <= 2; v++ {
+			if err := exec(`INSERT INTO receive_booking_schema_version (version, applied_at) VALUES ($1, $2)`, v, now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // migrate brings our schema up to date.
@@ -73,26 +93,18 @@ func migrate(ctx context.Context, driver string, q *queries, db schemaDB, now in
 	if err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
 	}
-	var version int
-	if known == 0 {
-		if version, err = legacyVersion(ctx, q, db); err != nil {
-			return fmt.Errorf("migrating queue: %w", err)
-		}
-	}
-	err = db.inTx(ctx, func(exec func(string, ...any) error) error {
-		if err := exec(createSchemaVersion); err != nil {
-			return err
-		}
-		for v := 1; v <= version; v++ {
-			if err := exec(`INSERT INTO receive_booking_schema_version (version, applied_at) VALUES ($1, $2)
-				ON CONFLICT (version) DO NOTHING`, v, now); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	legacy, err := db.value(ctx, q.columnExists, "receive_booking_booking", "booking")
 	if err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
+	}
+	err = db.inTx(ctx, func(exec func(string, ...any) error) error { return exec(createSchemaVersion) })
+	if err != nil {
+		return fmt.Errorf("migrating queue: %w", err)
+	}
+	if known == 0 && legacy > 0 {
+		if err := upgradeLegacy(ctx, q, db, ms[0], now); err != nil {
+			return fmt.Errorf("migrating queue (made before numbered migrations): %w", err)
+		}
 	}
 	current, err := db.value(ctx, `SELECT coalesce(max(version), 0) FROM receive_booking_schema_version`)
 	if err != nil {

@@ -19,18 +19,13 @@ import (
 	"github.com/bookingwebhook/caddy-receive-booking/internal/testkit"
 )
 
-// legacyBooking and legacyColumns are the schema the versions before numbered migrations made:
-// the booking table as first made, and the running claim's columns as
-// they added them.
+// legacyBooking is the booking table as the versions before numbered
+// migrations first made it (legacyColumns, in migrate.go, are the columns
+// they added to it one at a time).
 const legacyBooking = `CREATE TABLE receive_booking_booking (
 	target_id TEXT NOT NULL, org TEXT NOT NULL, booking TEXT NOT NULL,
 	event_type TEXT NOT NULL DEFAULT '', waiting_job_id BIGINT, running_job_id BIGINT,
 	PRIMARY KEY (target_id, org, booking))`
-
-var legacyColumns = []string{
-	`ALTER TABLE receive_booking_booking ADD COLUMN running_attempt BIGINT`,
-	`ALTER TABLE receive_booking_booking ADD COLUMN running_until BIGINT`,
-}
 
 // schemaCase opens one database for a migration case.
 type schemaCase struct {
@@ -74,9 +69,12 @@ func TestMigrations(t *testing.T) {
 				require.NoError(t, err)
 				assert.EqualValues(t, 1, n, col)
 			}
-			n, err := db.value(t.Context(), c.q.columnExists, "receive_booking_event", "job_id")
-			require.NoError(t, err)
-			assert.EqualValues(t, 1, n, "the timeline table")
+			for table, col := range map[string]string{"receive_booking_event": "job_id", "receive_booking_slot": "until",
+				"receive_booking_webhook_id": "id_hash", "receive_booking_health": "checked_at"} {
+				n, err := db.value(t.Context(), c.q.columnExists, table, col)
+				require.NoError(t, err)
+				assert.EqualValues(t, 1, n, table)
+			}
 		}
 		t.Run(c.driver+"/new", func(t *testing.T) {
 			db, _ := c.open(t)
@@ -89,18 +87,18 @@ func TestMigrations(t *testing.T) {
 			require.NoError(t, err)
 			assert.Zero(t, n)
 		})
+		// The booking table alone (as a development build left it, before
+		// the slots), with none, one or both of the running claim's columns.
 		for _, legacy := range []struct {
 			name    string
-			columns bool
-		}{{"legacy-without-claim-columns", false}, {"legacy-with-claim-columns", true}} {
+			columns int
+		}{{"legacy-without-claim-columns", 0}, {"legacy-with-one-claim-column", 1}, {"legacy-with-claim-columns", 2}} {
 			t.Run(c.driver+"/"+legacy.name, func(t *testing.T) {
 				db, exec := c.open(t)
 				exec(legacyBooking)
 				exec(`INSERT INTO receive_booking_booking (target_id, org, booking, waiting_job_id) VALUES ('default', 'o', 'b', 7)`)
-				if legacy.columns {
-					for _, q := range legacyColumns {
-						exec(q)
-					}
+				for _, c := range legacyColumns[:legacy.columns] {
+					exec(c.ddl)
 				}
 				require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 1))
 				assert.Equal(t, last, version(t, db))

@@ -194,16 +194,23 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 }
 
 // TestSlotWaitsHandOneSlotToTheLongestWaiter: each released slot wakes
-// one waiting sync of the instance, the one that has waited longest.
+// one waiting sync of the instance, the one that has waited longest; at
+// most max_in_flight wait.
 func TestSlotWaitsHandOneSlotToTheLongestWaiter(t *testing.T) {
 	var s slotWaits
 	woke := make(chan int, 3)
 	for i := range 3 {
-		go func() { s.wait(t.Context(), time.Minute); woke <- i }()
+		go func() { s.wait(t.Context(), time.Minute, 3, false); woke <- i }()
 		require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == i+1 }, time.Second, time.Millisecond)
 	}
+	assert.False(t, s.wait(t.Context(), time.Minute, 3, false), "max_in_flight wait already: back to River")
 	s.signal()
 	assert.Equal(t, 0, <-woke, "the longest waiter first")
+	// The one woken lost the slot to another instance: first in line again.
+	go func() { s.wait(t.Context(), time.Minute, 3, true); woke <- 0 }()
+	require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == 3 }, time.Second, time.Millisecond)
+	s.signal()
+	assert.Equal(t, 0, <-woke, "a waiter that lost the slot keeps its place")
 	select {
 	case i := <-woke:
 		t.Fatalf("one release woke a second waiter (%d)", i)

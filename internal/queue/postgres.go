@@ -183,27 +183,40 @@ func (d *pgDialect) releaseSlot(ctx context.Context, tx pgx.Tx, jobID int64, att
 }
 
 // waitSlot waits until a slot is released (on any instance: every release
-// is announced on slotChannel), d has passed, or ctx is done.
-func (d *pgDialect) waitSlot(ctx context.Context, wait time.Duration) { d.slots.wait(ctx, wait) }
+// is announced on slotChannel), wait has passed, or ctx is done.
+func (d *pgDialect) waitSlot(ctx context.Context, wait time.Duration, maxWaiting int, again bool) bool {
+	return d.slots.wait(ctx, wait, maxWaiting, again)
+}
 
 // slotWaits hands each announced free slot to one waiting sync of this
 // instance, the one that has waited longest: every instance's longest
-// waiter tries to claim it, not every waiter.
+// waiter tries to claim it, not every waiter. At most max_in_flight syncs
+// of an instance wait in their workers; the others go back to River, so
+// that a new webhook of another organization (a better priority) is not
+// held behind a backlog's syncs sitting in the workers.
 type slotWaits struct {
 	mu    sync.Mutex
 	queue []chan struct{}
 }
 
-func (s *slotWaits) wait(ctx context.Context, d time.Duration) {
+func (s *slotWaits) wait(ctx context.Context, d time.Duration, maxWaiting int, again bool) bool {
 	ch := make(chan struct{}, 1)
 	s.mu.Lock()
-	s.queue = append(s.queue, ch)
+	switch {
+	case again:
+		s.queue = slices.Insert(s.queue, 0, ch)
+	case len(s.queue) >= maxWaiting:
+		s.mu.Unlock()
+		return false
+	default:
+		s.queue = append(s.queue, ch)
+	}
 	s.mu.Unlock()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ch:
-		return
+		return true
 	case <-t.C:
 	case <-ctx.Done():
 	}
@@ -211,13 +224,14 @@ func (s *slotWaits) wait(ctx context.Context, d time.Duration) {
 	defer s.mu.Unlock()
 	if i := slices.Index(s.queue, ch); i >= 0 {
 		s.queue = slices.Delete(s.queue, i, i+1)
-		return
+		return true
 	}
 	// Signalled as the wait ended: pass the slot on.
 	if len(s.queue) > 0 {
 		s.queue[0] <- struct{}{}
 		s.queue = s.queue[1:]
 	}
+	return true
 }
 
 func (s *slotWaits) signal() {
@@ -268,7 +282,7 @@ func (d *pgDialect) workers(s Settings) int { return s.Workers }
 
 // fetchCooldown spaces River's fetches: each is a round trip and a write.
 // A fetch takes at most the idle workers, so the cooldown bounds an
-// instance's rate of fast syncs (20 ms held 10 workers near 500/s).
+// instance's rate of fast syncs (at 20 ms, 10 workers stayed near 500/s).
 func (d *pgDialect) fetchCooldown() time.Duration { return 2 * time.Millisecond }
 
 // postgresSQL is the SQL that PostgreSQL says differently from SQLite.

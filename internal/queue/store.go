@@ -161,6 +161,13 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 	}
 	res := &ReplayResult{JobID: id}
 	err = b.write(ctx, func(ctx context.Context, tx TTx) error {
+		// The booking's row first, then the job's: the order every
+		// transaction locks them in (a batch merging into the job holds
+		// the booking and then updates the job).
+		row, err := b.lockBooking(ctx, tx, &args)
+		if err != nil {
+			return err
+		}
 		// Check the state inside the transaction: River's retry leaves a
 		// running job as it is, and a running job must never take the
 		// booking's waiting slot (a webhook would merge into a sync that
@@ -171,10 +178,6 @@ func (b *riverBackend[TDriver, TTx]) ReplayJob(ctx context.Context, id int64) (*
 		}
 		if !ReplayableStates[state] {
 			return ErrNotReplayable
-		}
-		row, err := b.lockBooking(ctx, tx, &args)
-		if err != nil {
-			return err
 		}
 		if row.waiting.Valid && row.waiting.Int64 != id {
 			merge, err := b.jobInStates(ctx, tx, row.waiting.Int64, jobIsMergeable)

@@ -36,8 +36,8 @@ const (
 	busySnooze = time.Second
 	// slotSnooze is about how long a sync waiting for a max_in_flight
 	// slot waits before it looks again, if no release is announced first;
-	// slotWaitMax how long it waits in all before it gives its worker
-	// back and snoozes.
+	// slotWaitMax how long it waits in all (at most a twentieth of
+	// worker_timeout) before it gives its worker back and snoozes.
 	slotSnooze  = 200 * time.Millisecond
 	slotWaitMax = 10 * time.Second
 	// maxErrorDetails bounds the upstream answer kept in a job's error.
@@ -81,8 +81,13 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// and claim again, at once; a slot whose holder died frees up at its
 	// until, which only a look now and then finds. After slotWaitMax the
 	// worker is given back.
-	for start := time.Now(); errors.Is(err, errNoSlot) && time.Since(start) < slotWaitMax && ctx.Err() == nil; {
-		w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze))
+	// The wait comes out of the job's time (River's job timeout runs from
+	// the start of Work), so it is bounded by a small share of it.
+	waitMax := min(slotWaitMax, w.timeout/20)
+	for start, again := time.Now(), false; errors.Is(err, errNoSlot) && time.Since(start) < waitMax && ctx.Err() == nil; again = true {
+		if !w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze), w.maxInFlight, again) {
+			break
+		}
 		c, ok, err = w.b.claim(ctx, job, w.timeout, w.maxInFlight)
 	}
 	if errors.Is(err, errNoSlot) || (err != nil && ctx.Err() != nil) {

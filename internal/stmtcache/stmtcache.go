@@ -98,10 +98,10 @@ type entry struct {
 func (c *conn) Unwrap() driver.Conn { return c.in }
 
 // limitParams are the ordinals of the parameters a query's LIMITs take
-// (?N, or the n-th plain ?). Queries are few and repeat: memoised.
+// (?N or $N, or the n-th plain ?). Queries are few and repeat: memoised.
 var limitCache sync.Map // query -> []int
 
-var limitRE = regexp.MustCompile(`(?i)\bLIMIT\s+\?(\d*)`)
+var limitRE = regexp.MustCompile(`(?i)\bLIMIT\s+[?$](\d*)`)
 
 func limitParams(query string) []int {
 	if n, ok := limitCache.Load(query); ok {

@@ -161,7 +161,7 @@ func TestSchemaChangeAndErrors(t *testing.T) {
 }
 
 func TestOneStatementPerLimit(t *testing.T) {
-	db, prepares := open(t, 8)
+	db, prepares := open(t, 16)
 	for i := range 20 {
 		_, err := db.Exec(`INSERT INTO t (id, v) VALUES (?, ?)`, i, "x")
 		require.NoError(t, err)
@@ -182,9 +182,11 @@ func TestOneStatementPerLimit(t *testing.T) {
 		for limit := 1; limit <= 3; limit++ {
 			require.Equal(t, limit, count(`SELECT id FROM t WHERE v = ?1 ORDER BY id LIMIT ?2`, "x", limit))
 			require.Equal(t, limit, count(`SELECT id FROM t WHERE v = ? ORDER BY id LIMIT ?`, "x", limit))
+			require.Equal(t, limit, count(`SELECT id FROM t WHERE v = $1 ORDER BY id LIMIT $2`, "x", limit))
 		}
 	}
-	require.EqualValues(t, 6, prepares.Load(), "one statement per query and LIMIT value")
+	require.EqualValues(t, 9, prepares.Load(), "one statement per query and LIMIT value")
+	require.Equal(t, []int{3}, limitParams(`SELECT id FROM t WHERE v = $1 AND w = $2 LIMIT $3`))
 	require.Equal(t, []int{2}, limitParams(`SELECT id FROM t WHERE v = ? ORDER BY id LIMIT ?`))
 	require.Equal(t, []int{7, 5}, limitParams("SELECT (SELECT 1 LIMIT ?7 - 1) FROM t\n    limit ?5\n)"))
 	require.Empty(t, limitParams(`SELECT id FROM t LIMIT 10`))
