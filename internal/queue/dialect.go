@@ -46,11 +46,9 @@ type dialect[TTx any] interface {
 	releaseSlot(ctx context.Context, tx TTx, jobID int64, attempt int) error
 	ensureSlots(ctx context.Context, n int) error
 	// waitSlot waits until a slot may have been released, wait has
-	// passed, or ctx is done. It returns at once with false when
-	// maxWaiting syncs of this instance wait already (the sync then goes
-	// back to River, whose fetch order is the priorities'); again puts a
-	// sync that waited before, and lost the slot, first in line.
-	waitSlot(ctx context.Context, wait time.Duration, maxWaiting int, again bool) bool
+	// passed, or ctx is done; a released slot goes to the waiter with the
+	// best priority that began to wait first (since).
+	waitSlot(ctx context.Context, wait time.Duration, priority int, since time.Time)
 	// claimNumber numbers a claim, under the booking's row lock, for
 	// senders waiting on other instances (0: one instance, no numbers;
 	// see waiters); claimMark reads the highest number taken so far.

@@ -193,34 +193,38 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	}
 }
 
-// TestSlotWaitsHandOneSlotToTheLongestWaiter: each released slot wakes
-// one waiting sync of the instance, the one that has waited longest; at
-// most max_in_flight wait.
-func TestSlotWaitsHandOneSlotToTheLongestWaiter(t *testing.T) {
+// TestSlotWaitsHandOneSlotInFetchOrder: each released slot wakes one
+// waiting sync of the instance, in River's fetch order: the best priority,
+// then the one that began to wait first (a waiter that lost the slot to
+// another instance and waits again keeps its place).
+func TestSlotWaitsHandOneSlotInFetchOrder(t *testing.T) {
 	var s slotWaits
-	woke := make(chan int, 3)
-	for i := range 3 {
-		go func() { s.wait(t.Context(), time.Minute, 3, false); woke <- i }()
-		require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == i+1 }, time.Second, time.Millisecond)
+	woke := make(chan string, 4)
+	t0 := time.Now()
+	queued := func(n int) {
+		require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == n }, time.Second, time.Millisecond)
 	}
-	assert.False(t, s.wait(t.Context(), time.Minute, 3, false), "max_in_flight wait already: back to River")
-	s.signal()
-	assert.Equal(t, 0, <-woke, "the longest waiter first")
-	// The one woken lost the slot to another instance: first in line again.
-	go func() { s.wait(t.Context(), time.Minute, 3, true); woke <- 0 }()
-	require.Eventually(t, func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.queue) == 3 }, time.Second, time.Millisecond)
-	s.signal()
-	assert.Equal(t, 0, <-woke, "a waiter that lost the slot keeps its place")
-	select {
-	case i := <-woke:
-		t.Fatalf("one release woke a second waiter (%d)", i)
-	case <-time.After(50 * time.Millisecond):
+	waitAs := func(name string, priority int, since time.Time) {
+		go func() { s.wait(t.Context(), time.Minute, priority, since); woke <- name }()
 	}
-	s.signal()
-	assert.Equal(t, 1, <-woke)
-
-	s.signal()
-	assert.Equal(t, 2, <-woke)
+	waitAs("backlog-1", 4, t0)
+	queued(1)
+	waitAs("backlog-2", 4, t0.Add(time.Second))
+	queued(2)
+	waitAs("new-webhook", 1, t0.Add(2*time.Second))
+	queued(3)
+	// backlog-1 lost the slot before and waits again, from its first start.
+	waitAs("backlog-0", 4, t0.Add(-time.Second))
+	queued(4)
+	for _, want := range []string{"new-webhook", "backlog-0", "backlog-1", "backlog-2"} {
+		s.signal()
+		assert.Equal(t, want, <-woke)
+		select {
+		case got := <-woke:
+			t.Fatalf("one release woke a second waiter (%s)", got)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	s.signal() // nobody waits: nothing to wake, nothing kept
 	assert.Empty(t, s.queue)
 }

@@ -5,6 +5,7 @@ package queue
 // UPDATE, a stable River client ID per instance.
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -184,61 +185,63 @@ func (d *pgDialect) releaseSlot(ctx context.Context, tx pgx.Tx, jobID int64, att
 
 // waitSlot waits until a slot is released (on any instance: every release
 // is announced on slotChannel), wait has passed, or ctx is done.
-func (d *pgDialect) waitSlot(ctx context.Context, wait time.Duration, maxWaiting int, again bool) bool {
-	return d.slots.wait(ctx, wait, maxWaiting, again)
+func (d *pgDialect) waitSlot(ctx context.Context, wait time.Duration, priority int, since time.Time) {
+	d.slots.wait(ctx, wait, priority, since)
 }
 
 // slotWaits hands each announced free slot to one waiting sync of this
-// instance, the one that has waited longest: every instance's longest
-// waiter tries to claim it, not every waiter. At most max_in_flight syncs
-// of an instance wait in their workers; the others go back to River, so
-// that a new webhook of another organization (a better priority) is not
-// held behind a backlog's syncs sitting in the workers.
+// instance: every instance's first waiter tries to claim it, not every
+// waiter. Waiters are in River's fetch order: by priority, then by when
+// they began to wait (a waiter that lost the slot to another instance
+// keeps its place), so a new webhook of another organization is not held
+// behind a backlog's syncs waiting in the workers.
 type slotWaits struct {
 	mu    sync.Mutex
-	queue []chan struct{}
+	queue []*slotWaiter
 }
 
-func (s *slotWaits) wait(ctx context.Context, d time.Duration, maxWaiting int, again bool) bool {
-	ch := make(chan struct{}, 1)
+// slotWaiter is one sync waiting for a slot.
+type slotWaiter struct {
+	ch       chan struct{}
+	priority int
+	since    time.Time
+}
+
+func (s *slotWaits) wait(ctx context.Context, d time.Duration, priority int, since time.Time) {
+	w := &slotWaiter{ch: make(chan struct{}, 1), priority: priority, since: since}
 	s.mu.Lock()
-	switch {
-	case again:
-		s.queue = slices.Insert(s.queue, 0, ch)
-	case len(s.queue) >= maxWaiting:
-		s.mu.Unlock()
-		return false
-	default:
-		s.queue = append(s.queue, ch)
-	}
+	i, _ := slices.BinarySearchFunc(s.queue, w, func(a, b *slotWaiter) int {
+		return cmp.Or(cmp.Compare(a.priority, b.priority), a.since.Compare(b.since), 1)
+	})
+	s.queue = slices.Insert(s.queue, i, w)
 	s.mu.Unlock()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-ch:
-		return true
+	case <-w.ch:
+		return
 	case <-t.C:
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if i := slices.Index(s.queue, ch); i >= 0 {
+	if i := slices.Index(s.queue, w); i >= 0 {
 		s.queue = slices.Delete(s.queue, i, i+1)
-		return true
+		return
 	}
 	// Signalled as the wait ended: pass the slot on.
-	if len(s.queue) > 0 {
-		s.queue[0] <- struct{}{}
-		s.queue = s.queue[1:]
-	}
-	return true
+	s.signalLocked()
 }
 
 func (s *slotWaits) signal() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.signalLocked()
+}
+
+func (s *slotWaits) signalLocked() {
 	if len(s.queue) > 0 {
-		s.queue[0] <- struct{}{}
+		s.queue[0].ch <- struct{}{}
 		s.queue = s.queue[1:]
 	}
 }

@@ -240,7 +240,12 @@ func (d *sqliteDialect) releaseSlot(context.Context, *sql.Tx, int64, int) error 
 
 func (d *sqliteDialect) ensureSlots(context.Context, int) error { return nil }
 
-func (d *sqliteDialect) waitSlot(context.Context, time.Duration, int, bool) bool { return false }
+func (d *sqliteDialect) waitSlot(ctx context.Context, wait time.Duration, _ int, _ time.Time) {
+	select {
+	case <-time.After(wait):
+	case <-ctx.Done():
+	}
+}
 
 func (d *sqliteDialect) claimNumber(context.Context, *sql.Tx) (int64, error) { return 0, nil }
 

@@ -84,10 +84,8 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	// The wait comes out of the job's time (River's job timeout runs from
 	// the start of Work), so it is bounded by a small share of it.
 	waitMax := min(slotWaitMax, w.timeout/20)
-	for start, again := time.Now(), false; errors.Is(err, errNoSlot) && time.Since(start) < waitMax && ctx.Err() == nil; again = true {
-		if !w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze), w.maxInFlight, again) {
-			break
-		}
+	for start := time.Now(); errors.Is(err, errNoSlot) && time.Since(start) < waitMax && ctx.Err() == nil; {
+		w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze), job.Priority, start)
 		c, ok, err = w.b.claim(ctx, job, w.timeout, w.maxInFlight)
 	}
 	if errors.Is(err, errNoSlot) || (err != nil && ctx.Err() != nil) {
