@@ -49,10 +49,11 @@ type dialect[TTx any] interface {
 	// passed, or ctx is done; a released slot goes to the waiter with the
 	// best priority that began to wait first (since).
 	waitSlot(ctx context.Context, wait time.Duration, priority int, since time.Time)
-	// claimNumber numbers a claim, under the booking's row lock, for
-	// senders waiting on other instances (0: one instance, no numbers;
-	// see waiters); claimMark reads the highest number taken so far.
-	claimNumber(ctx context.Context, tx TTx) (int64, error)
+	// claim runs claimBooking (its arguments) and numbers the claim,
+	// under the booking's row lock, for senders waiting on other
+	// instances (0: one instance, no numbers; see waiters); claimMark
+	// reads the highest number taken so far.
+	claim(ctx context.Context, tx TTx, args ...any) (int64, error)
 	claimMark(ctx context.Context, tx TTx) (int64, error)
 	// publish sends an attempt's outcome to every instance's waiting
 	// senders when tx commits (a no-op where one instance is all).

@@ -149,12 +149,9 @@ func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[A
 		if !got {
 			return errNoSlot
 		}
-		if err := b.db.exec(ctx, tx, claimBooking, job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey,
+		if c.number, err = b.db.claim(ctx, tx, job.ID, job.Args.route(), job.Args.OrganizationID, job.Args.BookingKey,
 			job.Attempt, until); err != nil {
 			return fmt.Errorf("claiming booking: %w", err)
-		}
-		if c.number, err = b.db.claimNumber(ctx, tx); err != nil {
-			return fmt.Errorf("numbering the claim: %w", err)
 		}
 		c.eventType = row.eventType
 		return nil

@@ -254,9 +254,11 @@ func (d *pgDialect) ensureSlots(ctx context.Context, n int) error {
 	return err
 }
 
-func (d *pgDialect) claimNumber(ctx context.Context, tx pgx.Tx) (int64, error) {
+// claim numbers the claim in the same statement (one round trip; a row
+// that is not there fails it).
+func (d *pgDialect) claim(ctx context.Context, tx pgx.Tx, args ...any) (int64, error) {
 	var n int64
-	err := tx.QueryRow(ctx, `SELECT nextval('receive_booking_claim_seq')`).Scan(&n)
+	err := tx.QueryRow(ctx, claimBooking+` RETURNING nextval('receive_booking_claim_seq')`, args...).Scan(&n)
 	return n, err
 }
 

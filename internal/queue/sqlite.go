@@ -247,7 +247,9 @@ func (d *sqliteDialect) waitSlot(ctx context.Context, wait time.Duration, _ int,
 	}
 }
 
-func (d *sqliteDialect) claimNumber(context.Context, *sql.Tx) (int64, error) { return 0, nil }
+func (d *sqliteDialect) claim(ctx context.Context, tx *sql.Tx, args ...any) (int64, error) {
+	return 0, d.exec(ctx, tx, claimBooking, args...)
+}
 
 func (d *sqliteDialect) claimMark(context.Context, *sql.Tx) (int64, error) { return 0, nil }
 
