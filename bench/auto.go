@@ -13,18 +13,48 @@ import (
 
 const noDSN = "skipped: no DSN (-pg or RB_TEST_POSTGRES_DSN)"
 
+// scenarioPG is a fresh PostgreSQL database for a scenario, or false when
+// the scenario is skipped (no DSN, or the database could not be made).
+func (b *bench) scenarioPG(key, name string) (string, bool) {
+	if *flagPG == "" {
+		b.skip(key, name, noDSN)
+		return "", false
+	}
+	dsn, err := b.freshPG(key)
+	if err != nil {
+		b.skip(key, name, err.Error())
+		return "", false
+	}
+	return dsn, true
+}
+
+// memSnapshot takes, after a delay into a burst, a heap profile of c, its
+// goroutine count and the runtime's memory figures into r; the channel
+// closes when they are taken.
+func (b *bench) memSnapshot(r *row, c *caddyProc, after time.Duration) <-chan struct{} {
+	snap := make(chan struct{})
+	go func() {
+		defer close(snap)
+		time.Sleep(after)
+		path := filepath.Join(b.profDir, r.key+".heap.pprof")
+		if err := c.fetch("/debug/pprof/heap", path, 30*time.Second); err != nil {
+			logf("  heap profile: %v", err)
+			return
+		}
+		r.heapProfile = path
+		r.goroutines = c.goroutines()
+		r.mem = c.memStats()
+	}()
+	return snap
+}
+
 // pgThroughput is throughput on a fresh PostgreSQL database of its own.
 func (b *bench) pgThroughput(key, name string, status int, extra ...string) {
 	if !want(key) {
 		return
 	}
-	if *flagPG == "" {
-		b.skip(key, name, noDSN)
-		return
-	}
-	dsn, err := b.freshPG(key)
-	if err != nil {
-		b.skip(key, name, err.Error())
+	dsn, ok := b.scenarioPG(key, name)
+	if !ok {
 		return
 	}
 	b.throughput(key, name, status, b.receiveBooking(append(extra, "queue postgres `"+dsn+"`")...))
@@ -43,19 +73,7 @@ func (b *bench) waiting(key, name, site string) {
 		return
 	}
 	cpu := c.startCPU()
-	snap := make(chan struct{})
-	go func() {
-		defer close(snap)
-		time.Sleep(waitSnapshot)
-		path := filepath.Join(b.profDir, r.key+".heap.pprof")
-		if err := c.fetch("/debug/pprof/heap", path, 30*time.Second); err != nil {
-			logf("  heap profile: %v", err)
-			return
-		}
-		r.heapProfile = path
-		r.goroutines = c.goroutines()
-		r.mem = c.memStats()
-	}()
+	snap := b.memSnapshot(r, c, waitSnapshot)
 	r.load = burst(url, distinct, waitSenders, 0, 2*time.Minute)
 	<-snap
 	r.setCPU(cpu.stop(), -1)
@@ -101,13 +119,8 @@ func (b *bench) capDrain(key, name string) {
 	if !want(key) {
 		return
 	}
-	if *flagPG == "" {
-		b.skip(key, name, noDSN)
-		return
-	}
-	dsn, err := b.freshPG(key)
-	if err != nil {
-		b.skip(key, name, err.Error())
+	dsn, ok := b.scenarioPG(key, name)
+	if !ok {
 		return
 	}
 	site := b.receiveBooking("mode async", fmt.Sprintf("max_in_flight %d", capSlots), "queue postgres `"+dsn+"`")

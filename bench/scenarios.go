@@ -5,10 +5,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/queue"
 )
 
 // probeID names the booking of each scenario's probe: outside the ids the
@@ -179,19 +180,7 @@ func (b *bench) memory(key, name string, status int, delay time.Duration, site s
 	cpu := c.startCPU()
 	// What is live while the senders wait: a heap profile and the
 	// goroutine count, taken 150 ms into the burst.
-	snap := make(chan struct{})
-	go func() {
-		defer close(snap)
-		time.Sleep(150 * time.Millisecond)
-		path := filepath.Join(b.profDir, r.key+".heap.pprof")
-		if err := c.fetch("/debug/pprof/heap", path, 30*time.Second); err != nil {
-			logf("  heap profile: %v", err)
-			return
-		}
-		r.heapProfile = path
-		r.goroutines = c.goroutines()
-		r.mem = c.memStats()
-	}()
+	snap := b.memSnapshot(r, c, 150*time.Millisecond)
 	r.load = burst(url, distinct, memSenders, 0, 2*time.Minute)
 	<-snap
 	r.setCPU(cpu.stop(), -1)

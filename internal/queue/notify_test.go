@@ -106,9 +106,7 @@ func TestLateOutcomeSkipsLaterRecordsPostgres(t *testing.T) {
 	up := newGatedUpstream(t, false)
 	qh := testQueue(t, Postgres, up.StandIn)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, qh.q.rq.Location)
-	require.NoError(t, err)
-	defer conn.Close(ctx)
+	conn := testPGConn(t, qh)
 	var earlier int64
 	for range 3 { // claims taken before the record
 		require.NoError(t, conn.QueryRow(ctx, `SELECT nextval('receive_booking_claim_seq')`).Scan(&earlier))
@@ -161,9 +159,7 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	up := newGatedUpstream(t, false)
 	qh := testQueue(t, Postgres, up.StandIn)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, qh.q.rq.Location)
-	require.NoError(t, err)
-	defer conn.Close(ctx)
+	conn := testPGConn(t, qh)
 	listener := func() (pid int) {
 		err := conn.QueryRow(ctx, `SELECT coalesce(max(pid), 0) FROM pg_stat_activity
 			WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&pid)
@@ -172,7 +168,7 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	}
 	first := listener()
 	require.NotZero(t, first)
-	_, err = conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, first)
+	_, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, first)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { p := listener(); return p != 0 && p != first }, 15*time.Second, 50*time.Millisecond,
 		"the listener listens on a new connection")
@@ -227,4 +223,14 @@ func TestSlotWaitsHandOneSlotInFetchOrder(t *testing.T) {
 	}
 	s.signal() // nobody waits: nothing to wake, nothing kept
 	assert.Empty(t, s.queue)
+}
+
+// testPGConn is a connection of the test's own to the queue's PostgreSQL
+// database, closed when the test ends.
+func testPGConn(t *testing.T, qh *testQueueHandle) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), qh.q.rq.Location)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
 }
