@@ -99,6 +99,12 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			fn = a.deleteJob
 		}
 		return a.serveQueue(w, r, withJobID(parts[1], fn), http.MethodGet, http.MethodDelete)
+	case is("pauses"):
+		return a.serveQueue(w, r, a.listPauses, http.MethodGet)
+	case is("pause"):
+		return a.serveQueue(w, r, a.pause, http.MethodPost)
+	case is("resume"):
+		return a.serveQueue(w, r, a.resume, http.MethodPost)
 	case is("jobs", "*", "retry"):
 		return a.serveQueue(w, r, withJobID(parts[1], a.retryOne), http.MethodPost)
 	case parts[0] == "bookings":

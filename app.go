@@ -114,6 +114,8 @@ type engineObserver struct {
 
 func (o engineObserver) Synced(acceptedAt time.Time) { o.m.observeSyncLag(acceptedAt) }
 
+func (o engineObserver) Held(string) { o.m.held.Inc() }
+
 func (o engineObserver) Failed(f queue.Failure) {
 	o.m.Failed(f.Kind, f.Outcome)
 	name := EventSyncFailed

@@ -49,10 +49,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_in_flight   <n>
 //		max_attempts    <n>
 //		worker_timeout  <duration>
+//		hold_budget     <duration>
 //		retention       completed|cancelled|discarded <duration>
 //		coalesce_window <duration>
 //		route           <name>
-//		outcome         <name> ok|retry|final
+//		outcome         <name> ok|retry|final|hold
+//		urgency         <event_type> <0-100>
 //		metrics         off
 //	}
 //
@@ -61,7 +63,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // (a webhook they authenticate must name its organization_id); inside an
 // organization block they belong to that organization, which a webhook
 // they authenticate then syncs as. organization may repeat, once per id;
-// retention once per state.
+// retention once per state; outcome and urgency once per name.
 // Every value accepts placeholders such as {env.WEBHOOK_SECRET} or
 // {file./run/secrets/webhook}. "require organization_id" is still accepted
 // and changes nothing: organization_id is always required.
@@ -77,7 +79,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := map[string]bool{}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" && name != "organization" && name != "retention" {
+		if seen[name] && name != "secret" && name != "signing_secret" && name != "outcome" && name != "urgency" && name != "organization" && name != "retention" {
 			return d.Errf("%s: subdirective given twice", name)
 		}
 		seen[name] = true
@@ -108,6 +110,7 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 	"route":           stringArg(func(h *Handler) *string { return &h.Route }),
 	"contract":        stringArg(func(h *Handler) *string { return &h.Contract }),
 	"worker_timeout":  stringArg(func(h *Handler) *string { return &h.queueConfig().WorkerTimeout }),
+	"hold_budget":     stringArg(func(h *Handler) *string { return &h.queueConfig().HoldBudget }),
 	"workers":         intArg(func(q *QueueConfig) *int { return &q.Workers }),
 	"max_in_flight":   intArg(func(q *QueueConfig) *int { return &q.MaxInFlight }),
 	"max_attempts":    intArg(func(q *QueueConfig) *int { return &q.MaxAttempts }),
@@ -153,6 +156,25 @@ var subdirectives = map[string]func(*Handler, *caddyfile.Dispenser) error{
 		default:
 			return d.Errf("queue: expected \"sqlite [<path>]\" or \"postgres <dsn>\"")
 		}
+		return nil
+	},
+	"urgency": func(h *Handler, d *caddyfile.Dispenser) error {
+		var event, value string
+		if !d.AllArgs(&event, &value) {
+			return d.ArgErr()
+		}
+		n, err := strconv.Atoi(value)
+		if err != nil {
+			return d.Errf("urgency %s: expected a whole number from 0 to %d, got %q", event, queue.UrgencyMax, value)
+		}
+		name, err := parseUrgency(event, n)
+		if err != nil {
+			return d.WrapErr(err)
+		}
+		if h.Urgency == nil {
+			h.Urgency = map[string]int{}
+		}
+		h.Urgency[name] = n
 		return nil
 	},
 	"outcome": func(h *Handler, d *caddyfile.Dispenser) error {

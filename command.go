@@ -4,6 +4,7 @@ package receivebooking
 // line, through its admin API (found as `caddy reload` finds it).
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,10 +57,13 @@ var verbs = []verb{
 	{"delete", "delete <id>", nil},
 	{"stats", "stats", nil},
 	{"health", "health [--max-age <duration>]", []string{"max-age"}},
+	{"pause", "pause [--route <name>] [--organization <id>] [--reason <text>]", []string{"route", "organization", "reason"}},
+	{"resume", "resume [--route <name>] [--organization <id>]", []string{"route", "organization"}},
+	{"pauses", "pauses", nil},
 }
 
 // verbFlags are the flags only some commands take.
-var verbFlags = []string{"state", "booking", "max-age", "organization"}
+var verbFlags = []string{"state", "booking", "max-age", "organization", "route", "reason"}
 
 func init() {
 	synopses := make([]string, len(verbs))
@@ -91,6 +95,12 @@ current directory, else localhost:2019).
   stats    job counts by state, oldest pending job, last successful sync
   health   whether webhooks can be recorded and no job has waited longer
            than --max-age (default 5m)
+  pause    stops syncing for --route, --organization, both, or (neither
+           given) everything, on every instance sharing the queue, until
+           resume; webhooks are still recorded and answered 202
+  resume   ends the pause of exactly that --route and --organization;
+           the syncs it held run at once, most urgent first
+  pauses   the pauses in effect
 
 --queue picks the queue by its key (see stats) when the config has
 several. A readable table by default; --json prints the admin API's JSON.
@@ -111,7 +121,9 @@ Exit codes:
 			cmd.Flags().String("state", "", "Job states, comma-separated (jobs, retry)")
 			cmd.Flags().String("booking", "", "Only this booking_id (jobs, retry --state)")
 			cmd.Flags().String("max-age", "", "The longest a pending job may wait, e.g. 10m (health; default 5m)")
-			cmd.Flags().String("organization", "", "The booking's organization (booking)")
+			cmd.Flags().String("organization", "", "The booking's organization (booking), the organization to pause or resume")
+			cmd.Flags().String("route", "", "The route to pause or resume (pause, resume; default every route)")
+			cmd.Flags().String("reason", "", "Why syncing is paused, shown by pauses and stats (pause)")
 			cmd.Flags().String("queue", "", "The queue's key, when several are configured")
 			cmd.Flags().Bool("json", false, "Print JSON")
 			// Every error is logged as Caddy logs a command's errors
@@ -202,6 +214,10 @@ func parseCommand(fl caddycmd.Flags, args []string) (*request, error) {
 		req.path, err = "/receive_booking/stats", noArgs(name, rest)
 	case "booking":
 		err = req.booking(fl, rest)
+	case "pause", "resume":
+		err = req.pauseRequest(fl, rest)
+	case "pauses":
+		req.path, err = "/receive_booking/pauses", noArgs(name, rest)
 	default: // job, delete
 		err = req.job(rest)
 	}
@@ -209,7 +225,7 @@ func parseCommand(fl caddycmd.Flags, args []string) (*request, error) {
 }
 
 func (r *request) jobs(fl caddycmd.Flags, rest []string) error {
-	states := cmp(fl.String("state"), "pending,discarded,cancelled")
+	states := cmp.Or(fl.String("state"), "pending,discarded,cancelled")
 	if _, err := parseStates(states); err != nil {
 		return err
 	}
@@ -340,13 +356,6 @@ func readAnswer(req *request, resp *http.Response, err error) ([]byte, int, erro
 	return nil, exitFailed, err
 }
 
-func cmp(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
-
 // adminAddress finds the admin API as `caddy reload` does.
 func adminAddress(fl caddycmd.Flags) (string, error) {
 	if a := fl.String("address"); a != "" {
@@ -365,8 +374,12 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 	if err := json.Unmarshal(body, &v); err != nil {
 		return fmt.Errorf("the admin API's answer is not JSON: %w", err)
 	}
-	if verb == "booking" {
+	switch verb {
+	case "booking":
 		return printTimeline(out, body)
+	case "pause", "resume", "pauses":
+		printPauses(out, verb, v)
+		return nil
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
@@ -412,9 +425,16 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 				fmt.Fprintf(tw, "%s\t%v\n", st, num(counts[st]))
 			}
 		}
-		for _, k := range []string{"oldest_pending_seconds", "last_sync_at", "queue"} {
+		for _, k := range []string{"held", "oldest_pending_seconds", "last_sync_at", "queue"} {
 			if val, ok := v[k]; ok {
 				fmt.Fprintf(tw, "%s\t%v\n", k, num(val))
+			}
+		}
+		if ps, ok := v["paused"].([]any); ok {
+			for _, p := range ps {
+				m := p.(map[string]any)
+				fmt.Fprintf(tw, "paused\troute %s, organization %s since %v %s\n", cmp.Or(str(m["route"]), "*"),
+					cmp.Or(str(m["organization_id"]), "*"), m["paused_at"], str(m["reason"]))
 			}
 		}
 	default: // retry

@@ -72,19 +72,21 @@ type answer struct {
 
 // response is the JSON body of every answer; fields are omitted when unset.
 type response struct {
-	Error          string          `json:"error,omitempty"`
-	Success        bool            `json:"success,omitempty"`
-	Accepted       bool            `json:"accepted,omitempty"`
-	Queued         bool            `json:"queued,omitempty"`
-	Coalesced      *bool           `json:"coalesced,omitempty"`
-	JobID          int64           `json:"job_id,omitempty"`
-	BookingID      json.RawMessage `json:"booking_id,omitempty"`
-	EventType      string          `json:"event_type,omitempty"`
-	Outcome        string          `json:"outcome,omitempty"`
-	SyncResult     json.RawMessage `json:"sync_result,omitempty"`
-	SyncError      string          `json:"sync_error,omitempty"`
-	UpstreamStatus int             `json:"upstream_status,omitempty"`
-	Details        any             `json:"details,omitempty"`
+	Error      string          `json:"error,omitempty"`
+	Success    bool            `json:"success,omitempty"`
+	Accepted   bool            `json:"accepted,omitempty"`
+	Queued     bool            `json:"queued,omitempty"`
+	Coalesced  *bool           `json:"coalesced,omitempty"`
+	JobID      int64           `json:"job_id,omitempty"`
+	BookingID  json.RawMessage `json:"booking_id,omitempty"`
+	EventType  string          `json:"event_type,omitempty"`
+	Outcome    string          `json:"outcome,omitempty"`
+	SyncResult json.RawMessage `json:"sync_result,omitempty"`
+	SyncError  string          `json:"sync_error,omitempty"`
+	// Paused: an operator's pause covers the booking; it syncs on resume.
+	Paused         bool `json:"paused,omitempty"`
+	UpstreamStatus int  `json:"upstream_status,omitempty"`
+	Details        any  `json:"details,omitempty"`
 }
 
 func reject(status int, msg, reason string) *answer {
@@ -259,6 +261,9 @@ func (h *Handler) syncNow(r *http.Request, wh *payload.Webhook) *answer {
 // stillRunning is the sync_error of a sender that stopped waiting.
 const stillRunning = "the sync did not finish within the timeout; it goes on in the queue"
 
+// syncPaused is the sync_error of a webhook an operator's pause covers.
+const syncPaused = "syncing is paused by an operator; the webhook is recorded and syncs once syncing is resumed"
+
 // recordThenWait records the webhook, then waits up to timeout for the
 // first attempt of its sync that starts after the record. A recorded
 // webhook is always answered 2xx (a 5xx asks the sender to send it again,
@@ -269,6 +274,11 @@ const stillRunning = "the sync did not finish within the timeout; it goes on in 
 // end, or to worker_timeout). The answer joins the booking's timeline.
 func (h *Handler) recordThenWait(r *http.Request, wh *payload.Webhook, via string) *answer {
 	deadline := time.Now().Add(h.timeout)
+	if e := h.queue.get(); e != nil && e.Paused(h.route, wh.OrganizationID) {
+		// No sync will start: recorded, answered 202 at once.
+		a, _ := h.enqueue(r.Context(), wh, via, tracing.FromHeader(r.Header), nil)
+		return a
+	}
 	wait := make(chan *queue.Outcome, 1)
 	a, req := h.enqueue(r.Context(), wh, via, tracing.FromHeader(r.Header), wait)
 	if req == nil {
@@ -380,7 +390,7 @@ func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, via string, 
 	defer cancel()
 	now := time.Now()
 	req := &queue.Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(h.coalesceWindow), Wait: wait,
-		Trace: span.Context, Credential: via}
+		Urgency: h.urgencyOf(wh.EventType), Trace: span.Context, Credential: via}
 	if wait == nil {
 		req.AnswerOnRecord = http.StatusAccepted // the answer below, once recorded
 	}
@@ -403,6 +413,9 @@ func (h *Handler) enqueue(ctx context.Context, wh *payload.Webhook, via string, 
 	a.body = response{
 		Success: true, Accepted: true, Queued: true, Coalesced: &req.Coalesced, JobID: req.JobID,
 		BookingID: wh.BookingID, EventType: wh.EventTypeOrUnknown(),
+	}
+	if e.Paused(h.route, wh.OrganizationID) {
+		a.body.Paused, a.body.SyncError = true, syncPaused
 	}
 	return a, req
 }

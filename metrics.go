@@ -4,6 +4,7 @@ package receivebooking
 // rejections, upstream calls, sync lag and queue gauges.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
@@ -32,6 +33,7 @@ type metrics struct {
 	upstreamLatency prometheus.Histogram
 	syncLag         prometheus.Histogram
 	syncFailures    *prometheus.CounterVec
+	held            prometheus.Counter
 }
 
 var (
@@ -56,6 +58,8 @@ func newMetrics() *metrics {
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 40, 80, 160},
 		}),
 		syncFailures: counter("sync_failures_total", "Queued syncs that ended without syncing: kind final (a final answer: cancelled at once) or exhausted (out of attempts: discarded, the dead letter), by import-bookings' outcome (none: no envelope; other: an outcome this module does not know).", "kind", "outcome"),
+		held: prometheus.NewCounter(prometheus.CounterOpts(opts("held_attempts_total",
+			"Queued sync attempts that import-bookings answered mutating_sync_paused: the sync is held, tried again without spending an attempt, for hold_budget."))),
 		syncLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "sync_lag_seconds",
 			Help:    "Time from a webhook being accepted to its booking being synced.",
@@ -65,7 +69,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.syncLag, m.syncFailures}
+	return []prometheus.Collector{m.webhooks, m.rejections, m.upstreamReqs, m.upstreamLatency, m.syncLag, m.syncFailures, m.held}
 }
 
 // provisionMetrics registers the shared collectors with this config's
@@ -171,6 +175,10 @@ var (
 		"Age of the oldest sync job not yet done (available, retryable, scheduled or running).", []string{"queue"}, nil)
 	descQueueUp = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_up",
 		"1 when the queue can record webhooks (its database is reached and its last write committed), else 0.", []string{"queue"}, nil)
+	descQueueHeld = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_held",
+		"Bookings whose sync import-bookings' pause (mutating_sync_paused) holds: tried again without spending attempts.", []string{"queue"}, nil)
+	descQueuePaused = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_paused",
+		"1 for each operator's pause in effect, by route and organization (\"*\": every one); webhooks are recorded, not synced.", []string{"queue", "route", "organization"}, nil)
 	descQueueMaxInFlight = prometheus.NewDesc(metricsNamespace+"_"+metricsSubsystem+"_queue_max_in_flight",
 		"The cap on syncs running at once: max_in_flight across every instance on PostgreSQL (0: none), the workers on SQLite.", []string{"queue"}, nil)
 )
@@ -179,7 +187,7 @@ var (
 const scrapeTimeout = 3 * time.Second
 
 func (c queueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descQueueJobs, descQueueOldest, descQueueUp, descQueueMaxInFlight} {
+	for _, d := range []*prometheus.Desc{descQueueJobs, descQueueOldest, descQueueUp, descQueueMaxInFlight, descQueueHeld, descQueuePaused} {
 		ch <- d
 	}
 }
@@ -200,6 +208,10 @@ func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descQueueJobs, prometheus.GaugeValue, float64(s.Counts[state]), id, state)
 		}
 		ch <- prometheus.MustNewConstMetric(descQueueOldest, prometheus.GaugeValue, s.OldestPendingSeconds, id)
+		ch <- prometheus.MustNewConstMetric(descQueueHeld, prometheus.GaugeValue, float64(s.Held), id)
+		for _, p := range s.Paused {
+			ch <- prometheus.MustNewConstMetric(descQueuePaused, prometheus.GaugeValue, 1, id, cmp.Or(p.Route, "*"), cmp.Or(p.OrganizationID, "*"))
+		}
 	}
 }
 

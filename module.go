@@ -8,6 +8,7 @@ package receivebooking
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"runtime/debug"
 	"strings"
@@ -177,13 +178,26 @@ type Handler struct {
 	Auth string `json:"auth,omitempty"`
 
 	// Outcomes adds or overrides how import-bookings' "outcome" values are
-	// judged: "ok" (synced), "retry" or "final" (not synced, no retry).
-	// For an outcome a later import-bookings adds; unknown outcomes are
-	// final. Default: applied and already_current ok; partial,
-	// local_fallback, mutating_sync_paused and failed retry (failed is
-	// final when its error names a revision guard); not_found and
-	// cancellation_requires_explicit_apply final.
+	// judged: "ok" (synced), "retry", "final" (not synced, no retry) or
+	// "hold" (not synced: import-bookings paused syncing; a queued sync is
+	// held, retried without spending attempts for the queue's
+	// hold_budget). For an outcome a later import-bookings adds; unknown
+	// outcomes are final. Default: applied and already_current ok;
+	// mutating_sync_paused hold; partial, local_fallback and failed retry
+	// (failed is final when its error names a revision guard); not_found
+	// and cancellation_requires_explicit_apply final.
 	Outcomes map[string]string `json:"outcomes,omitempty"`
+
+	// Urgency sets how urgent a webhook's sync is, from 0 to 100, by its
+	// event_type as normalised (lower case, every "_" a "."); "unknown"
+	// stands for a webhook without one or with a type EventFlow does not
+	// send. An urgent sync (100) goes before an organization's backlog of
+	// others and makes its booking's sync that waits for a retry due at
+	// once; 40 to 99 is normal; below 40 low. An organization's backlog
+	// still sinks its own syncs, so no organization starves another.
+	// Default: booking.confirmed and booking.cancelled 100,
+	// booking.updated 60, booking.created 40, booking.offer and unknown 20.
+	Urgency map[string]int `json:"urgency,omitempty"`
 
 	// DisableMetrics turns off the Prometheus metrics of this handler.
 	DisableMetrics bool `json:"disable_metrics,omitempty"`
@@ -213,6 +227,10 @@ type Handler struct {
 	// the queue's scrubber.
 	secretValues []string
 	scrub        *scrub.Scrubber
+
+	// urgency is Urgency over the defaults; urgencyUnknown its "unknown".
+	urgency        map[string]int
+	urgencyUnknown int
 
 	upstream *upstream.Client
 	// coalescer shares syncs between waiting senders when there is no
@@ -256,6 +274,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.upstream.SetContract(contract)
+	if err := h.provisionUrgency(); err != nil {
+		return err
+	}
 	if err := h.provisionQueue(ctx, repl); err != nil {
 		return err
 	}
@@ -382,6 +403,32 @@ func (h *Handler) provisionContract(repl *caddy.Replacer) (*upstream.Contract, e
 	c := upstream.NewContract(extra)
 	c.SetLegacy(kind == contractLegacy)
 	return c, nil
+}
+
+// provisionUrgency lays Urgency over the defaults.
+func (h *Handler) provisionUrgency() error {
+	h.urgency = maps.Clone(queue.DefaultUrgency)
+	h.urgencyUnknown = queue.UrgencyUnknown
+	for name, v := range h.Urgency {
+		event, err := parseUrgency(name, v)
+		if err != nil {
+			return err
+		}
+		if event == urgencyUnknownName {
+			h.urgencyUnknown = v
+			continue
+		}
+		h.urgency[event] = v
+	}
+	return nil
+}
+
+// urgencyOf is a webhook's urgency, from its (normalised) event type.
+func (h *Handler) urgencyOf(eventType string) int {
+	if u, ok := h.urgency[eventType]; ok {
+		return u
+	}
+	return h.urgencyUnknown
 }
 
 // parseTarget accepts only absolute http(s) URLs. Its errors never echo the

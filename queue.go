@@ -58,6 +58,13 @@ type QueueConfig struct {
 	// Edge Function this module replaces made), none on SQLite.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
+	// HoldBudget is how long a booking's sync is held while
+	// import-bookings answers mutating_sync_paused (its kill switch): held
+	// syncs are tried again, from every 5 s up to every 5 minutes, without
+	// spending attempts; after the budget their answers spend attempts
+	// again. Handlers that share a database must agree on it. Default: 24h.
+	HoldBudget string `json:"hold_budget,omitempty"`
+
 	// Retention is how long finished jobs, and the booking timelines they
 	// keep, are kept, by state. Handlers that share a database must agree
 	// on it. Default: completed 24h, cancelled 7 days, discarded 30 days.
@@ -144,6 +151,9 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 		return nil, checkField("queue", rq.Driver)
 	}
 	if rq.WorkerTimeout, err = resolveDuration(repl, "worker_timeout", c.WorkerTimeout, queue.DefaultWorkerTimeout); err != nil {
+		return nil, err
+	}
+	if rq.HoldBudget, err = resolveDuration(repl, "hold_budget", c.HoldBudget, queue.DefaultHoldBudget); err != nil {
 		return nil, err
 	}
 	if err := resolveRetention(repl, c.Retention, &rq.Settings); err != nil {

@@ -14,6 +14,7 @@ package receivebooking
 // every sync fail for good, =503 every attempt fail (see max_attempts).
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"os"
@@ -38,7 +39,7 @@ func TestSoakFileSize(t *testing.T) {
 	}
 	rate, _ := strconv.Atoi(os.Getenv("RB_SOAK_RATE"))
 	rate = max(rate, 1)
-	idle, err := time.ParseDuration(cmp(os.Getenv("RB_SOAK_IDLE"), "60s"))
+	idle, err := time.ParseDuration(cmp.Or(os.Getenv("RB_SOAK_IDLE"), "60s"))
 	require.NoError(t, err)
 	stand := testkit.NewStandIn(t)
 	switch os.Getenv("RB_SOAK_UPSTREAM") {

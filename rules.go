@@ -40,6 +40,7 @@ var fieldRules = map[string]func(field, v string) error{
 	"body_timeout":        positiveDuration,
 	"coalesce_window":     duration, // 0 turns the wait off
 	"worker_timeout":      positiveDuration,
+	"hold_budget":         positiveDuration,
 	"retention completed": positiveDuration,
 	"retention cancelled": positiveDuration,
 	"retention discarded": positiveDuration,
@@ -143,9 +144,30 @@ func parseOutcome(name, verdict string) (upstream.Verdict, error) {
 	}
 	v, ok := upstream.ParseVerdict(verdict)
 	if !ok {
-		return 0, fmt.Errorf("outcome %s: expected ok, retry or final, got %q", name, verdict)
+		return 0, fmt.Errorf("outcome %s: expected ok, retry, final or hold, got %q", name, verdict)
 	}
 	return v, nil
+}
+
+// urgencyUnknownName names, in urgency lines, the webhooks without an
+// event type or with one EventFlow does not send.
+const urgencyUnknownName = "unknown"
+
+// parseUrgency is the rule of one urgency line: an event type (spelled
+// as webhooks may spell it: it is normalised) and an urgency from 0 to
+// 100. It returns the normalised type.
+func parseUrgency(eventType string, urgency int) (string, error) {
+	event := payload.NormalizeEventType(eventType)
+	switch {
+	case event == "":
+		return "", errors.New("urgency: the event type must not be empty")
+	case urgency < 0 || urgency > queue.UrgencyMax:
+		return "", fmt.Errorf("urgency %s: expected a whole number from 0 to %d, got %d", eventType, queue.UrgencyMax, urgency)
+	case event != urgencyUnknownName && !payload.KnownEventType(event):
+		return "", fmt.Errorf("urgency %s: not an event type EventFlow sends (%s, or %s for the rest)",
+			eventType, strings.Join(payload.EventTypes(), ", "), urgencyUnknownName)
+	}
+	return event, nil
 }
 
 // checkOrganizationKeys: an organization is there for its keys.

@@ -63,7 +63,7 @@ func TestOneValidation(t *testing.T) {
 		{"max_in_flight -2", "queue sqlite DB\nmax_in_flight -2", `"queue":{"driver":"sqlite","path":"DB","max_in_flight":-2}`, true,
 			`max_in_flight: expected a positive whole number, got "-2"`},
 		{"bad outcome verdict", "outcome applied maybe", `"outcomes":{"applied":"maybe"}`, true,
-			`outcome applied: expected ok, retry or final, got "maybe"`},
+			`outcome applied: expected ok, retry, final or hold, got "maybe"`},
 		{"zero retention", "queue sqlite DB\nretention completed 0s", `"queue":{"driver":"sqlite","path":"DB","retention":{"completed":"0s"}}`,
 			true, `retention completed: must be positive, got "0s"`},
 		{"bad retention", "queue sqlite DB\nretention discarded soon", `"queue":{"driver":"sqlite","path":"DB","retention":{"discarded":"soon"}}`,

@@ -6,6 +6,7 @@ package receivebooking
 // attempt and replay of its syncs, newest first, and where it stands now.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -199,7 +200,7 @@ func printTimeline(out io.Writer, body []byte) error {
 func eventDetails(ev *queue.Event) string {
 	switch ev.Kind {
 	case queue.EventWebhook:
-		s := cmp(ev.EventType, "no event_type")
+		s := cmp.Or(ev.EventType, "no event_type")
 		if ev.Credential != "" {
 			s += " by " + ev.Credential
 		}

@@ -297,23 +297,34 @@ func hasControl(s string) bool {
 	return false
 }
 
-// NormalizeEventType spells an event type as the platform's
-// receive-booking does: in lower case, with the separator after "booking"
-// a dot. "booking_created", "BOOKING.CREATED" and "Booking-Created" are all
-// "booking.created"; "booking_offer_created" is "booking.offer_created".
-// Other types are kept, in lower case (they are accepted and logged).
+// NormalizeEventType spells an event type exactly as the platform's
+// receive-booking does: in lower case, with every "_" a ".".
+// "BOOKING_CANCELLED" and "booking.cancelled" are both
+// "booking.cancelled"; "Booking-Created" is "booking-created" (not a type
+// EventFlow sends: accepted, logged, and synced at the unknown types'
+// urgency).
 func NormalizeEventType(s string) string {
-	s = strings.ToLower(s)
-	if rest, ok := strings.CutPrefix(s, "booking"); ok && rest != "" && strings.ContainsRune("_-.: ", rune(rest[0])) {
-		return "booking." + rest[1:]
-	}
-	return s
+	return strings.ReplaceAll(strings.ToLower(s), "_", ".")
 }
+
+// The event types EventFlow sends, normalised: the platform's
+// receive-booking's list.
+const (
+	EventCreated   = "booking.created"
+	EventUpdated   = "booking.updated"
+	EventConfirmed = "booking.confirmed"
+	EventCancelled = "booking.cancelled"
+	EventOffer     = "booking.offer"
+)
 
 // knownEventTypes are the event types EventFlow sends, normalised.
 var knownEventTypes = map[string]bool{
-	"booking.created": true, "booking.updated": true, "booking.confirmed": true, "booking.cancelled": true,
-	"booking.canceled": true, "booking.offer": true, "booking.offer_created": true, "booking.deleted": true,
+	EventCreated: true, EventUpdated: true, EventConfirmed: true, EventCancelled: true, EventOffer: true,
+}
+
+// EventTypes lists the event types EventFlow sends, normalised.
+func EventTypes() []string {
+	return []string{EventCreated, EventUpdated, EventConfirmed, EventCancelled, EventOffer}
 }
 
 // KnownEventType reports whether a normalised event type is one EventFlow

@@ -213,20 +213,23 @@ func TestWebhookHelpers(t *testing.T) {
 }
 
 func TestNormalizeEventType(t *testing.T) {
+	// As the platform's receive-booking: lower case, every "_" a ".",
+	// nothing else.
 	cases := map[string]string{
 		"booking_created":       "booking.created",
 		"booking.created":       "booking.created",
-		"Booking-Created":       "booking.created",
-		"BOOKING.CREATED":       "booking.created",
-		"booking:created":       "booking.created",
-		"booking updated":       "booking.updated",
-		"booking_offer_created": "booking.offer_created",
-		"Booking_Canceled":      "booking.canceled",
+		"BOOKING_CANCELLED":     "booking.cancelled",
+		"Booking.Confirmed":     "booking.confirmed",
+		"booking_offer":         "booking.offer",
+		"Booking-Created":       "booking-created",
+		"booking:created":       "booking:created",
+		"booking updated":       "booking updated",
+		"booking_offer_created": "booking.offer.created",
+		"__x_":                  "..x.",
 		"created":               "created",
 		"":                      "",
-		"Something.Else":        "something.else",
+		"Something_Else":        "something.else",
 		"booking":               "booking",
-		"bookingcreated":        "bookingcreated",
 	}
 	for in, want := range cases {
 		assert.Equal(t, want, NormalizeEventType(in), "%q", in)
@@ -245,7 +248,8 @@ func TestMetricEventType(t *testing.T) {
 	assert.Equal(t, "unknown", MetricEventType(""))
 	// Through normalisation, every spelling of a known event is bounded
 	// to its name, and anything else to "other".
-	assert.Equal(t, "booking.created", MetricEventType(NormalizeEventType("Booking-Created")))
+	assert.Equal(t, "booking.created", MetricEventType(NormalizeEventType("BOOKING_CREATED")))
+	assert.Equal(t, "other", MetricEventType(NormalizeEventType("Booking-Created")))
 	assert.Equal(t, "other", MetricEventType(NormalizeEventType("booking.exploded")))
 }
 

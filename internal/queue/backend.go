@@ -37,6 +37,10 @@ type intake interface {
 	pruneEvents(ctx context.Context, horizon time.Time) error
 	// reclaim gives free space back to the file system (SQLite).
 	reclaim(ctx context.Context) error
+	// pause, resume and pauses keep operators' pauses (pause.go).
+	pause(ctx context.Context, p Pause) (bool, error)
+	resume(ctx context.Context, route, org string) (int64, error)
+	pauses(ctx context.Context) ([]Pause, error)
 	close(ctx context.Context) error
 }
 

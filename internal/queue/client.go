@@ -5,6 +5,7 @@ package queue
 // and the stop at shutdown.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +37,8 @@ func (b *riverBackend[TDriver, TTx]) restartWorkers(s Settings) error {
 		return err
 	}
 	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.WorkerTimeout, maxInFlight: s.MaxInFlight}); err != nil {
+	if err := river.AddWorkerSafely(workers, &syncWorker[TDriver, TTx]{b: b, timeout: s.WorkerTimeout, maxInFlight: s.MaxInFlight,
+		holdBudget: cmp.Or(s.HoldBudget, DefaultHoldBudget)}); err != nil {
 		return err
 	}
 	cfg := newRiverConfig(s, b.db.workers(s), b.db.fetchCooldown(), workers, b.q)

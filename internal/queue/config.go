@@ -31,6 +31,12 @@ const (
 	// replaces made at most 3 calls at once, and a bulk change in EventFlow
 	// must not become instances × workers concurrent import-bookings runs.
 	DefaultMaxInFlight = 3
+	// DefaultHoldBudget is how long a sync is held, while import-bookings
+	// answers that it has paused mutating syncs, before its answers spend
+	// attempts again: a day, long enough for an operator's pause upstream
+	// to outlast a weekend's night, short enough that a forgotten switch
+	// ends in the dead letter, where it shows.
+	DefaultHoldBudget = 24 * time.Hour
 	// DefaultRoute is the route of handlers that name none.
 	DefaultRoute = "default"
 
@@ -77,6 +83,10 @@ type Settings struct {
 	// sharing the database; 0: no cap beyond each instance's Workers. On
 	// SQLite (one instance) it caps Workers.
 	MaxInFlight int
+	// HoldBudget is how long a booking's sync is held (tried again
+	// without spending attempts) while import-bookings answers
+	// mutating_sync_paused; 0: DefaultHoldBudget.
+	HoldBudget time.Duration
 	// RetentionCompleted, RetentionCancelled and RetentionDiscarded are
 	// how long River keeps finished jobs in each state before it deletes
 	// them; a booking's timeline events go with the last job that keeps
@@ -146,6 +156,9 @@ func (q *Config) SettingsDiff(o *Config) string {
 	}
 	if q.MaxInFlight != o.MaxInFlight {
 		d = append(d, fmt.Sprintf("max_in_flight (%d, %d)", q.MaxInFlight, o.MaxInFlight))
+	}
+	if hq, ho := cmp.Or(q.HoldBudget, DefaultHoldBudget), cmp.Or(o.HoldBudget, DefaultHoldBudget); hq != ho {
+		d = append(d, fmt.Sprintf("hold_budget (%s, %s)", hq, ho))
 	}
 	a, b := q.retention(), o.retention()
 	for _, r := range []struct {

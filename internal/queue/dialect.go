@@ -23,6 +23,8 @@ type dialect[TTx any] interface {
 	commit(ctx context.Context, tx TTx) error
 	rollback(ctx context.Context, tx TTx)
 	exec(ctx context.Context, tx TTx, query string, args ...any) error
+	// execCount is exec that returns how many rows it changed.
+	execCount(ctx context.Context, tx TTx, query string, args ...any) (int64, error)
 	queryRow(ctx context.Context, tx TTx, query string, args ...any) scanner
 	queryTx(ctx context.Context, tx TTx, query string, args ...any) (rowsIter, error)
 	// queryRows runs a query outside any transaction.
@@ -74,7 +76,7 @@ type queries struct {
 	// transaction ends ("" where a transaction holds the write lock).
 	lockRow string
 	// upsertBookings records a batch's bookings (columns: route, org,
-	// booking, latest event type), locking their rows, and returns each
+	// booking, latest event type, urgency), locking their rows, and returns each
 	// one's waiting job and whether a webhook may merge into it.
 	upsertBookings string
 	// setWaitingMany makes each new job its booking's waiting sync
@@ -83,9 +85,13 @@ type queries struct {
 	// renewAttempts gives jobs ($1, ids as idList makes them) at least
 	// $2 attempts after their current one.
 	renewAttempts string
-	// promoteWaiting raises the waiting syncs of organization $1 to
-	// priority $2 (see promoteWaiting).
+	// promoteWaiting raises the waiting syncs of organization $1 whose
+	// urgency is from $3 to below $4 to priority $2 (see promoteWaiting).
 	promoteWaiting string
+	// raiseWaiting gives job $1 priority $2 if better and, if $3 is 1
+	// and it waits for a retry, makes it due at $4 (unix seconds) if that
+	// is sooner (see raiseMerged).
+	raiseWaiting string
 	// insertEvents writes timeline events (columns as writeEvents).
 	insertEvents string
 	// countByState counts a queue's ($1) jobs by state.
@@ -100,6 +106,10 @@ type queries struct {
 	// running when it stopped, from when their call could have ended
 	// (see recoverInterrupted).
 	recoverJobs string
+	// resumeJobs makes queue $1's snoozed jobs of route $2 (every one
+	// if "") and organization $3 (every one if "") due now; $4 is the
+	// route of jobs that name none.
+	resumeJobs string
 	// columnExists counts the columns named $2 of the table named $1
 	// (0 or 1; 0 also when the table is missing).
 	columnExists string

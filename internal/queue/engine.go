@@ -58,6 +58,8 @@ type Engine struct {
 	// answers wait to be written to booking timelines (Answered).
 	answers        chan eventRow
 	answersDropped atomic.Int64
+	// pauseCopy is the handlers' copy of the operators' pauses (pause.go).
+	pauseCopy atomic.Pointer[[]Pause]
 }
 
 // Observer is told what the metrics need; every method must be cheap.
@@ -70,6 +72,9 @@ type Observer interface {
 	// FailureExhausted (out of attempts: the job is discarded, the dead
 	// letter). Its texts are scrubbed.
 	Failed(f Failure)
+	// Held is called when an attempt's sync is held: import-bookings
+	// answered that it paused syncing (no attempt spent).
+	Held(queue string)
 	// Availability is called when the queue stops or starts being able to
 	// record webhooks; reason says why not (scrubbed).
 	Availability(queue string, available bool, reason string)
@@ -142,6 +147,7 @@ func New(rq *Config, logger *zap.Logger) *Engine {
 		e.wg.Go(e.batchLoop)
 	}
 	e.wg.Go(e.statsLoop)
+	e.wg.Go(e.pauseLoop)
 	e.wg.Go(e.answerLoop)
 	return e
 }
@@ -357,9 +363,13 @@ func (e *Engine) Destruct() error {
 
 // Stats is a snapshot of the queue, for the gauges and the admin API.
 type Stats struct {
-	Counts               map[string]int64 `json:"counts"`
-	OldestPendingSeconds float64          `json:"oldest_pending_seconds"`
-	LastSyncAt           *time.Time       `json:"last_sync_at,omitempty"`
+	Counts map[string]int64 `json:"counts"`
+	// Held counts the bookings whose sync import-bookings' pause holds.
+	Held int64 `json:"held"`
+	// Paused are the operators' pauses in effect.
+	Paused               []Pause    `json:"paused"`
+	OldestPendingSeconds float64    `json:"oldest_pending_seconds"`
+	LastSyncAt           *time.Time `json:"last_sync_at,omitempty"`
 }
 
 // statsLoop prunes now and then: expired webhook-ids, the timeline

@@ -33,6 +33,7 @@ package queue
 // running sync would merge into it and its change could be missed).
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -53,6 +54,9 @@ type bookingRow struct {
 	// have run at the latest (unix nanoseconds).
 	attempt sql.NullInt64
 	until   sql.NullInt64
+	// heldSince is since when import-bookings' pause has held the
+	// booking's sync (unix nanoseconds; see hold).
+	heldSince sql.NullInt64
 }
 
 // holds reports whether the row's running claim belongs to this attempt.
@@ -75,9 +79,9 @@ func (b *riverBackend[TDriver, TTx]) lockBooking(ctx context.Context, tx TTx, a 
 // as one that nothing waits for or runs.
 func (b *riverBackend[TDriver, TTx]) readBooking(ctx context.Context, tx TTx, a *Args) (*bookingRow, error) {
 	row := &bookingRow{}
-	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id, running_attempt, running_until
+	err := b.db.queryRow(ctx, tx, `SELECT event_type, waiting_job_id, running_job_id, running_attempt, running_until, held_since
 		FROM receive_booking_booking WHERE target_id = $1 AND org = $2 AND booking = $3`+b.db.sql().lockRow,
-		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running, &row.attempt, &row.until)
+		a.route(), a.OrganizationID, a.BookingKey).Scan(&row.eventType, &row.waiting, &row.running, &row.attempt, &row.until, &row.heldSince)
 	if b.db.isNoRows(err) {
 		return row, nil
 	}
@@ -123,10 +127,16 @@ const claimBooking = `UPDATE receive_booking_booking SET running_job_id = $1, ru
 
 // claim makes job's attempt the booking's running sync. ok is false while
 // another attempt holds the booking; errNoSlot says every max_in_flight
-// slot is held. The claim commits durably before it returns: only then
+// slot is held; errPaused that an operator's pause covers the booking.
+// The claim commits durably before it returns: only then
 // may the attempt call.
 func (b *riverBackend[TDriver, TTx]) claim(ctx context.Context, job *river.Job[Args], workerTimeout time.Duration, maxInFlight int) (c claimed, ok bool, err error) {
 	err = b.write(ctx, func(ctx context.Context, tx TTx) error {
+		// An operator's pause committed before this claim stops it
+		// (pause.go), whichever instance made it.
+		if paused, err := b.pausedFor(ctx, tx, &job.Args); err != nil || paused {
+			return cmp.Or(err, errPaused)
+		}
 		row, err := b.lockBooking(ctx, tx, &job.Args)
 		if err != nil {
 			return err
@@ -197,7 +207,7 @@ func (b *riverBackend[TDriver, TTx]) heldByAnother(ctx context.Context, tx TTx, 
 // note, if set, is the attempt's outcome for senders waiting on other
 // instances: published in the same transaction, so it is sent once, when
 // the outcome is recorded.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], at *attempt, note []byte) (record, err error) {
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], at *attempt, holdBudget time.Duration, note []byte) (record, err error) {
 	// A finish need not reach the disk before the next durable commit: if
 	// power fails first, the job is still running in River's (durable)
 	// fetch and the booking still claimed, so it runs again once its call
@@ -205,7 +215,7 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	err = b.writeOpts(ctx, true, func(ctx context.Context, tx TTx) error {
 		var err error
 		var fate string
-		if record, fate, err = b.finishTx(ctx, tx, job, at.jobErr); err != nil {
+		if record, fate, err = b.finishTx(ctx, tx, job, at, holdBudget); err != nil {
 			return err
 		}
 		if err := b.writeEvents(ctx, tx, []eventRow{attemptEvent(job, at, fate)}); err != nil {
@@ -219,9 +229,10 @@ func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[
 	return record, nil
 }
 
-// finishTx releases the booking; fate is ResultStale or ResultSuperseded
-// when the attempt's own outcome did not decide the job's.
-func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], jobErr error) (record error, fate string, err error) {
+// finishTx releases the booking; fate is ResultStale, ResultSuperseded
+// or ResultHeld when the attempt's own outcome did not decide the job's.
+func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *river.Job[Args], at *attempt, holdBudget time.Duration) (record error, fate string, err error) {
+	jobErr := at.jobErr
 	// The claim made the row, and nothing removes a row while a sync
 	// runs: read it (a missing row reads as a claim passed on).
 	row, err := b.readBooking(ctx, tx, &job.Args)
@@ -246,11 +257,18 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 			return nil, "", err
 		}
 	}
-	// A job that will retry takes the waiting slot back; on its last
-	// attempt it will be discarded, so it does not.
+	h := hold(row, at, holdBudget, time.Now())
+	// A job that will run again takes the waiting slot back; on its last
+	// attempt it will be discarded, so it does not (a held one spends no
+	// attempt).
 	backToWaiting := 0
-	if retriable && !superseded && job.Attempt < job.MaxAttempts {
+	if retriable && !superseded && (job.Attempt < job.MaxAttempts || h.holding) {
 		backToWaiting = 1
+	}
+	var floor *int64
+	if backToWaiting == 1 && !at.floor.IsZero() && !h.holding {
+		f := at.floor.UnixNano()
+		floor = &f
 	}
 	if backToWaiting == 0 && !row.waiting.Valid {
 		// Released, nothing waits: the row goes (the next webhook makes
@@ -262,8 +280,9 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 	} else {
 		err = b.db.exec(ctx, tx, `UPDATE receive_booking_booking SET
 			waiting_job_id = CASE WHEN $5 = 1 THEN $1 ELSE waiting_job_id END,
-			running_job_id = NULL, running_attempt = NULL, running_until = NULL
-			WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting)
+			running_job_id = NULL, running_attempt = NULL, running_until = NULL, retry_floor = $6, held_since = $7
+			WHERE target_id = $2 AND org = $3 AND booking = $4`, job.ID, a.route(), a.OrganizationID, a.BookingKey, backToWaiting,
+			floor, h.since)
 		if err != nil {
 			return nil, "", fmt.Errorf("releasing booking: %w", err)
 		}
@@ -271,10 +290,46 @@ func (b *riverBackend[TDriver, TTx]) finishTx(ctx context.Context, tx TTx, job *
 	if err := b.db.releaseSlot(ctx, tx, job.ID, job.Attempt); err != nil {
 		return nil, "", err
 	}
-	if superseded {
+	switch {
+	case superseded:
 		return nil, ResultSuperseded, nil // the newer job carries the sync; logged by the worker
+	case h.holding:
+		at.next = time.Now().Add(h.wait)
+		return river.JobSnooze(h.wait), ResultHeld, nil
 	}
 	return jobErr, "", nil
+}
+
+// held is what hold decides of an attempt.
+type held struct {
+	// holding: the sync is held (snoozed: no attempt spent), wait long.
+	holding bool
+	wait    time.Duration
+	// since is the booking's held_since to keep (nil: not held).
+	since *int64
+}
+
+// hold decides whether an attempt's sync is held. import-bookings'
+// mutating_sync_paused is its kill switch: the sync did not happen, and
+// none will until it is turned off, so retries would only spend the
+// attempts (a pause longer than them would discard every change made
+// during it). A held sync is tried again with a bounded wait, without
+// spending an attempt, for the hold budget from the first held answer;
+// after it, its answers spend attempts again (and it ends in the dead
+// letter, where it shows). Any other answer ends the hold.
+func hold(row *bookingRow, at *attempt, budget time.Duration, now time.Time) held {
+	if !at.held {
+		return held{}
+	}
+	since := now.UnixNano()
+	if row.heldSince.Valid {
+		since = row.heldSince.Int64
+	}
+	h := held{since: &since}
+	if heldFor := now.Sub(time.Unix(0, since)); heldFor <= budget {
+		h.holding, h.wait = true, holdWait(heldFor)
+	}
+	return h
 }
 
 func isCancel(err error) bool {

@@ -30,6 +30,7 @@ import (
 // statement.
 func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*Entry) error {
 	var fresh [][]*Entry
+	var urgentDue bool
 	err := b.write(ctx, func(ctx context.Context, tx TTx) error {
 		groups := groupByBooking(batch)
 		// Lock booking rows in one global order, so that two batches committing
@@ -39,17 +40,22 @@ func (b *riverBackend[TDriver, TTx]) insertBatch(ctx context.Context, batch []*E
 			return cmp.Or(strings.Compare(a.Route, b.Route), strings.Compare(a.Webhook.OrganizationID, b.Webhook.OrganizationID),
 				strings.Compare(a.Webhook.BookingKey, b.Webhook.BookingKey))
 		})
+		var merged []mergedGroup
 		var err error
-		if fresh, err = b.mergeGroups(ctx, tx, groups); err != nil {
+		if fresh, merged, err = b.mergeGroups(ctx, tx, groups); err != nil {
 			return err
 		}
-		if err := b.insertJobs(ctx, tx, fresh); err != nil {
+		if urgentDue, err = b.insertJobs(ctx, tx, fresh, merged); err != nil {
 			return err
 		}
 		return b.writeEvents(ctx, tx, webhookEvents(batch))
 	})
 	if err != nil {
 		return err
+	}
+	if urgentDue {
+		b.announce() // a retry made due at once
+		return nil
 	}
 	now := time.Now()
 	for _, g := range fresh {
@@ -82,69 +88,95 @@ func groupByBooking(batch []*Entry) [][]*Entry {
 	return groups
 }
 
+// groupUrgency is the most urgent of a group's webhooks.
+func groupUrgency(g []*Entry) int {
+	u := g[0].Urgency
+	for _, r := range g[1:] {
+		u = max(u, r.Urgency)
+	}
+	return u
+}
+
+// mergedGroup is a group merged into its booking's waiting job, and the
+// earliest that job may run if it waits for a retry (retry_floor).
+type mergedGroup struct {
+	g     []*Entry
+	job   int64
+	floor sql.NullInt64
+}
+
 // mergeGroups records a batch's bookings and merges each group into its
 // booking's waiting sync where there is one that has not started; it
-// returns the groups that need a new job.
-func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, groups [][]*Entry) ([][]*Entry, error) {
+// returns the groups that need a new job, and those merged.
+func (b *riverBackend[TDriver, TTx]) mergeGroups(ctx context.Context, tx TTx, groups [][]*Entry) ([][]*Entry, []mergedGroup, error) {
 	n := len(groups)
 	routes, orgs, bookings, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	urgencies := make([]int64, n)
 	for i, g := range groups {
 		first, last := g[0], g[len(g)-1]
 		routes[i], orgs[i], bookings[i], events[i] = first.Route, first.Webhook.OrganizationID, first.Webhook.BookingKey, last.Webhook.EventType
+		urgencies[i] = int64(groupUrgency(g))
 	}
-	args, err := b.db.columns(routes, orgs, bookings, events)
+	args, err := b.db.columns(routes, orgs, bookings, events, urgencies)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rows, err := b.db.queryTx(ctx, tx, b.db.sql().upsertBookings, args...)
 	if err != nil {
-		return nil, fmt.Errorf("recording bookings: %w", err)
+		return nil, nil, fmt.Errorf("recording bookings: %w", err)
 	}
 	type state struct {
-		waiting   sql.NullInt64
-		mergeable int
+		waiting, floor sql.NullInt64
+		mergeable      int
 	}
 	found := make(map[bookingKey]state, n)
 	for rows.Next() {
 		var k bookingKey
 		var s state
-		if err := rows.Scan(&k.route, &k.org, &k.booking, &s.waiting, &s.mergeable); err != nil {
+		if err := rows.Scan(&k.route, &k.org, &k.booking, &s.waiting, &s.floor, &s.mergeable); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("recording bookings: %w", err)
+			return nil, nil, fmt.Errorf("recording bookings: %w", err)
 		}
 		found[k] = s
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("recording bookings: %w", err)
+		return nil, nil, fmt.Errorf("recording bookings: %w", err)
 	}
 	if err := b.markWaiters(ctx, tx, groups); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var fresh [][]*Entry
-	var merged []int64
+	var merged []mergedGroup
+	var ids []int64
 	for _, g := range groups {
 		s, ok := found[keyOf(g[0])]
 		if !ok {
-			return nil, fmt.Errorf("recording bookings: booking %q not returned", g[0].Webhook.BookingKey)
+			return nil, nil, fmt.Errorf("recording bookings: booking %q not returned", g[0].Webhook.BookingKey)
 		}
 		if !s.waiting.Valid || s.mergeable == 0 {
 			fresh = append(fresh, g)
 			continue
 		}
-		merged = append(merged, s.waiting.Int64)
+		merged = append(merged, mergedGroup{g: g, job: s.waiting.Int64, floor: s.floor})
+		ids = append(ids, s.waiting.Int64)
 		for _, r := range g {
 			r.JobID, r.Coalesced = s.waiting.Int64, true
 			b.addWaiter(r)
 		}
 	}
-	return fresh, b.renewAttempts(ctx, tx, merged)
+	return fresh, merged, b.renewAttempts(ctx, tx, ids)
 }
 
+// upsertBookingsReturning ends both dialects' upsertBookings: a booking
+// whose sync waits keeps the higher urgency of that sync and the new
+// webhooks'; one with none takes the new webhooks'.
 const upsertBookingsReturning = `
 ON CONFLICT (target_id, org, booking) DO UPDATE SET event_type =
-	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END
-RETURNING target_id, org, booking, waiting_job_id, (SELECT count(*) FROM river_job
+	CASE WHEN excluded.event_type <> '' THEN excluded.event_type ELSE receive_booking_booking.event_type END,
+	urgency = CASE WHEN receive_booking_booking.waiting_job_id IS NOT NULL
+		AND receive_booking_booking.urgency > excluded.urgency THEN receive_booking_booking.urgency ELSE excluded.urgency END
+RETURNING target_id, org, booking, waiting_job_id, retry_floor, (SELECT count(*) FROM river_job
 	WHERE river_job.id = receive_booking_booking.waiting_job_id AND ` + mergeable + `)`
 
 type bookingKey struct{ route, org, booking string }
@@ -153,26 +185,42 @@ func keyOf(e *Entry) bookingKey {
 	return bookingKey{e.Route, e.Webhook.OrganizationID, e.Webhook.BookingKey}
 }
 
-// insertJobs inserts one job for each group and makes it the booking's
-// waiting sync; later webhooks of a group merge into it.
-func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry) error {
+// insertJobs inserts one job for each fresh group and makes it the
+// booking's waiting sync; later webhooks of a group merge into it. Each new
+// job gets its fair priority (priority.go); a merged group raises its job
+// to the priority it would have had, and an urgent one makes a job that
+// waits for a retry due now (no sooner than its retry_floor). It reports
+// whether a job was made due now.
+func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry, merged []mergedGroup) (bool, error) {
+	all := slices.Clone(groups)
+	for _, m := range merged {
+		all = append(all, m.g)
+	}
+	if len(all) == 0 {
+		return false, nil
+	}
+	waiting, err := b.waitingByOrg(ctx, tx, all)
+	if err != nil {
+		return false, err
+	}
+	if err := b.promoteWaiting(ctx, tx, groups, waiting); err != nil {
+		return false, err
+	}
+	due, err := b.raiseMerged(ctx, tx, merged, waiting)
+	if err != nil {
+		return false, err
+	}
 	if len(groups) == 0 {
-		return nil
+		return due, nil
 	}
 	params := make([]river.InsertManyParams, len(groups))
-	waiting, err := b.waitingByOrg(ctx, tx, groups)
-	if err != nil {
-		return err
-	}
-	if err := b.promoteWaiting(ctx, tx, waiting); err != nil {
-		return err
-	}
 	maxAttempts := int(b.maxAttempts.Load())
 	for i, g := range groups {
 		r, last := g[0], g[len(g)-1]
-		org := r.Webhook.OrganizationID
-		opts := &river.InsertOpts{MaxAttempts: maxAttempts, Priority: fairPriority(waiting[org])}
-		waiting[org]++
+		u := groupUrgency(g)
+		k := backlogKeyOf(g)
+		opts := &river.InsertOpts{MaxAttempts: maxAttempts, Priority: priorityOf(u, waiting[k])}
+		waiting[k]++
 		params[i] = river.InsertManyParams{InsertOpts: opts, Args: Args{
 			Route: r.Route, BookingID: last.Webhook.BookingID, BookingKey: r.Webhook.BookingKey,
 			OrganizationID: r.Webhook.OrganizationID, OrganizationIDJSON: r.Webhook.OrganizationIDJSON, EventType: last.Webhook.EventType,
@@ -181,7 +229,7 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 	}
 	res, err := b.cl().InsertManyTx(ctx, tx, params)
 	if err != nil {
-		return fmt.Errorf("inserting jobs: %w", err)
+		return false, fmt.Errorf("inserting jobs: %w", err)
 	}
 	for i, g := range groups {
 		id := res[i].Job.ID
@@ -190,33 +238,48 @@ func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, gro
 			b.addWaiter(r)
 		}
 	}
-	return b.setWaitingGroups(ctx, tx, groups)
+	return due, b.setWaitingGroups(ctx, tx, groups)
 }
 
-// fairPriority is a new sync's River priority (1 runs first) from how many
-// syncs its organization already has waiting: an organization's first few
-// run at once, and a backlog (a bulk change in EventFlow) sinks below
-// every other organization's new webhooks. River fetches by priority,
-// then by time, so one organization's thousands of queued syncs hold back
-// another's webhook by at most a few syncs.
-func fairPriority(waiting int) int {
-	// fairPriorityCap must stay the last threshold below.
-	switch {
-	case waiting < 3:
-		return 1
-	case waiting < 30:
-		return 2
-	case waiting < fairPriorityCap:
-		return 3
+// backlogKey is what a sync's backlog is counted by: its organization's
+// syncs waiting at its urgency class or above.
+type backlogKey struct {
+	org   string
+	class urgencyClass
+}
+
+func backlogKeyOf(g []*Entry) backlogKey {
+	return backlogKey{g[0].Webhook.OrganizationID, classOf(groupUrgency(g))}
+}
+
+// raiseMerged gives each merged group's job the priority a new job of the
+// group would get, if better, and makes an urgent group's job that waits
+// for a retry due now, or at its retry_floor. On PostgreSQL it locks
+// River's rows skipping those held elsewhere, like promoteWaiting, and
+// runs beside it, last.
+func (b *riverBackend[TDriver, TTx]) raiseMerged(ctx context.Context, tx TTx, merged []mergedGroup, waiting map[backlogKey]int) (bool, error) {
+	now := time.Now()
+	var due bool
+	for _, m := range merged {
+		u := groupUrgency(m.g)
+		urgent, at := 0, now
+		if u >= UrgentAt {
+			urgent = 1
+			if m.floor.Valid {
+				at = later(at, time.Unix(0, m.floor.Int64))
+			}
+			due = due || !at.After(now)
+		}
+		seconds := float64(at.UnixNano()) / 1e9
+		if err := b.db.exec(ctx, tx, b.db.sql().raiseWaiting, m.job, priorityOf(u, waiting[backlogKeyOf(m.g)]), urgent, seconds); err != nil {
+			return false, fmt.Errorf("raising a waiting sync: %w", err)
+		}
 	}
-	return 4
+	return due, nil
 }
 
-// fairPriorityCap is where fairPriority reaches its lowest priority.
-const fairPriorityCap = 300
-
-// promoteWaiting keeps each organization's syncs in the order they were
-// recorded. fairPriority sinks an organization's backlog below other
+// promoteWaiting keeps each organization's syncs of one urgency class in
+// the order they were recorded. priorityOf sinks an organization's backlog below other
 // organizations' new webhooks; as the backlog shrinks, its new syncs get a
 // better priority again, and would overtake its older ones still waiting
 // (at 32 webhooks in flight for one organization, a sync given priority 3
@@ -228,35 +291,40 @@ const fairPriorityCap = 300
 // locks, or it could deadlock with River's fetch or another batch. Only an
 // organization with fewer than fairPriorityCap waiting can get a better
 // priority, so at most that many rows are looked at.
-func (b *riverBackend[TDriver, TTx]) promoteWaiting(ctx context.Context, tx TTx, waiting map[string]int) error {
-	for org, n := range waiting {
-		if n == 0 || n >= fairPriorityCap {
+func (b *riverBackend[TDriver, TTx]) promoteWaiting(ctx context.Context, tx TTx, groups [][]*Entry, waiting map[backlogKey]int) error {
+	done := make(map[backlogKey]bool)
+	for _, g := range groups {
+		k := backlogKeyOf(g)
+		n := waiting[k]
+		if done[k] || n == 0 || n >= fairPriorityCap {
 			continue
 		}
-		if err := b.db.exec(ctx, tx, b.db.sql().promoteWaiting, org, fairPriority(n)); err != nil {
+		done[k] = true
+		if err := b.db.exec(ctx, tx, b.db.sql().promoteWaiting, k.org, priorityOf(k.class.floor, n), k.class.floor, k.class.ceiling); err != nil {
 			return fmt.Errorf("ordering waiting syncs: %w", err)
 		}
 	}
 	return nil
 }
 
-// waitingByOrg counts, for each organization of the groups, its bookings
-// with a sync waiting (an index covers it), up to fairPriority's last
-// step: beyond it the priority no longer changes, and a bulk change's
-// backlog of thousands need not be counted for every batch.
-func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, groups [][]*Entry) (map[string]int, error) {
-	out := make(map[string]int)
+// waitingByOrg counts, for each organization and urgency class of the
+// groups, its bookings with a sync waiting at that class or above (an
+// index covers it), up to fairPriorityCap: beyond it the priority no
+// longer changes, and a bulk change's backlog of thousands need not be
+// counted for every batch.
+func (b *riverBackend[TDriver, TTx]) waitingByOrg(ctx context.Context, tx TTx, groups [][]*Entry) (map[backlogKey]int, error) {
+	out := make(map[backlogKey]int)
 	for _, g := range groups {
-		org := g[0].Webhook.OrganizationID
-		if _, done := out[org]; done {
+		k := backlogKeyOf(g)
+		if _, done := out[k]; done {
 			continue
 		}
 		var n int
 		if err := b.db.queryRow(ctx, tx, `SELECT count(*) FROM (SELECT 1 FROM receive_booking_booking
-			WHERE org = $1 AND waiting_job_id IS NOT NULL LIMIT $2) AS w`, org, fairPriorityCap).Scan(&n); err != nil {
+			WHERE org = $1 AND waiting_job_id IS NOT NULL AND urgency >= $2 LIMIT $3) AS w`, k.org, k.class.floor, fairPriorityCap).Scan(&n); err != nil {
 			return nil, fmt.Errorf("counting waiting syncs: %w", err)
 		}
-		out[org] = n
+		out[k] = n
 	}
 	return out, nil
 }

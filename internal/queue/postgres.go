@@ -117,6 +117,11 @@ func (d *pgDialect) exec(ctx context.Context, tx pgx.Tx, query string, args ...a
 	return err
 }
 
+func (d *pgDialect) execCount(ctx context.Context, tx pgx.Tx, query string, args ...any) (int64, error) {
+	tag, err := tx.Exec(ctx, query, args...)
+	return tag.RowsAffected(), err
+}
+
 func (d *pgDialect) queryRow(ctx context.Context, tx pgx.Tx, query string, args ...any) scanner {
 	return tx.QueryRow(ctx, query, args...)
 }
@@ -293,8 +298,8 @@ func (d *pgDialect) fetchCooldown() time.Duration { return 2 * time.Millisecond 
 // postgresSQL is the SQL that PostgreSQL says differently from SQLite.
 var postgresSQL = queries{
 	lockRow: " FOR UPDATE",
-	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])` + upsertBookingsReturning,
+	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type, urgency)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])` + upsertBookingsReturning,
 	setWaitingMany: `UPDATE receive_booking_booking AS b SET waiting_job_id = v.id
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS v(target_id, org, booking, id)
 WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
@@ -304,7 +309,13 @@ WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
 	// River's rows while holding booking rows could deadlock.
 	promoteWaiting: `UPDATE river_job SET priority = $2 WHERE id IN (SELECT j.id FROM river_job j
 	JOIN receive_booking_booking w ON w.waiting_job_id = j.id
-	WHERE w.org = $1 AND j.priority > $2 FOR UPDATE OF j SKIP LOCKED)`,
+	WHERE w.org = $1 AND j.priority > $2 AND w.urgency >= $3 AND w.urgency < $4 FOR UPDATE OF j SKIP LOCKED)`,
+	raiseWaiting: `UPDATE river_job SET priority = LEAST(priority, $2),
+	state = CASE WHEN $3 = 1 AND state = 'retryable' AND to_timestamp($4::float8) <= now() THEN 'available'::river_job_state ELSE state END,
+	scheduled_at = CASE WHEN $3 = 1 AND state = 'retryable' AND scheduled_at > to_timestamp($4::float8)
+		THEN to_timestamp($4::float8) ELSE scheduled_at END
+	WHERE id IN (SELECT id FROM river_job WHERE id = $1
+		AND (priority > $2 OR ($3 = 1 AND state = 'retryable' AND scheduled_at > to_timestamp($4::float8))) FOR UPDATE SKIP LOCKED)`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])`,
 	// PostgreSQL counts without blocking writers.
@@ -317,6 +328,9 @@ WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
 	recoverJobs: `UPDATE river_job SET state = 'available',
 	scheduled_at = greatest(now(), attempted_at + make_interval(secs => $3))
 	WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`,
+	resumeJobs: `UPDATE river_job SET state = 'available', scheduled_at = now()
+	WHERE queue = $1 AND state = 'scheduled' AND ($2::text = '' OR coalesce(nullif(args ->> 'route', ''), $4::text) = $2::text)
+		AND ($3::text = '' OR args ->> 'organization_id' = $3::text)`,
 	columnExists: `SELECT count(*) FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2`,
 }

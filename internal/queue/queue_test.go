@@ -98,7 +98,11 @@ type testQueueHandle struct {
 
 func (h *testQueueHandle) enqueue(ctx context.Context, wh *payload.Webhook, window time.Duration) (int64, bool, error) {
 	now := time.Now()
-	req := &Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(window)}
+	urgency, ok := DefaultUrgency[wh.EventType]
+	if !ok {
+		urgency = UrgencyUnknown
+	}
+	req := &Entry{Webhook: wh, Route: h.route, AcceptedAt: now, NotBefore: now.Add(window), Urgency: urgency}
 	err := h.q.Record(ctx, req)
 	return req.JobID, req.Coalesced, err
 }
@@ -402,16 +406,21 @@ func TestFairnessBetweenOrganizations(t *testing.T) {
 
 // TestNewSyncNeverOvertakesItsOrganization: fair priorities sink an
 // organization's backlog below others' new webhooks, but within one
-// organization syncs run in the order they were recorded: when its
-// backlog shrinks and a new sync gets a better priority, its older
-// waiting syncs are raised to it first.
+// organization and urgency class syncs run in the order they were
+// recorded: when its backlog shrinks and a new sync gets a better
+// priority, its older waiting syncs of the class are raised to it first.
 func TestNewSyncNeverOvertakesItsOrganization(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, driver string) {
 		qh := testQueue(t, driver, newGatedUpstream(t, false).StandIn)
 		ctx := t.Context()
+		cancelled := func(id string) *payload.Webhook {
+			wh := testWebhook(id)
+			wh.EventType = payload.EventCancelled // urgent: priorities 1 to 4
+			return wh
+		}
 		// Inside an hour-long window: recorded and waiting, none runs.
 		for i := range 35 {
-			_, _, err := qh.enqueue(ctx, testWebhook(fmt.Sprintf("p-%d", i)), time.Hour)
+			_, _, err := qh.enqueue(ctx, cancelled(fmt.Sprintf("p-%d", i)), time.Hour)
 			require.NoError(t, err)
 		}
 		b := qh.backend().(interface {
@@ -431,7 +440,7 @@ func TestNewSyncNeverOvertakesItsOrganization(t *testing.T) {
 		// slot): 5 wait, and the next sync gets priority 2.
 		require.NoError(t, b.execPool(ctx, `UPDATE receive_booking_booking SET waiting_job_id = NULL
 			WHERE booking IN (`+placeholders(30)+`)`, ids("p-", 30)...))
-		id, _, err := qh.enqueue(ctx, testWebhook("p-new"), time.Hour)
+		id, _, err := qh.enqueue(ctx, cancelled("p-new"), time.Hour)
 		require.NoError(t, err)
 		job, err := qh.backend().GetJob(ctx, id)
 		require.NoError(t, err)

@@ -26,6 +26,8 @@ type Entry struct {
 	// job the webhook is recorded in that starts after the record (see
 	// StopWaiting).
 	Wait chan *Outcome
+	// Urgency is the webhook's urgency (priority.go), from its event type.
+	Urgency int
 	// Trace is the webhook's trace context; a new job continues it.
 	Trace tracing.Context
 	// Credential names the credential that authenticated the webhook, for

@@ -166,6 +166,14 @@ func (d *sqliteDialect) exec(ctx context.Context, tx *sql.Tx, query string, args
 	return err
 }
 
+func (d *sqliteDialect) execCount(ctx context.Context, tx *sql.Tx, query string, args ...any) (int64, error) {
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
 func (d *sqliteDialect) queryRow(ctx context.Context, tx *sql.Tx, query string, args ...any) scanner {
 	return tx.QueryRowContext(ctx, query, args...)
 }
@@ -273,8 +281,8 @@ var sqliteSQL = queries{
 	// An IMMEDIATE transaction holds the write lock: no row lock needed.
 	lockRow: "",
 	// "WHERE true" tells SQLite's parser that ON CONFLICT is the upsert's.
-	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type)
-SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($1) WHERE true` + upsertBookingsReturning,
+	upsertBookings: `INSERT INTO receive_booking_booking (target_id, org, booking, event_type, urgency)
+SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each($1) WHERE true` + upsertBookingsReturning,
 	setWaitingMany: `UPDATE receive_booking_booking SET waiting_job_id = v.id
 FROM (SELECT value->>0 AS target_id, value->>1 AS org, value->>2 AS booking, value->>3 AS id FROM json_each($1)) AS v
 WHERE receive_booking_booking.target_id = v.target_id AND receive_booking_booking.org = v.org
@@ -282,7 +290,14 @@ WHERE receive_booking_booking.target_id = v.target_id AND receive_booking_bookin
 	renewAttempts: `UPDATE river_job SET max_attempts = max(max_attempts, attempt + $2)
 WHERE id IN (SELECT value->>0 FROM json_each($1))`,
 	promoteWaiting: `UPDATE river_job SET priority = $2 WHERE priority > $2 AND id IN
-	(SELECT waiting_job_id FROM receive_booking_booking WHERE org = $1 AND waiting_job_id IS NOT NULL)`,
+	(SELECT waiting_job_id FROM receive_booking_booking WHERE org = $1 AND waiting_job_id IS NOT NULL
+		AND urgency >= $3 AND urgency < $4)`,
+	// River keeps times as text: strftime's format, in UTC.
+	raiseWaiting: `UPDATE river_job SET priority = min(priority, $2),
+	state = CASE WHEN $3 = 1 AND state = 'retryable' AND $4 <= unixepoch('now', 'subsec') THEN 'available' ELSE state END,
+	scheduled_at = CASE WHEN $3 = 1 AND state = 'retryable' AND scheduled_at > strftime('%Y-%m-%d %H:%M:%f', $4, 'unixepoch')
+		THEN strftime('%Y-%m-%d %H:%M:%f', $4, 'unixepoch') ELSE scheduled_at END
+	WHERE id = $1`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6 FROM json_each($1)`,
 	// Kept by triggers (tally.go).
@@ -300,6 +315,9 @@ WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
 	recoverJobs: `UPDATE river_job SET state = 'available',
 	scheduled_at = max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, '+' || $3 || ' seconds'))
 	WHERE state = 'running' AND queue = $1 AND $2 IS NOT NULL`,
+	resumeJobs: `UPDATE river_job SET state = 'available', scheduled_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+	WHERE queue = $1 AND state = 'scheduled' AND ($2 = '' OR coalesce(nullif(args ->> '$.route', ''), $4) = $2)
+		AND ($3 = '' OR args ->> '$.organization_id' = $3)`,
 	columnExists: `SELECT count(*) FROM pragma_table_info($1) WHERE name = $2`,
 }
 

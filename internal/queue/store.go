@@ -42,7 +42,28 @@ func (b *riverBackend[TDriver, TTx]) stats(ctx context.Context) (*Stats, error) 
 		return nil, fmt.Errorf("finding oldest job: %w", err)
 	}
 	s.OldestPendingSeconds = age.Float64
+	if err := b.heldAndPaused(ctx, s); err != nil {
+		return nil, err
+	}
 	return s, b.lastSync(ctx, s)
+}
+
+// heldAndPaused sets the held bookings (a partial index covers them) and
+// the pauses.
+func (b *riverBackend[TDriver, TTx]) heldAndPaused(ctx context.Context, s *Stats) error {
+	rows, err := b.db.queryRows(ctx, `SELECT count(*) FROM receive_booking_booking WHERE held_since IS NOT NULL`)
+	if err != nil {
+		return fmt.Errorf("counting held syncs: %w", err)
+	}
+	if rows.Next() {
+		err = rows.Scan(&s.Held)
+	}
+	rows.Close()
+	if err = cmp.Or(err, rows.Err()); err != nil {
+		return fmt.Errorf("counting held syncs: %w", err)
+	}
+	s.Paused, err = b.pauses(ctx)
+	return err
 }
 
 // lastSync sets the last successful sync of any instance sharing the

@@ -50,6 +50,7 @@ const (
 	ResultExhausted  = "exhausted"  // the last attempt failed: the job is discarded
 	ResultSuperseded = "superseded" // a newer job of the booking carries its sync
 	ResultStale      = "stale"      // the booking had passed to a newer attempt
+	ResultHeld       = "held"       // import-bookings paused syncing: tried again, no attempt spent
 )
 
 // insertEvent writes one event (a finish's, a replay's, a record of one
@@ -91,7 +92,7 @@ type EventData struct {
 	Answer string `json:"answer,omitempty"`
 
 	// An attempt: how long its call took, what import-bookings answered
-	// (0: no answer) and how that was judged (verdict ok, retry or final;
+	// (0: no answer) and how that was judged (verdict ok, retry, final or hold;
 	// its reason), what came of the job (Result*), the failure as the job
 	// records it, and when the job runs next. An answer's Outcome and
 	// Error are those the sender was given.
@@ -183,9 +184,13 @@ type attempt struct {
 	started time.Time
 	res     *upstream.Result
 	// jobErr is what River is told (nil: synced); next is the retry
-	// planned if it fails and may run again.
-	jobErr error
-	next   time.Time
+	// planned if it fails and may run again, floor the earliest it may
+	// come whatever arrives meanwhile (zero: none).
+	jobErr      error
+	next, floor time.Time
+	// held: import-bookings answered that it paused syncing (finishTx
+	// decides whether the sync is held, within the hold budget).
+	held bool
 }
 
 // attemptEvent is an attempt's event; fate is finishTx's (ResultStale,
@@ -212,7 +217,7 @@ func attemptEvent(job *river.Job[Args], a *attempt, fate string) eventRow {
 	default:
 		d.Result = ResultRetry
 	}
-	if d.Result == ResultRetry && !a.next.IsZero() {
+	if (d.Result == ResultRetry || d.Result == ResultHeld) && !a.next.IsZero() {
 		next := a.next.UTC()
 		d.NextRun = &next
 	}

@@ -44,6 +44,9 @@ const (
 	maxErrorDetails = 512
 	// finishAllowance bounds recording an attempt's outcome after its call.
 	finishAllowance = 30 * time.Second
+	// holdMin and holdMax bound the wait between tries of a held sync.
+	holdMin = 5 * time.Second
+	holdMax = 5 * time.Minute
 )
 
 // syncWorker runs queued syncs.
@@ -52,6 +55,8 @@ type syncWorker[TDriver riverdriver.Driver[TTx], TTx any] struct {
 	b           *riverBackend[TDriver, TTx]
 	timeout     time.Duration
 	maxInFlight int
+	// holdBudget is how long a sync is held (see holdFor).
+	holdBudget time.Duration
 	// notBefore holds, by job ID, the earliest retry an attempt that has
 	// just failed asked for (its answer's Retry-After, or the end of an
 	// abandoned call's possible run). River asks NextRetry before it
@@ -88,6 +93,12 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 		w.b.db.waitSlot(ctx, slotSnooze/2+rand.N(slotSnooze), job.Priority, start)
 		c, ok, err = w.b.claim(ctx, job, w.timeout, w.maxInFlight)
 	}
+	if errors.Is(err, errPaused) {
+		// Recorded, and answered: the senders waiting here hear that it
+		// is paused; the job keeps its attempts and its waiting slot.
+		deliver(e.waiters.take(job.ID), &Outcome{Result: &upstream.Result{Err: errPaused}, Err: errPaused.Error()})
+		return river.JobSnooze(pausedSnooze)
+	}
 	if errors.Is(err, errNoSlot) || (err != nil && ctx.Err() != nil) {
 		return river.JobSnooze(slotSnooze/2 + rand.N(slotSnooze))
 	}
@@ -122,14 +133,14 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	deliver(waiting, out)
 	// The retry is planned before the outcome is recorded, so that the
 	// booking's timeline says when it comes.
-	at := &attempt{started: started, res: res, jobErr: jobErr}
-	if jobErr != nil && !res.Permanent() && job.Attempt < job.MaxAttempts {
-		at.next = w.planRetry(job, res, ctx.Err() != nil)
+	at := &attempt{started: started, res: res, jobErr: jobErr, held: res.Verdict == upstream.Held}
+	if jobErr != nil && !res.Permanent() && (job.Attempt < job.MaxAttempts || at.held) {
+		at.next, at.floor = w.planRetry(job, res, ctx.Err() != nil)
 	}
 	// Record the outcome even if the job's own deadline just passed.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishAllowance)
 	defer cancel()
-	riverErr, err := w.finishRetrying(fctx, job, at, e.noteOf(job.ID, c.number, out))
+	riverErr, err := w.finishRetrying(fctx, job, at, w.holdBudget, e.noteOf(job.ID, c.number, out))
 	if err != nil {
 		w.notBefore.Delete(job.ID) // the attempt runs again; River's policy times it
 		return e.scrubErr(err)
@@ -137,12 +148,17 @@ func (w *syncWorker[TDriver, TTx]) Work(ctx context.Context, job *river.Job[Args
 	if riverErr == nil {
 		w.notBefore.Delete(job.ID) // superseded: no retry
 	}
+	if isSnooze(riverErr) {
+		w.notBefore.Delete(job.ID) // held: the snooze times it
+	}
 	w.logOutcome(job, res, jobErr, riverErr, at.next)
 	if o := e.observe(); o != nil {
 		switch {
 		case jobErr == nil:
 			o.Synced(job.Args.AcceptedAt)
 		case riverErr == nil: // superseded by a newer job
+		case isSnooze(riverErr):
+			o.Held(e.key)
 		case res.Permanent():
 			o.Failed(w.failure(FailureFinal, job, res))
 		case job.Attempt >= job.MaxAttempts:
@@ -188,10 +204,10 @@ func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], re
 // finishRetrying records the attempt's outcome, trying again while the
 // database refuses (a full disk, a dropped connection) within ctx: until it
 // is recorded, the booking stays claimed by this attempt.
-func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], at *attempt, note []byte) (error, error) {
+func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], at *attempt, budget time.Duration, note []byte) (error, error) {
 	wait := 50 * time.Millisecond
 	for {
-		riverErr, err := w.b.finish(ctx, job, at, note)
+		riverErr, err := w.b.finish(ctx, job, at, budget, note)
 		if err == nil {
 			return riverErr, nil
 		}
@@ -214,6 +230,9 @@ func outcomeOf(job *river.Job[Args], res *upstream.Result, jobErr error) *Outcom
 	case isCancel(jobErr):
 		// Without River's "JobCancelError: " prefix: the sender is told why.
 		out.Final, out.Err = true, errors.Unwrap(jobErr).Error()
+	case res.Verdict == upstream.Held:
+		// Held: tried again without spending an attempt.
+		out.Err = jobErr.Error()
 	case job.Attempt >= job.MaxAttempts:
 		out.Final, out.Err = true, jobErr.Error()
 	default:
@@ -244,6 +263,9 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstrea
 	switch {
 	case riverErr == nil:
 		log.Info("failed sync superseded by a newer job", fields...)
+	case isSnooze(riverErr):
+		log.Warn("import-bookings paused syncing; sync held, tried again without spending an attempt",
+			append(fields, zap.String("next_run", next.UTC().Format(time.RFC3339)))...)
 	case res.Permanent():
 		log.Error("sync failed for good; job cancelled", fields...)
 	case job.Attempt >= job.MaxAttempts:
@@ -289,21 +311,25 @@ func detailsText(res *upstream.Result, s *scrub.Scrubber) string {
 
 // planRetry chooses when a failed attempt's retry comes, and keeps it for
 // NextRetry (River asks for it after Work returns, before it records the
-// attempt's error; Work drops it if no retry follows): the answer's Retry-After (capped) if it sent one, else
-// the backoff; and when the call was abandoned (the worker's deadline
-// passed, or Caddy is stopping) while import-bookings may still be working
-// on it, not before that run could have ended: it keeps running after its
-// caller hangs up, and a retry beside it would be a second sync.
-func (w *syncWorker[TDriver, TTx]) planRetry(job *river.Job[Args], res *upstream.Result, abandoned bool) time.Time {
-	next := retryPolicy{}.NextRetry(job.JobRow)
+// attempt's error; Work drops it if no retry follows): the answer's
+// Retry-After (capped) if it sent one, else the backoff; and when the call
+// was abandoned (the worker's deadline passed, or Caddy is stopping) while
+// import-bookings may still be working on it, not before that run could
+// have ended: it keeps running after its caller hangs up, and a retry
+// beside it would be a second sync. floor is the part of that an urgent
+// webhook may not bring forward (the Retry-After, the abandoned run).
+func (w *syncWorker[TDriver, TTx]) planRetry(job *river.Job[Args], res *upstream.Result, abandoned bool) (next, floor time.Time) {
+	next = retryPolicy{}.NextRetry(job.JobRow)
 	if res.RetryAfter > 0 {
-		next = time.Now().Add(min(res.RetryAfter, retryCap))
+		floor = time.Now().Add(min(res.RetryAfter, retryCap))
+		next = floor
 	}
 	if abandoned && res.Err != nil {
-		next = later(next, time.Now().Add(-res.Duration).Add(w.timeout))
+		floor = later(floor, time.Now().Add(-res.Duration).Add(w.timeout))
+		next = later(next, floor)
 	}
 	w.notBefore.Store(job.ID, next)
-	return next
+	return next, floor
 }
 
 // NextRetry is the time planRetry chose, or else the retry policy's.
@@ -319,6 +345,18 @@ func later(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// holdWait is the wait before a held sync is tried again, from how long
+// it has been held: half of that, from holdMin up to holdMax, jittered.
+func holdWait(heldFor time.Duration) time.Duration {
+	d := min(holdMax, max(holdMin, heldFor/2))
+	return d/2 + rand.N(d/2+1)
+}
+
+func isSnooze(err error) bool {
+	var s *rivertype.JobSnoozeError
+	return errors.As(err, &s)
 }
 
 // retryPolicy is exponential backoff with jitter: the first retry after

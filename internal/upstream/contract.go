@@ -24,6 +24,11 @@ const (
 	Synced
 	// Final: the sync did not happen and no retry will change that.
 	Final
+	// Held: the sync did not happen because import-bookings has paused
+	// mutating syncs (its kill switch): a queued sync is held, tried
+	// again without spending an attempt, for the queue's hold budget.
+	// Without a queue it is a Retry (nothing was recorded).
+	Held
 )
 
 // String names the verdict as the Caddyfile's outcome lines do.
@@ -33,11 +38,13 @@ func (v Verdict) String() string {
 		return "ok"
 	case Final:
 		return "final"
+	case Held:
+		return "hold"
 	}
 	return "retry"
 }
 
-// ParseVerdict reads "ok", "retry" or "final".
+// ParseVerdict reads "ok", "retry", "final" or "hold".
 func ParseVerdict(s string) (Verdict, bool) {
 	switch s {
 	case "ok":
@@ -46,6 +53,8 @@ func ParseVerdict(s string) (Verdict, bool) {
 		return Retry, true
 	case "final":
 		return Final, true
+	case "hold":
+		return Held, true
 	}
 	return Retry, false
 }
@@ -58,7 +67,7 @@ var DefaultOutcomes = map[string]Verdict{
 	"cancellation_requires_explicit_apply": Final,
 	"partial":                              Retry,
 	"local_fallback":                       Retry,
-	"mutating_sync_paused":                 Retry,
+	"mutating_sync_paused":                 Held,
 	"failed":                               Retry, // unless its error names a final cause
 }
 

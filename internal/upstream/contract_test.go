@@ -48,7 +48,7 @@ func TestContractJudgesEveryAnswer(t *testing.T) {
 		{"cancellation", Result{Status: 200, Body: []byte(envelopeJSON("cancellation_requires_explicit_apply", nil))}, Final, "cancellation_requires_explicit_apply", "outcome cancellation_requires_explicit_apply"},
 		{"partial", Result{Status: 200, Body: []byte(envelopeJSON("partial", nil))}, Retry, "partial", "outcome partial"},
 		{"local_fallback", Result{Status: 200, Body: []byte(envelopeJSON("local_fallback", nil))}, Retry, "local_fallback", "outcome local_fallback"},
-		{"paused", Result{Status: 200, Body: []byte(envelopeJSON("mutating_sync_paused", nil))}, Retry, "mutating_sync_paused", "outcome mutating_sync_paused"},
+		{"paused", Result{Status: 200, Body: []byte(envelopeJSON("mutating_sync_paused", nil))}, Held, "mutating_sync_paused", "outcome mutating_sync_paused"},
 		{"failed", Result{Status: 200, Body: []byte(envelopeJSON("failed", func(m map[string]any) { m["error"] = "EventFlow 502" }))}, Retry, "failed", "outcome failed"},
 		{"unknown outcome", Result{Status: 200, Body: []byte(envelopeJSON("teleported", nil))}, Final, "teleported", `contract violation: unknown outcome "teleported"`},
 		{"queued true", Result{Status: 200, Body: []byte(envelopeJSON("applied", func(m map[string]any) { m["queued"] = true }))}, Final, "applied", `contract violation: "queued": true`},
