@@ -113,7 +113,7 @@ Exit codes:
      an unknown state or queue
   3  unhealthy: Caddy answered that webhooks cannot be recorded, or a
      job waited longer than --max-age
-  4  no such job, or no such booking`,
+  4  no such job, no such booking, or no such pause`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.Flags().String("address", "", "The address of the admin API")
 			cmd.Flags().StringP("config", "c", "", "Configuration file, to find the admin API's address")
@@ -348,7 +348,7 @@ func readAnswer(req *request, resp *http.Response, err error) ([]byte, int, erro
 		return nil, exitUsage, fmt.Errorf("--queue %s: %s in the running config (stats names its queue)", req.query.Get("queue"), msgNoSuchQueue)
 	case status == http.StatusBadRequest:
 		return nil, exitUsage, err
-	case status == http.StatusNotFound && (v.Error == msgNoSuchJob || v.Error == msgNoSuchBooking):
+	case status == http.StatusNotFound && (v.Error == msgNoSuchJob || v.Error == msgNoSuchBooking || v.Error == msgNoSuchPause):
 		return nil, exitNotFound, err
 	case req.verb == "health" && status == http.StatusServiceUnavailable && v.Status == "unhealthy":
 		return body, exitUnhealthy, nil

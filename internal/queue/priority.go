@@ -3,21 +3,25 @@ package queue
 // Which sync runs first: a job's River priority (1 runs first, 4 last)
 // from two things, its urgency and its organization's backlog.
 //
-// The invariant. A sync's priority is its urgency class (urgent, normal,
-// low) pushed down by its organization's backlog in that class or above:
+// The invariant. A sync's priority is 1 for an urgent one, 2 for any
+// other, pushed down by its organization's backlog at its urgency class
+// or above:
 //
-//	priority = 1 + min(3, class + tier)
-//	class: 0 urgent (urgency >= 100), 1 normal (>= 40), 2 low (below)
+//	priority = 1 + min(3, lift + tier)
+//	lift:  0 urgent (urgency >= 100), 1 otherwise
+//	class: urgent (>= 100), normal (>= 40), low (below)
 //	tier:  0 with fewer than 3 of the organization's syncs of that class
 //	       or above waiting, 1 below 30, 2 below 300, 3 from 300
 //
-// So a cancellation (urgent) goes before an organization's own backlog of
-// updates (their tier counts updates, its tier counts cancellations), and
-// before other organizations' fresh updates; and no organization's flood,
-// of whatever class, holds back another's fresh webhook by more than a few
-// dozen syncs: its own tier sinks it. Within one organization and class,
-// syncs keep the order they were recorded in (promoteWaiting, intake.go).
-// River fetches by priority, then by when a job became due, then by id.
+// So a cancellation (urgent) goes before its organization's backlog of
+// updates (their tier counts updates, its tier counts only urgent syncs),
+// and an update before its organization's backlog of offers (low) the
+// same way; across organizations, urgent syncs go first, and no
+// organization's flood, of whatever class, holds back another's fresh
+// webhook by more than the three syncs of its first tier: its own tier
+// sinks it. Within one organization and class, syncs keep the order they
+// were recorded in (promoteWaiting, intake.go). River fetches by priority,
+// then by when a job became due, then by id.
 
 import "github.com/bookingwebhook/caddy-receive-booking/internal/payload"
 
@@ -46,18 +50,18 @@ var DefaultUrgency = map[string]int{
 	payload.EventOffer:     20,
 }
 
-// urgencyClass is an urgency's class: 0 urgent, 1 normal, 2 low; floor
-// is the class's lowest urgency, ceiling the next class's floor.
-type urgencyClass struct{ rank, floor, ceiling int }
+// urgencyClass is an urgency's class (urgent, normal, low): floor is its
+// lowest urgency, ceiling the next class's floor.
+type urgencyClass struct{ floor, ceiling int }
 
 func classOf(urgency int) urgencyClass {
 	switch {
 	case urgency >= UrgentAt:
-		return urgencyClass{0, UrgentAt, UrgencyMax + 1}
+		return urgencyClass{UrgentAt, UrgencyMax + 1}
 	case urgency >= normalAt:
-		return urgencyClass{1, normalAt, UrgentAt}
+		return urgencyClass{normalAt, UrgentAt}
 	}
-	return urgencyClass{2, -1, normalAt}
+	return urgencyClass{-1, normalAt}
 }
 
 // backlogTier is how far an organization's backlog (its syncs waiting at
@@ -82,5 +86,9 @@ const fairPriorityCap = 300
 // priorityOf is the River priority of a sync of the urgency with waiting
 // syncs of its organization waiting at its class or above.
 func priorityOf(urgency, waiting int) int {
-	return 1 + min(3, classOf(urgency).rank+backlogTier(waiting))
+	lift := 1
+	if urgency >= UrgentAt {
+		lift = 0
+	}
+	return 1 + min(3, lift+backlogTier(waiting))
 }
