@@ -187,11 +187,15 @@ func keyOf(e *Entry) bookingKey {
 
 // insertJobs inserts one job for each fresh group and makes it the
 // booking's waiting sync; later webhooks of a group merge into it. Each new
-// job gets its fair priority (priority.go); a merged group raises its job
-// to the priority it would have had, and an urgent one makes a job that
-// waits for a retry due now (no sooner than its retry_floor). It reports
+// job gets its fair priority (priority.go); an urgent merged group raises
+// its job to the priority it would have had, and makes it due now if it
+// waits for a retry (no sooner than its retry_floor). It reports
 // whether a job was made due now.
 func (b *riverBackend[TDriver, TTx]) insertJobs(ctx context.Context, tx TTx, groups [][]*Entry, merged []mergedGroup) (bool, error) {
+	// Only an urgent merge can change its job (a merge of the job's own
+	// class or below finds it at as good a priority): the others cost no
+	// statement, a burst's merges being the intake's commonest case.
+	merged = slices.DeleteFunc(merged, func(m mergedGroup) bool { return groupUrgency(m.g) < UrgentAt })
 	all := slices.Clone(groups)
 	for _, m := range merged {
 		all = append(all, m.g)
@@ -252,26 +256,22 @@ func backlogKeyOf(g []*Entry) backlogKey {
 	return backlogKey{g[0].Webhook.OrganizationID, classOf(groupUrgency(g))}
 }
 
-// raiseMerged gives each merged group's job the priority a new job of the
-// group would get, if better, and makes an urgent group's job that waits
-// for a retry due now, or at its retry_floor. On PostgreSQL it locks
+// raiseMerged gives each urgent merged group's job the priority a new job
+// of the group would get, if better, and makes it due now, or at its
+// retry_floor, if it waits for a retry. On PostgreSQL it locks
 // River's rows skipping those held elsewhere, like promoteWaiting, and
 // runs beside it, last.
 func (b *riverBackend[TDriver, TTx]) raiseMerged(ctx context.Context, tx TTx, merged []mergedGroup, waiting map[backlogKey]int) (bool, error) {
 	now := time.Now()
 	var due bool
 	for _, m := range merged {
-		u := groupUrgency(m.g)
-		urgent, at := 0, now
-		if u >= UrgentAt {
-			urgent = 1
-			if m.floor.Valid {
-				at = later(at, time.Unix(0, m.floor.Int64))
-			}
-			due = due || !at.After(now)
+		u, at := groupUrgency(m.g), now
+		if m.floor.Valid {
+			at = later(at, time.Unix(0, m.floor.Int64))
 		}
+		due = due || !at.After(now)
 		seconds := float64(at.UnixNano()) / 1e9
-		if err := b.db.exec(ctx, tx, b.db.sql().raiseWaiting, m.job, priorityOf(u, waiting[backlogKeyOf(m.g)]), urgent, seconds); err != nil {
+		if err := b.db.exec(ctx, tx, b.db.sql().raiseWaiting, m.job, priorityOf(u, waiting[backlogKeyOf(m.g)]), 1, seconds); err != nil {
 			return false, fmt.Errorf("raising a waiting sync: %w", err)
 		}
 	}
