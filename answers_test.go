@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -68,10 +67,7 @@ func jobsOf(t *testing.T, p *caddyProcess, booking string) []jobView {
 func queuedDirective(t *testing.T, driver, target string, lines ...string) (dataDir, directive string) {
 	t.Helper()
 	dataDir = t.TempDir()
-	queue := "queue sqlite " + filepath.Join(dataDir, "q.sqlite3")
-	if driver == "postgres" {
-		queue = "queue postgres " + testkit.FreshPostgresDSN(t)
-	}
+	queue := queueLine(t, driver, dataDir)
 	return dataDir, fmt.Sprintf(`receive_booking {
 		secret %s
 		organization org-a {

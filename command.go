@@ -38,7 +38,7 @@ const (
 	// queue (a mistyped --queue must not pass for "no such job").
 	exitUsage     = 2
 	exitUnhealthy = 3 // health: webhooks cannot be recorded, or a job waits longer than --max-age
-	exitNotFound  = 4 // no such job, or no such booking
+	exitNotFound  = 4 // no such job, booking or pause
 )
 
 // verb is a command: its synopsis, and the flags it takes besides the

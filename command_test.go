@@ -274,7 +274,7 @@ func TestCommandExitCodes(t *testing.T) {
 	// The help says the same.
 	stdout, _, code := runCLIAt(t, nobody, "--help")
 	assert.Equal(t, exitOK, code)
-	for _, s := range []string{"--max-age", "1  the admin API was unreachable (health included", "2  usage", "3  unhealthy", "4  no such job, or no such booking", "booking  a booking's timeline"} {
+	for _, s := range []string{"--max-age", "1  the admin API was unreachable (health included", "2  usage", "3  unhealthy", "4  no such job, no such booking, or no such pause", "pause    stops syncing", "resume   ends the pause", "pauses   the pauses in effect", "booking  a booking's timeline"} {
 		assert.Contains(t, stdout, s)
 	}
 }

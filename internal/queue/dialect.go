@@ -89,8 +89,10 @@ type queries struct {
 	// urgency is from $3 to below $4 to priority $2 (see promoteWaiting).
 	promoteWaiting string
 	// raiseWaiting gives job $1 priority $2 if better and, if $3 is 1
-	// and it waits for a retry, makes it due at $4 (unix seconds) if that
-	// is sooner (see raiseMerged).
+	// and it waits for a retry (retryable, or available with a time to
+	// come: River's state for a retry due within its scheduler's
+	// interval), makes it due at $4 (unix seconds) if that is sooner (see
+	// raiseMerged).
 	raiseWaiting string
 	// insertEvents writes timeline events (columns as writeEvents).
 	insertEvents string

@@ -343,6 +343,11 @@ func (e *Engine) scrubErr(err error) error {
 	if err == nil {
 		return nil
 	}
+	for _, known := range []error{ErrNotPaused, ErrJobNotFound, ErrJobRunning} {
+		if errors.Is(err, known) {
+			return known // says no more than its own words
+		}
+	}
 	return errors.New(e.scrub.String(err.Error()))
 }
 

@@ -343,9 +343,10 @@ func isCancel(err error) bool {
 // and River makes the job available again, no sooner, in one of two ways.
 // River's rescuer takes a job that has been running longer than any sync
 // may (RescueStuckJobsAfter, client.go); and at start an instance takes
-// back its own interrupted jobs at once (recoverInterrupted), each to run
-// from when its call could have ended: import-bookings goes on after its
-// caller dies, and a retry beside it would be a second sync.
+// back its own interrupted jobs at once (recoverInterrupted): each runs at
+// once if its attempt made no call, else from when its call could have
+// ended (import-bookings goes on after its caller dies, and a retry beside
+// it would be a second sync).
 
 // recoverInterrupted makes available again the syncs this instance was
 // running when it last stopped without finishing them (a crash, a kill
@@ -358,6 +359,16 @@ func (b *riverBackend[TDriver, TTx]) recoverInterrupted(ctx context.Context) err
 	}
 	return nil
 }
+
+// claimedByJob says, in recoverJobs, that the interrupted attempt of a
+// river_job row had claimed its booking: its call may have been made,
+// and may still run (import-bookings goes on after its caller dies), so
+// the retry waits until that call could have ended. An attempt without
+// a claim made no call (it was paused, found the booking busy, or died
+// before its claim committed): it runs again at once. A claim of unknown
+// attempt (a row from before running_attempt) counts as this one's.
+const claimedByJob = `EXISTS (SELECT 1 FROM receive_booking_booking b
+		WHERE b.running_job_id = river_job.id AND coalesce(b.running_attempt, river_job.attempt) = river_job.attempt)`
 
 // Job states as the gate reads them.
 

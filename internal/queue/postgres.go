@@ -312,10 +312,10 @@ WHERE b.target_id = v.target_id AND b.org = v.org AND b.booking = v.booking`,
 	WHERE w.org = $1 AND j.priority > $2 AND w.urgency >= $3 AND w.urgency < $4 FOR UPDATE OF j SKIP LOCKED)`,
 	raiseWaiting: `UPDATE river_job SET priority = LEAST(priority, $2),
 	state = CASE WHEN $3 = 1 AND state = 'retryable' AND to_timestamp($4::float8) <= now() THEN 'available'::river_job_state ELSE state END,
-	scheduled_at = CASE WHEN $3 = 1 AND state = 'retryable' AND scheduled_at > to_timestamp($4::float8)
+	scheduled_at = CASE WHEN $3 = 1 AND state IN ('retryable', 'available') AND scheduled_at > to_timestamp($4::float8)
 		THEN to_timestamp($4::float8) ELSE scheduled_at END
 	WHERE id IN (SELECT id FROM river_job WHERE id = $1
-		AND (priority > $2 OR ($3 = 1 AND state = 'retryable' AND scheduled_at > to_timestamp($4::float8))) FOR UPDATE SKIP LOCKED)`,
+		AND (priority > $2 OR ($3 = 1 AND state IN ('retryable', 'available') AND scheduled_at > to_timestamp($4::float8))) FOR UPDATE SKIP LOCKED)`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])`,
 	// PostgreSQL counts without blocking writers.
@@ -326,7 +326,7 @@ WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
 	// Only this instance's own ($2): jobs of other instances are theirs to
 	// finish, or River's rescuer's.
 	recoverJobs: `UPDATE river_job SET state = 'available',
-	scheduled_at = greatest(now(), attempted_at + make_interval(secs => $3))
+	scheduled_at = CASE WHEN ` + claimedByJob + ` THEN greatest(now(), attempted_at + make_interval(secs => $3)) ELSE now() END
 	WHERE state = 'running' AND queue = $1 AND attempted_by[array_length(attempted_by, 1)] = $2`,
 	resumeJobs: `UPDATE river_job SET state = 'available', scheduled_at = now()
 	WHERE queue = $1 AND state = 'scheduled' AND ($2::text = '' OR coalesce(nullif(args ->> 'route', ''), $4::text) = $2::text)

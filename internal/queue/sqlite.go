@@ -295,7 +295,7 @@ WHERE id IN (SELECT value->>0 FROM json_each($1))`,
 	// River keeps times as text: strftime's format, in UTC.
 	raiseWaiting: `UPDATE river_job SET priority = min(priority, $2),
 	state = CASE WHEN $3 = 1 AND state = 'retryable' AND $4 <= unixepoch('now', 'subsec') THEN 'available' ELSE state END,
-	scheduled_at = CASE WHEN $3 = 1 AND state = 'retryable' AND scheduled_at > strftime('%Y-%m-%d %H:%M:%f', $4, 'unixepoch')
+	scheduled_at = CASE WHEN $3 = 1 AND state IN ('retryable', 'available') AND scheduled_at > strftime('%Y-%m-%d %H:%M:%f', $4, 'unixepoch')
 		THEN strftime('%Y-%m-%d %H:%M:%f', $4, 'unixepoch') ELSE scheduled_at END
 	WHERE id = $1`,
 	insertEvents: `INSERT INTO receive_booking_event (target_id, org, booking, kind, data, at, job_id)
@@ -313,7 +313,9 @@ WHERE state IN (` + pendingStatesSQL + `) AND queue = $1 ORDER BY id LIMIT 1`,
 	// This process holds the file's lock, so a job still marked running
 	// was cut short: every one is this instance's ($2, unused here).
 	recoverJobs: `UPDATE river_job SET state = 'available',
-	scheduled_at = max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, '+' || $3 || ' seconds'))
+	scheduled_at = CASE WHEN ` + claimedByJob + `
+		THEN max(strftime('%Y-%m-%d %H:%M:%f', 'now'), strftime('%Y-%m-%d %H:%M:%f', attempted_at, '+' || $3 || ' seconds'))
+		ELSE strftime('%Y-%m-%d %H:%M:%f', 'now') END
 	WHERE state = 'running' AND queue = $1 AND $2 IS NOT NULL`,
 	resumeJobs: `UPDATE river_job SET state = 'available', scheduled_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 	WHERE queue = $1 AND state = 'scheduled' AND ($2 = '' OR coalesce(nullif(args ->> '$.route', ''), $4) = $2)
