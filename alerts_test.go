@@ -59,7 +59,13 @@ func TestDeadLetterAlertFires(t *testing.T) {
 	}
 	prometheus := lookTool(t, "prometheus")
 	stub := testkit.NewStandIn(t)
-	stub.Respond(testkit.JSON(http.StatusServiceUnavailable, `{"code":"BOOT_ERROR"}`))
+	stub.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
+		if c.Booking == "held-1" {
+			testkit.WriteJSON(w, http.StatusOK, testkit.Envelope(c, "mutating_sync_paused"))
+			return
+		}
+		testkit.WriteJSON(w, http.StatusServiceUnavailable, `{"code":"BOOT_ERROR"}`)
+	})
 	dataDir, directive := queuedDirective(t, "sqlite", stub.Target(), "timeout 2s", "max_attempts 1")
 	p := startCaddy(t, dataDir, directive)
 	waitHealthy(t, p)
@@ -122,20 +128,32 @@ scrape_configs:
 			Alerts []alert `json:"alerts"`
 		} `json:"data"`
 	}
-	firing := func() *alert {
+	in := func(name, state string) *alert {
 		if !query("alerts", &alerts) {
 			return nil
 		}
 		for i, a := range alerts.Data.Alerts {
-			if a.Labels["alertname"] == "ReceiveBookingDeadLetters" && a.State == "firing" {
+			if a.Labels["alertname"] == name && a.State == state {
 				return &alerts.Data.Alerts[i]
 			}
 		}
 		return nil
 	}
-	require.Eventually(t, func() bool { return firing() != nil }, 30*time.Second, 100*time.Millisecond,
+	require.Eventually(t, func() bool { return in("ReceiveBookingDeadLetters", "firing") != nil }, 30*time.Second, 100*time.Millisecond,
 		"the dead-letter alert fires: %+v\n%s", alerts.Data.Alerts, log)
-	assert.Equal(t, "critical", firing().Labels["severity"])
+	assert.Equal(t, "critical", in("ReceiveBookingDeadLetters", "firing").Labels["severity"])
+
+	// A sync held by import-bookings' pause, and an operator's pause: both
+	// alerts match the real series at once (pending: they fire after 30
+	// minutes and an hour).
+	status, out = postAs(t, p.url, orgAKey, `{"booking_id":"held-1"}`)
+	require.Equal(t, 202, status, "held: %v", out)
+	cli, code := runCLI(t, p, "pause", "--organization", "org-b", "--reason", "alert test")
+	require.Equal(t, 0, code, cli)
+	require.Eventually(t, func() bool {
+		return in("ReceiveBookingSyncsHeld", "pending") != nil && in("ReceiveBookingSyncingPaused", "pending") != nil
+	}, 30*time.Second, 100*time.Millisecond, "the held and paused alerts are pending: %+v\n%s", alerts.Data.Alerts, log)
+	assert.Equal(t, "org-b", in("ReceiveBookingSyncingPaused", "pending").Labels["organization"])
 }
 
 // TestQueueGaugesAtScrape: two queues in one config each have their own
