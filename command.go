@@ -343,6 +343,9 @@ func readAnswer(req *request, resp *http.Response, err error) ([]byte, int, erro
 	body := []byte(err.Error()[m[1]:])
 	var v struct{ Error, Status, Reason string }
 	_ = json.Unmarshal(body, &v)
+	// The admin API's own words, on one line: Caddy's error quotes the
+	// body with its newline.
+	err = fmt.Errorf("the admin API answered %d: %s", status, cmp.Or(v.Error, v.Reason, strings.TrimSpace(string(body))))
 	switch {
 	case v.Error == msgNoSuchQueue || req.verb == "health" && v.Reason == msgNoSuchQueue:
 		return nil, exitUsage, fmt.Errorf("--queue %s: %s in the running config (stats names its queue)", req.query.Get("queue"), msgNoSuchQueue)
@@ -433,8 +436,8 @@ func printAnswer(out io.Writer, verb string, body []byte) error {
 		if ps, ok := v["paused"].([]any); ok {
 			for _, p := range ps {
 				m := p.(map[string]any)
-				fmt.Fprintf(tw, "paused\troute %s, organization %s since %v %s\n", cmp.Or(str(m["route"]), "*"),
-					cmp.Or(str(m["organization_id"]), "*"), m["paused_at"], str(m["reason"]))
+				fmt.Fprintf(tw, "paused\troute %s, organization %s, since %s: %s\n", cmp.Or(str(m["route"]), "*"),
+					cmp.Or(str(m["organization_id"]), "*"), inSeconds(m["paused_at"]), cmp.Or(str(m["reason"]), "(no reason given)"))
 			}
 		}
 	default: // retry
@@ -465,6 +468,15 @@ func nextRun(job map[string]any) string {
 		}
 	}
 	return "-"
+}
+
+// inSeconds is a JSON time to the second, as a table shows it.
+func inSeconds(v any) string {
+	t, err := time.Parse(time.RFC3339Nano, str(v))
+	if err != nil {
+		return str(v)
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func str(v any) string {

@@ -115,7 +115,7 @@ func printPauses(out io.Writer, verb string, v map[string]any) {
 	fmt.Fprintln(tw, "ROUTE\tORGANIZATION\tPAUSED AT\tREASON")
 	for _, p := range ps {
 		m := p.(map[string]any)
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", cmp.Or(str(m["route"]), "*"), cmp.Or(str(m["organization_id"]), "*"), m["paused_at"], str(m["reason"]))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cmp.Or(str(m["route"]), "*"), cmp.Or(str(m["organization_id"]), "*"), inSeconds(m["paused_at"]), str(m["reason"]))
 	}
 	if len(ps) == 0 {
 		fmt.Fprintln(tw, "(none: syncing runs)")
