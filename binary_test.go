@@ -372,14 +372,21 @@ func TestTwoInstancesPostgres(t *testing.T) {
 // TestWaitersHearSyncsRunElsewherePostgres: two instances share one
 // PostgreSQL queue, each calling its own target path; senders in auto mode
 // post only to A, one booking each, one after another. Every one gets the
-// sync's 200, those whose sync B ran too, as soon as it ended (not a 202
-// at timeout).
+// sync's 200 with import-bookings' whole answer (12 KB: more than a
+// notification carries), those whose sync B ran too, as soon as it ended
+// (not a 202 at timeout).
 func TestWaitersHearSyncsRunElsewherePostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Caddy binary")
 	}
 	stub := testkit.NewStandIn(t)
 	stub.SetDelay(250 * time.Millisecond)
+	// Answers longer than a notification carries (NOTIFY refuses 8000
+	// bytes): the sender still gets the whole of it.
+	pad := strings.Repeat("x", 12000)
+	stub.Answer(func(c *testkit.Call) (int, string) {
+		return 200, envelopeWith(c, "applied", `"results":{"log":"`+pad+`"}`)
+	})
 	dsn := testkit.FreshPostgresDSN(t)
 	directive := func(path string) string {
 		return fmt.Sprintf(`receive_booking {
@@ -411,6 +418,8 @@ func TestWaitersHearSyncsRunElsewherePostgres(t *testing.T) {
 		require.Len(t, calls, 1, "one sync of %s", booking)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "%s (run by %s, answered after %s): %s", booking, calls[0].Path, took, body)
 		assert.Contains(t, string(body), `"success":true`)
+		assert.Contains(t, string(body), `"sync_result":{`, "%s: import-bookings' answer", booking)
+		assert.Contains(t, string(body), pad, "%s (run by %s): the whole answer, %d bytes", booking, calls[0].Path, len(body))
 		if calls[0].Path == "/b" {
 			byB = append(byB, took)
 			assert.Less(t, took, 3*time.Second, "%s was run by B and answered at once", booking)

@@ -59,7 +59,7 @@ type dialect[TTx any] interface {
 	claimMark(ctx context.Context, tx TTx) (int64, error)
 	// publish sends an attempt's outcome to every instance's waiting
 	// senders when tx commits (a no-op where one instance is all).
-	publish(ctx context.Context, tx TTx, note []byte) error
+	publish(ctx context.Context, tx TTx, note *publication) error
 
 	// workers is River's MaxWorkers for these settings.
 	workers(s Settings) int

@@ -207,7 +207,7 @@ func (b *riverBackend[TDriver, TTx]) heldByAnother(ctx context.Context, tx TTx, 
 // note, if set, is the attempt's outcome for senders waiting on other
 // instances: published in the same transaction, so it is sent once, when
 // the outcome is recorded.
-func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], at *attempt, holdBudget time.Duration, note []byte) (record, err error) {
+func (b *riverBackend[TDriver, TTx]) finish(ctx context.Context, job *river.Job[Args], at *attempt, holdBudget time.Duration, note *publication) (record, err error) {
 	// A finish need not reach the disk before the next durable commit: if
 	// power fails first, the job is still running in River's (durable)
 	// fetch and the booking still claimed, so it runs again once its call

@@ -8,7 +8,11 @@ package queue
 // whose record came before that claim (see waiters for the rule).
 //
 // A notification leaves the process: every string in it passes the
-// engine's scrubber first. Notifications sent while an instance's listener
+// engine's scrubber first. An answer too long for a notification (NOTIFY
+// refuses 8000 bytes) is stored beside it, in receive_booking_answer, in
+// the same transaction, and the listener reads it from there: a waiting
+// sender gets import-bookings' whole answer whichever instance ran the
+// sync. Notifications sent while an instance's listener
 // reconnects are lost to it; its senders then get the 202 of a timeout, as
 // before, and the sync goes on in the queue.
 
@@ -40,6 +44,11 @@ const (
 	noteTextCap = 160
 	// listenPing is how long the listener waits quietly before it checks
 	// that its connection is alive (a dropped network sends no error).
+	// storedAnswerTimeout bounds reading an answer stored apart.
+	storedAnswerTimeout = 2 * time.Second
+	// storedAnswerKeep is how long an answer stored apart is kept: longer
+	// than any sender waits for it.
+	storedAnswerKeep = 10 * time.Minute
 	listenPing  = 30 * time.Second
 	pingTimeout = 5 * time.Second
 )
@@ -60,32 +69,43 @@ type outcomeNote struct {
 	RetryAfter      time.Duration    `json:"retry_after,omitempty"`
 	Duration        time.Duration    `json:"duration,omitempty"`
 	Verdict         upstream.Verdict `json:"verdict"`
+	// BodyStored: the answer's body is in receive_booking_answer.
+	BodyStored bool `json:"body_stored,omitempty"`
 	Outcome         string           `json:"outcome,omitempty"`
 	Reason          string           `json:"reason,omitempty"`
 	OutcomeMisleads bool             `json:"outcome_misleads,omitempty"`
 }
 
+// publication is an attempt's outcome as published: the notification,
+// and the answer's body when it is stored apart (too long to be carried).
+type publication struct {
+	payload []byte
+	// jobID and claim key the stored body.
+	jobID, claim int64
+	body         json.RawMessage
+}
+
 // noteOf encodes an attempt's outcome for other instances, scrubbed and
-// within NOTIFY's limit: without the answer's body if it is too long, then
-// with its texts cut. It is nil on SQLite (no claim number: one instance).
-func (e *Engine) noteOf(jobID, claim int64, out *Outcome) []byte {
+// within NOTIFY's limit: the answer's body stored apart if it is too long,
+// and then the texts cut if still needed. It is nil on SQLite (no claim
+// number: one instance).
+func (e *Engine) noteOf(jobID, claim int64, out *Outcome) *publication {
 	if claim == 0 {
 		return nil
 	}
+	pub := &publication{jobID: jobID, claim: claim}
 	s, res := e.scrub.String, out.Result
 	n := outcomeNote{JobID: jobID, Claim: claim, Final: out.Final, Err: s(out.Err),
 		Status: res.Status, Text: s(res.Text), TimedOut: res.TimedOut,
 		RetryAfter: res.RetryAfter, Duration: res.Duration, Verdict: res.Verdict, Outcome: s(res.Outcome), Reason: s(res.Reason),
 		OutcomeMisleads: res.OutcomeMisleads}
-	if len(res.Body) <= maxNoteBytes {
-		n.Body = scrubbedJSON(s, res.Body)
-	}
+	n.Body = scrubbedJSON(s, res.Body)
 	if res.Err != nil {
 		n.CallErr = cmp.Or(s(res.Err.Error()), "error")
 	}
 	b, _ := json.Marshal(n)
-	if len(b) > maxNoteBytes {
-		n.Body = nil
+	if len(b) > maxNoteBytes && n.Body != nil {
+		pub.body, n.Body, n.BodyStored = n.Body, nil, true
 		b, _ = json.Marshal(n)
 	}
 	if len(b) > maxNoteBytes {
@@ -94,7 +114,8 @@ func (e *Engine) noteOf(jobID, claim int64, out *Outcome) []byte {
 		}
 		b, _ = json.Marshal(n)
 	}
-	return b
+	pub.payload = b
+	return pub
 }
 
 // scrubbedJSON is raw with every secret replaced; if that breaks the JSON
@@ -111,14 +132,15 @@ func scrubbedJSON(s func(string) string, raw json.RawMessage) json.RawMessage {
 	return b
 }
 
-// readNote decodes a published outcome.
-func readNote(payload string) (jobID, claim int64, out *Outcome, err error) {
+// readNote decodes a published outcome; stored reports that its answer's
+// body is stored apart.
+func readNote(payload string) (jobID, claim int64, out *Outcome, stored bool, err error) {
 	var n outcomeNote
 	if err := json.Unmarshal([]byte(payload), &n); err != nil {
-		return 0, 0, nil, err
+		return 0, 0, nil, false, err
 	}
 	if n.JobID == 0 || n.Claim == 0 {
-		return 0, 0, nil, errors.New("no job or claim")
+		return 0, 0, nil, false, errors.New("no job or claim")
 	}
 	res := &upstream.Result{Status: n.Status, Body: n.Body, Text: n.Text, TimedOut: n.TimedOut,
 		RetryAfter: n.RetryAfter, Duration: n.Duration, Verdict: n.Verdict, Outcome: n.Outcome, Reason: n.Reason,
@@ -126,7 +148,7 @@ func readNote(payload string) (jobID, claim int64, out *Outcome, err error) {
 	if n.CallErr != "" {
 		res.Err = errors.New(n.CallErr)
 	}
-	return n.JobID, n.Claim, &Outcome{Result: res, Final: n.Final, Err: n.Err}, nil
+	return n.JobID, n.Claim, &Outcome{Result: res, Final: n.Final, Err: n.Err}, n.BodyStored, nil
 }
 
 // outcomeListener hears the outcomes every instance publishes and answers
@@ -257,10 +279,20 @@ func (l *outcomeListener) receive(ctx context.Context, c *pgx.Conn) error {
 // hear answers the senders waiting for a published attempt's outcome
 // whose record came before its claim.
 func (l *outcomeListener) hear(payload string) {
-	jobID, claim, out, err := readNote(payload)
+	jobID, claim, out, stored, err := readNote(payload)
 	if err != nil {
 		l.q.logger.Warn("ignoring a malformed sync outcome notification", zap.Error(l.q.scrubErr(err)))
 		return
 	}
-	deliver(l.q.waiters.takeClaimed(jobID, claim), out)
+	waiting := l.q.waiters.takeClaimed(jobID, claim)
+	if len(waiting) > 0 && stored {
+		ctx, cancel := context.WithTimeout(context.Background(), storedAnswerTimeout)
+		err := l.pool.QueryRow(ctx, `SELECT body FROM receive_booking_answer WHERE job_id = $1 AND claim = $2`, jobID, claim).Scan(&out.Result.Body)
+		cancel()
+		if err != nil {
+			// The sender still learns the verdict, without the body.
+			l.q.logger.Warn("reading a stored sync answer failed", zap.Int64("job_id", jobID), zap.Error(l.q.scrubErr(err)))
+		}
+	}
+	deliver(waiting, out)
 }

@@ -56,8 +56,8 @@ func TestOutcomeNoteIsScrubbedAndFits(t *testing.T) {
 		Outcome: "applied", Duration: 250 * time.Millisecond, RetryAfter: time.Second}
 	note := e.noteOf(42, 7, &Outcome{Result: res, Final: true})
 	require.NotNil(t, note)
-	assert.NotContains(t, string(note), secret)
-	id, claim, out, err := readNote(string(note))
+	assert.NotContains(t, string(note.payload), secret)
+	id, claim, out, _, err := readNote(string(note.payload))
 	require.NoError(t, err)
 	assert.Equal(t, int64(42), id)
 	assert.Equal(t, int64(7), claim)
@@ -73,8 +73,8 @@ func TestOutcomeNoteIsScrubbedAndFits(t *testing.T) {
 	// A failure: texts scrubbed, the call's error carried as text.
 	res = &upstream.Result{Err: errors.New("dial " + secret), Text: "oops " + secret, Reason: "r " + secret, TimedOut: true}
 	note = e.noteOf(43, 8, &Outcome{Result: res, Err: "upstream unreachable: " + secret})
-	assert.NotContains(t, string(note), secret)
-	_, _, out, err = readNote(string(note))
+	assert.NotContains(t, string(note.payload), secret)
+	_, _, out, _, err = readNote(string(note.payload))
 	require.NoError(t, err)
 	assert.False(t, out.Final)
 	assert.Equal(t, "upstream unreachable: [redacted]", out.Err)
@@ -86,15 +86,17 @@ func TestOutcomeNoteIsScrubbedAndFits(t *testing.T) {
 	// Too long: the body goes, then the texts are cut.
 	big := json.RawMessage(`{"success":true,"pad":"` + strings.Repeat("x", 9000) + `"}`)
 	note = e.noteOf(44, 9, &Outcome{Result: &upstream.Result{Status: 200, Body: big, Verdict: upstream.Synced}, Final: true})
-	assert.Less(t, len(note), maxNoteBytes+1)
-	_, _, out, err = readNote(string(note))
+	assert.Less(t, len(note.payload), maxNoteBytes+1)
+	_, _, out, stored, err := readNote(string(note.payload))
 	require.NoError(t, err)
-	assert.Nil(t, out.Result.Body)
+	assert.Nil(t, out.Result.Body, "the body is not in the notification")
+	assert.True(t, stored, "it is stored apart")
+	assert.JSONEq(t, string(big), string(note.body))
 	assert.True(t, out.Result.OK())
 	control := strings.Repeat("\x01", 2000) // 6 bytes each once escaped
 	note = e.noteOf(45, 9, &Outcome{Result: &upstream.Result{Text: control, Reason: control}, Err: control})
-	assert.Less(t, len(note), maxNoteBytes+1)
-	_, _, _, err = readNote(string(note))
+	assert.Less(t, len(note.payload), maxNoteBytes+1)
+	_, _, _, _, err = readNote(string(note.payload))
 	require.NoError(t, err)
 }
 
@@ -125,7 +127,7 @@ func TestLateOutcomeSkipsLaterRecordsPostgres(t *testing.T) {
 	assert.Equal(t, earlier, late.mark, "the mark is the last claim number")
 	publish := func(jobID, claim int64) {
 		note := qh.q.noteOf(jobID, claim, &Outcome{Result: &upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`), Verdict: upstream.Synced}, Final: true})
-		_, err := conn.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note))
+		_, err := conn.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note.payload))
 		require.NoError(t, err)
 	}
 	publish(late.JobID, earlier) // the earlier attempt's outcome, arriving late
@@ -150,6 +152,25 @@ func TestLateOutcomeSkipsLaterRecordsPostgres(t *testing.T) {
 		assert.JSONEq(t, `{"success":true}`, string(out.Result.Body))
 	case <-time.After(10 * time.Second):
 		t.Fatal("the waiter never heard the attempt claimed after its record")
+	}
+
+	// An answer too long for a notification is stored beside it, in the
+	// same transaction, and the waiter gets it whole.
+	big, bigCh := record("n3")
+	require.NoError(t, conn.QueryRow(ctx, `SELECT nextval('receive_booking_claim_seq')`).Scan(&next))
+	body := `{"success":true,"results":{"log":"` + strings.Repeat("x", 20000) + `"}}`
+	note := qh.q.noteOf(big.JobID, next, &Outcome{Result: &upstream.Result{Status: 200, Body: json.RawMessage(body), Verdict: upstream.Synced}, Final: true})
+	require.NotNil(t, note.body, "too long to be carried")
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, (&pgDialect{}).publish(ctx, tx, note))
+	require.NoError(t, tx.Commit(ctx))
+	select {
+	case out := <-bigCh:
+		assert.True(t, out.Final)
+		assert.JSONEq(t, body, string(out.Result.Body), "the whole answer")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter never heard the long answer")
 	}
 }
 
@@ -179,7 +200,7 @@ func TestOutcomeListenerReconnectsPostgres(t *testing.T) {
 	require.NoError(t, qh.q.Record(ctx, r))
 	defer qh.q.StopWaiting(r.JobID, ch)
 	note := qh.q.noteOf(r.JobID, r.mark+1, &Outcome{Result: &upstream.Result{Status: 200, Verdict: upstream.Synced}, Final: true})
-	_, err = conn.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note))
+	_, err = conn.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note.payload))
 	require.NoError(t, err)
 	select {
 	case out := <-ch:

@@ -275,12 +275,23 @@ func (d *pgDialect) claimMark(ctx context.Context, tx pgx.Tx) (int64, error) {
 	return mark, err
 }
 
-// publish sends note on the outcome channel when tx commits.
-func (d *pgDialect) publish(ctx context.Context, tx pgx.Tx, note []byte) error {
+// publish sends note on the outcome channel when tx commits, and stores
+// the answer's body beside it when it is too long to be carried (answers
+// stored earlier than any sender waits are dropped on the way).
+func (d *pgDialect) publish(ctx context.Context, tx pgx.Tx, note *publication) error {
 	if note == nil {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note)); err != nil {
+	if note.body != nil {
+		now := time.Now()
+		if _, err := tx.Exec(ctx, `WITH gone AS (DELETE FROM receive_booking_answer WHERE at < $4)
+			INSERT INTO receive_booking_answer (job_id, claim, body, at) VALUES ($1, $2, $3, $5)
+			ON CONFLICT (job_id, claim) DO UPDATE SET body = excluded.body, at = excluded.at`,
+			note.jobID, note.claim, string(note.body), now.Add(-storedAnswerKeep).UnixNano(), now.UnixNano()); err != nil {
+			return fmt.Errorf("storing sync answer: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, outcomeChannel, string(note.payload)); err != nil {
 		return fmt.Errorf("publishing sync outcome: %w", err)
 	}
 	return nil

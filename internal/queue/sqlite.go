@@ -261,7 +261,7 @@ func (d *sqliteDialect) claim(ctx context.Context, tx *sql.Tx, args ...any) (int
 
 func (d *sqliteDialect) claimMark(context.Context, *sql.Tx) (int64, error) { return 0, nil }
 
-func (d *sqliteDialect) publish(context.Context, *sql.Tx, []byte) error { return nil }
+func (d *sqliteDialect) publish(context.Context, *sql.Tx, *publication) error { return nil }
 
 // workers is Workers, capped by MaxInFlight: one instance, so the cap is
 // simply the number of workers.

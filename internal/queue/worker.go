@@ -204,7 +204,7 @@ func (w *syncWorker[TDriver, TTx]) failure(kind string, job *river.Job[Args], re
 // finishRetrying records the attempt's outcome, trying again while the
 // database refuses (a full disk, a dropped connection) within ctx: until it
 // is recorded, the booking stays claimed by this attempt.
-func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], at *attempt, budget time.Duration, note []byte) (error, error) {
+func (w *syncWorker[TDriver, TTx]) finishRetrying(ctx context.Context, job *river.Job[Args], at *attempt, budget time.Duration, note *publication) (error, error) {
 	wait := 50 * time.Millisecond
 	for {
 		riverErr, err := w.b.finish(ctx, job, at, budget, note)
