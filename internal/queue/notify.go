@@ -49,8 +49,8 @@ const (
 	// storedAnswerKeep is how long an answer stored apart is kept: longer
 	// than any sender waits for it.
 	storedAnswerKeep = 10 * time.Minute
-	listenPing  = 30 * time.Second
-	pingTimeout = 5 * time.Second
+	listenPing       = 30 * time.Second
+	pingTimeout      = 5 * time.Second
 )
 
 // outcomeNote is an attempt's outcome as published: what a waiting sender
@@ -61,19 +61,19 @@ type outcomeNote struct {
 	Final bool   `json:"final,omitempty"`
 	Err   string `json:"err,omitempty"`
 
-	Status          int              `json:"status,omitempty"`
-	Body            json.RawMessage  `json:"body,omitempty"`
-	Text            string           `json:"text,omitempty"`
-	CallErr         string           `json:"call_err,omitempty"`
-	TimedOut        bool             `json:"timed_out,omitempty"`
-	RetryAfter      time.Duration    `json:"retry_after,omitempty"`
-	Duration        time.Duration    `json:"duration,omitempty"`
-	Verdict         upstream.Verdict `json:"verdict"`
+	Status     int              `json:"status,omitempty"`
+	Body       json.RawMessage  `json:"body,omitempty"`
+	Text       string           `json:"text,omitempty"`
+	CallErr    string           `json:"call_err,omitempty"`
+	TimedOut   bool             `json:"timed_out,omitempty"`
+	RetryAfter time.Duration    `json:"retry_after,omitempty"`
+	Duration   time.Duration    `json:"duration,omitempty"`
+	Verdict    upstream.Verdict `json:"verdict"`
 	// BodyStored: the answer's body is in receive_booking_answer.
-	BodyStored bool `json:"body_stored,omitempty"`
-	Outcome         string           `json:"outcome,omitempty"`
-	Reason          string           `json:"reason,omitempty"`
-	OutcomeMisleads bool             `json:"outcome_misleads,omitempty"`
+	BodyStored      bool   `json:"body_stored,omitempty"`
+	Outcome         string `json:"outcome,omitempty"`
+	Reason          string `json:"reason,omitempty"`
+	OutcomeMisleads bool   `json:"outcome_misleads,omitempty"`
 }
 
 // publication is an attempt's outcome as published: the notification,
