@@ -100,7 +100,10 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	engines := d.app.engines()
 	for _, e := range engines {
 		if d.Queue == "" || e.ID() == d.Queue {
-			h, err := e.Dashboard(d.Prefix)
+			// An operator an authentication handler let in finds a
+			// failed booking by its ids in the list; a public dashboard
+			// shows them only on demand.
+			h, err := e.Dashboard(d.Prefix, d.Public)
 			if err != nil {
 				return caddyhttp.Error(http.StatusServiceUnavailable, err)
 			}

@@ -4,7 +4,7 @@ package receivebooking
 // authentication handler authenticated, unless it is declared public),
 // where River UI's log lines go; and in a real browser (Debian's headless
 // Chromium, driven with chromedp) behind basic_auth: a queue holding a
-// failed job is shown with its args hidden in the list, a screenshot is
+// failed job is shown with its booking and organization ids in the list, a screenshot is
 // saved, and a write the dashboard must not make (River UI's retry) is
 // refused.
 
@@ -207,12 +207,13 @@ func TestDashboardAccess(t *testing.T) {
 		assert.Equal(t, http.StatusOK, status, body)
 		assert.Contains(t, body, "dash-failed", "the API answers the operator")
 
-		// River UI's list hides args until the viewer shows them.
+		// The authenticated operator sees each job's args (booking and
+		// organization ids) in the list.
 		status, _, body = p.get(t, http.MethodGet, "/protected/api/features", "Authorization", opsAuth)
 		require.Equal(t, http.StatusOK, status, body)
 		var features map[string]any
 		require.NoError(t, json.Unmarshal([]byte(body), &features), body)
-		assert.Equal(t, true, features["job_list_hide_args_by_default"], body)
+		assert.Equal(t, false, features["job_list_hide_args_by_default"], body)
 
 		// Still read-only for the operator.
 		status, _, body = p.get(t, http.MethodPost, "/protected/api/jobs/retry", "Authorization", opsAuth)
@@ -240,6 +241,9 @@ func TestDashboardAccess(t *testing.T) {
 		assert.Contains(t, body, "dash-failed")
 		status, _, _ = p.get(t, http.MethodGet, "/public/jobs")
 		assert.Equal(t, http.StatusOK, status)
+		status, _, body = p.get(t, http.MethodGet, "/public/api/features")
+		require.Equal(t, http.StatusOK, status, body)
+		assert.Contains(t, body, `"job_list_hide_args_by_default":true`, "a public list shows ids only on demand")
 		warn := logLine(t, p, "receive_booking_dashboard is public")
 		assert.Equal(t, "warn", warn["level"], "%v", warn)
 		assert.Equal(t, "/public", warn["prefix"], "%v", warn)
@@ -392,8 +396,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	page, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
 	require.NoError(t, err)
 	assert.Contains(t, page, "receive_booking_sync", "the cancelled job is listed")
-	assert.NotContains(t, page, "dash-failed", "its args are hidden in the list")
-	assert.NotContains(t, page, "org-1", "its args are hidden in the list")
+	assert.Contains(t, page, "dash-failed", "its booking id shows in the list")
+	assert.Contains(t, page, "org-1", "its organization shows in the list")
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // quality 100: a PNG
 	require.NoError(t, err)
 	dir := os.Getenv("RB_SCREENSHOT_DIR")

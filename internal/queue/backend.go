@@ -29,7 +29,7 @@ type intake interface {
 	// workerSettings are the settings the workers run with.
 	workerSettings() Settings
 	// dashboard is a read-only River UI served under prefix.
-	dashboard(prefix string) (http.Handler, error)
+	dashboard(prefix string, hideArgs bool) (http.Handler, error)
 	// recordAnswers writes answers to booking timelines.
 	recordAnswers(ctx context.Context, rows []eventRow) error
 	// pruneEvents drops timeline events whose job is gone, among those

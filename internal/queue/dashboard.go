@@ -11,6 +11,7 @@ package queue
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 
@@ -32,27 +33,27 @@ type dashboards struct {
 
 // Dashboard returns a read-only River UI for the queue, served under
 // prefix (the path it is mounted at), or an error saying why the queue is
-// away.
-func (e *Engine) Dashboard(prefix string) (http.Handler, error) {
+// away. hideArgs hides each job's args (booking and organization ids) in
+// the list until the viewer asks for them.
+func (e *Engine) Dashboard(prefix string, hideArgs bool) (http.Handler, error) {
 	b, err := e.current()
 	if err != nil {
 		return nil, err
 	}
-	return b.dashboard(prefix)
+	return b.dashboard(prefix, hideArgs)
 }
 
-func (b *riverBackend[TDriver, TTx]) dashboard(prefix string) (http.Handler, error) {
+func (b *riverBackend[TDriver, TTx]) dashboard(prefix string, hideArgs bool) (http.Handler, error) {
 	c := b.cl()
 	b.dash.mu.Lock()
 	defer b.dash.mu.Unlock()
-	if d := b.dash.byPrefix[prefix]; d != nil && d.client == any(c) {
+	key := fmt.Sprintf("%t %s", hideArgs, prefix)
+	if d := b.dash.byPrefix[key]; d != nil && d.client == any(c) {
 		return d.handler, nil
 	}
 	h, err := riverui.NewHandler(&riverui.HandlerOpts{
-		Endpoints: riverui.NewEndpoints[TTx](c, nil),
-		// The job list shows each job's args (booking and organization
-		// ids) only once the viewer asks for them.
-		JobListHideArgsByDefault: true,
+		Endpoints:                riverui.NewEndpoints[TTx](c, nil),
+		JobListHideArgsByDefault: hideArgs,
 		// River UI logs its API errors (a bad request at info, a failed
 		// query at error): to the module's logger, scrubbed.
 		Logger: b.q.slogger("riverui"),
@@ -66,14 +67,14 @@ func (b *riverBackend[TDriver, TTx]) dashboard(prefix string) (http.Handler, err
 		cancel()
 		return nil, err
 	}
-	if d := b.dash.byPrefix[prefix]; d != nil {
+	if d := b.dash.byPrefix[key]; d != nil {
 		d.stop() // built for a River client a restart replaced
 	}
 	if b.dash.byPrefix == nil {
 		b.dash.byPrefix = make(map[string]*dashboard)
 	}
 	d := &dashboard{client: c, handler: readOnly(h), stop: cancel}
-	b.dash.byPrefix[prefix] = d
+	b.dash.byPrefix[key] = d
 	return d.handler, nil
 }
 
