@@ -83,6 +83,20 @@ func outcomeCases() []outcomeCase {
 		{booking: "wrong-type", answer: func(c *testkit.Call) (int, string) {
 			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"success":true`, `"success":"true"`, 1)
 		}, final: true, reason: "contract violation: a field of the envelope has the wrong type"},
+		// The envelope is read key for key, as import-bookings writes it:
+		// "Outcome" is not "outcome", and a key given twice is a guess at
+		// which one counts, so it breaks the contract.
+		{booking: "outcome-capitalised", answer: func(c *testkit.Call) (int, string) {
+			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"outcome":`, `"Outcome":`, 1)
+		}, final: true, reason: `contract violation: no \"outcome\"`},
+		{booking: "outcome-shadowed", answer: ok("failed", `"OUTCOME":"applied"`), reason: "outcome failed"},
+		{booking: "outcome-twice", answer: ok("failed", `"outcome":"applied"`), final: true,
+			reason: `contract violation: key \"outcome\" given twice`},
+		{booking: "success-twice", answer: func(c *testkit.Call) (int, string) {
+			return 200, strings.Replace(testkit.Envelope(c, "applied"), `"success":true`, `"success":false,"success":true`, 1)
+		}, final: true, reason: `contract violation: key \"success\" given twice`},
+		{booking: "booking-twice", answer: ok("applied", `"booking_id":"someone-else"`), final: true,
+			reason: `contract violation: key \"booking_id\" given twice`},
 		{booking: "null", answer: func(*testkit.Call) (int, string) { return 200, `null` }, reason: "not a JSON object"},
 		{booking: "scalar", answer: func(*testkit.Call) (int, string) { return 200, `true` }, reason: "not a JSON object"},
 		{booking: "not-json", answer: func(*testkit.Call) (int, string) { return 200, `OK` }, reason: "non-JSON answer"},

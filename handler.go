@@ -110,7 +110,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	h.log(r, a, time.Since(start))
 	h.metrics.observeAnswer(a)
-	if a.status == http.StatusOK && (a.outcome == outcomeSynced || a.outcome == outcomeCoalesced) {
+	if a.outcome == outcomeSynced && a.body.JobID == 0 {
+		// One sample per sync: a call this sender led (others that shared
+		// it arrived later). A queued sync, awaited in auto mode or not,
+		// is the worker's sample.
 		h.metrics.observeSyncLag(start)
 	}
 	return nil

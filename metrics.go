@@ -62,7 +62,7 @@ func newMetrics() *metrics {
 			"Queued sync attempts that import-bookings answered mutating_sync_paused: the sync is held, tried again without spending an attempt, for hold_budget."))),
 		syncLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "sync_lag_seconds",
-			Help:    "Time from a webhook being accepted to its booking being synced.",
+			Help:    "Time from a webhook being accepted to its booking being synced: one sample per sync, from the first webhook it covers (merged webhooks and senders sharing a call add none).",
 			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600},
 		}),
 	}

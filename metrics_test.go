@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,4 +77,79 @@ func TestE2EMetricsMoveAndSurviveReload(t *testing.T) {
 	assert.Equal(t, before[synced]+2, scrape(t, synced), "counters survive a reload")
 	postWebhook(t, tester, auth, `{"booking_id":"m5","event_type":"booking.created"}`)
 	assert.Equal(t, before[synced]+3, scrape(t, synced))
+}
+
+// TestSyncLagOneSamplePerSync: through the binary, in every mode, the
+// sync-lag histogram gains exactly one sample per sync import-bookings
+// answered with the success envelope: not one per webhook, and not one
+// more when an auto-mode sender hears of its queued sync. Each round sends
+// 4 webhooks for 4 bookings and then 3 at once for one booking held at the
+// stand-in (they may share a call, or merge into one queued sync), and a
+// failure (not a sync, no sample).
+func TestSyncLagOneSamplePerSync(t *testing.T) {
+	for _, mode := range []string{"sync", "async", "auto"} {
+		dbs := []string{"sqlite", "postgres"}
+		if mode == "sync" {
+			dbs = []string{""}
+		}
+		for _, db := range dbs {
+			t.Run(strings.Trim(mode+"/"+db, "/"), func(t *testing.T) {
+				stand := testkit.NewStandIn(t)
+				release := make(chan struct{})
+				stand.Respond(func(w http.ResponseWriter, r *http.Request, c *testkit.Call) {
+					switch c.Booking {
+					case "burst":
+						<-release
+					case "broken":
+						testkit.WriteJSON(w, 200, testkit.Envelope(c, "not_found"))
+						return
+					}
+					testkit.WriteJSON(w, 200, testkit.Envelope(c, "applied"))
+				})
+				var p *caddyProcess
+				if db == "" {
+					p = startCaddy(t, t.TempDir(), "receive_booking {\n\t\tsecret "+e2eSecret+"\n\t\ttarget "+stand.Target()+"\n\t\tmode sync\n\t}")
+				} else {
+					p = startOn(t, db, stand.Target(), "mode "+mode, "coalesce_window 0", "max_attempts 1")
+				}
+				for i := range 4 {
+					status, body := sendEvent(t, p.url, "org-1", fmt.Sprintf("one-%d", i), "booking.updated")
+					require.Contains(t, []int{200, 202}, status, "%v", body)
+				}
+				status, body := sendEvent(t, p.url, "org-1", "broken", "booking.updated")
+				require.Contains(t, []int{200, 202, 502}, status, "%v", body)
+				require.NotEqual(t, true, body["success"] == true && body["sync_result"] != nil && mode != "async", "not a sync: %v", body)
+				// The first of the burst reaches the stand-in and is held
+				// there; the other two arrive while it runs.
+				var wg sync.WaitGroup
+				for i := range 3 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						status, body := sendEvent(t, p.url, "org-1", "burst", "booking.updated")
+						assert.Contains(t, []int{200, 202}, status, "%v", body)
+					}()
+					if i == 0 {
+						require.Eventually(t, func() bool { return len(stand.CallsFor("burst")) == 1 }, 10*time.Second, 10*time.Millisecond, "the burst's first call")
+					}
+				}
+				time.Sleep(300 * time.Millisecond) // the other two are in
+				close(release)
+				wg.Wait()
+				require.Eventually(t, func() bool {
+					return stand.Counts().InFlight == 0 && len(stand.CallsFor("burst")) >= 1 &&
+						metricSum(t, p, "caddy_receive_booking_sync_lag_seconds_count") == float64(stand.Counts().Synced)
+				}, 20*time.Second, 100*time.Millisecond, "one sample per synced call: %v samples, %d synced calls",
+					metricSum(t, p, "caddy_receive_booking_sync_lag_seconds_count"), stand.Counts().Synced)
+				time.Sleep(500 * time.Millisecond) // nothing more comes
+				synced := stand.Counts().Synced
+				samples := metricSum(t, p, "caddy_receive_booking_sync_lag_seconds_count")
+				t.Logf("SYNC_LAG %s: 8 webhooks (4 bookings, 1 failing, 3 for one booking at once): %d synced calls (%d for the burst), %v samples",
+					strings.Trim(mode+"/"+db, "/"), synced, len(stand.CallsFor("burst")), samples)
+				assert.Equal(t, float64(synced), samples)
+				assert.GreaterOrEqual(t, synced, int64(5))
+				assert.LessOrEqual(t, synced, int64(7))
+			})
+		}
+	}
 }

@@ -8,9 +8,9 @@ package payload
 import (
 	"bytes"
 	"encoding/json"
-	"slices"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/jsonobj"
 )
 
 const (
@@ -124,126 +124,20 @@ func Parse(body []byte, boundOrg string) (*Webhook, error) {
 }
 
 // topLevelFields splits a JSON object into its top-level members, keeping
-// only the ones we read. The whole body is validated first by the standard
-// library (which also bounds nesting depth), so the scan below only has to
-// walk well-formed JSON: it skips nested values without decoding them,
-// which keeps the hot path free of allocations for everything we ignore.
+// only the ones we read (jsonobj skips the rest without decoding them,
+// which keeps the hot path free of allocations for everything we ignore).
 func topLevelFields(body []byte) (map[string]json.RawMessage, error) {
-	if !utf8.Valid(body) || !json.Valid(body) {
-		return nil, ErrInvalidJSON
-	}
-	i := skipSpace(body, 0)
-	if body[i] != '{' {
-		return nil, ErrInvalidJSON
-	}
 	fields := make(map[string]json.RawMessage, 3)
-	var seen keySet
-	for i = skipSpace(body, i+1); body[i] != '}'; i = skipSpace(body, i) {
-		if body[i] == ',' {
-			i = skipSpace(body, i+1)
-		}
-		keyEnd := skipValue(body, i)
-		name, err := decodeKey(body[i:keyEnd])
-		if err != nil || !seen.add(name) {
-			return nil, ErrInvalidJSON
-		}
-		valStart := skipSpace(body, skipSpace(body, keyEnd)+1) // past ':'
-		valEnd := skipValue(body, valStart)
+	err := jsonobj.Members(body, func(name string, value []byte) {
 		switch name {
 		case FieldBookingID, FieldOrganizationID, FieldEventType:
-			fields[name] = body[valStart:valEnd]
+			fields[name] = value
 		}
-		i = valEnd
+	})
+	if err != nil {
+		return nil, ErrInvalidJSON
 	}
 	return fields, nil
-}
-
-// keySet finds duplicate keys: a slice while the object is small (the
-// usual webhook, no allocation for a map), a map once it is large, so that
-// a body with many keys costs linear time, not quadratic.
-type keySet struct {
-	small []string
-	large map[string]struct{}
-}
-
-// add records a key and reports whether it was new.
-func (k *keySet) add(name string) bool {
-	if k.large != nil {
-		if _, dup := k.large[name]; dup {
-			return false
-		}
-		k.large[name] = struct{}{}
-		return true
-	}
-	if slices.Contains(k.small, name) {
-		return false
-	}
-	k.small = append(k.small, name)
-	if len(k.small) > 16 {
-		k.large = make(map[string]struct{}, 64)
-		for _, s := range k.small {
-			k.large[s] = struct{}{}
-		}
-	}
-	return true
-}
-
-// decodeKey returns an object key; only keys with escapes need decoding.
-func decodeKey(raw []byte) (string, error) {
-	if bytes.IndexByte(raw, '\\') < 0 {
-		return string(raw[1 : len(raw)-1]), nil
-	}
-	var s string
-	err := json.Unmarshal(raw, &s)
-	return s, err
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the valid JSON value at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for ; i < len(b); i++ {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					return i + 1
-				}
-			}
-		}
-		return i
-	default: // number, true, false, null
-		for i < len(b) && !strings.ContainsRune(",}] \t\n\r", rune(b[i])) {
-			i++
-		}
-		return i
-	}
-}
-
-// skipString returns the index just past the string starting at b[i].
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
 }
 
 // idField validates an identifier field: absent, null and "" count as

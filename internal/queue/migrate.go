@@ -83,7 +83,20 @@ func upgradeLegacy(ctx context.Context, q *queries, db schemaDB, first migration
 	})
 }
 
-// migrate brings our schema up to date.
+// NewerSchemaError: the queue database's schema is newer than this build
+// knows: a newer receive_booking wrote it. It is used by neither.
+type NewerSchemaError struct {
+	Driver       string
+	Found, Known int
+}
+
+func (e *NewerSchemaError) Error() string {
+	return fmt.Sprintf("the queue database's schema is version %d, newer than this build's %d (%s): a newer receive_booking wrote it; "+
+		"run that version (or newer) on this database, or give this one another database", e.Found, e.Known, e.Driver)
+}
+
+// migrate brings our schema up to date; a schema newer than ours is a
+// *NewerSchemaError and is left as it is.
 func migrate(ctx context.Context, driver string, q *queries, db schemaDB, now int64) error {
 	ms, err := loadMigrations(driver)
 	if err != nil {
@@ -109,6 +122,12 @@ func migrate(ctx context.Context, driver string, q *queries, db schemaDB, now in
 	current, err := db.value(ctx, `SELECT coalesce(max(version), 0) FROM receive_booking_schema_version`)
 	if err != nil {
 		return fmt.Errorf("migrating queue: %w", err)
+	}
+	if latest := ms[len(ms)-1].version; int(current) > latest {
+		// A newer receive_booking migrated it: its tables may hold rows
+		// this build misreads or breaks (a hold, a pause, a claim of a kind
+		// it does not know). Nothing is read or written.
+		return &NewerSchemaError{Driver: driver, Found: int(current), Known: latest}
 	}
 	for _, m := range ms {
 		if m.version <= int(current) {

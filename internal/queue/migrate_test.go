@@ -7,6 +7,7 @@ package queue
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -84,6 +85,22 @@ func TestMigrations(t *testing.T) {
 			// A second start applies nothing (and fails on nothing).
 			require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 2))
 			n, err := db.value(t.Context(), `SELECT count(*) FROM receive_booking_schema_version WHERE applied_at = 2`)
+			require.NoError(t, err)
+			assert.Zero(t, n)
+		})
+		// A database a newer build migrated further is refused as it is:
+		// nothing applied, nothing changed.
+		t.Run(c.driver+"/newer", func(t *testing.T) {
+			db, exec := c.open(t)
+			require.NoError(t, migrate(t.Context(), c.driver, c.q, db, 1))
+			exec(fmt.Sprintf(`INSERT INTO receive_booking_schema_version (version, applied_at) VALUES (%d, 5)`, last+3))
+			err := migrate(t.Context(), c.driver, c.q, db, 6)
+			var newer *NewerSchemaError
+			require.ErrorAs(t, err, &newer)
+			assert.Equal(t, NewerSchemaError{Driver: c.driver, Found: int(last) + 3, Known: int(last)}, *newer)
+			assert.Equal(t, fmt.Sprintf("the queue database's schema is version %d, newer than this build's %d (%s): a newer receive_booking wrote it; "+
+				"run that version (or newer) on this database, or give this one another database", last+3, last, c.driver), err.Error())
+			n, err := db.value(t.Context(), `SELECT count(*) FROM receive_booking_schema_version WHERE applied_at = 6`)
 			require.NoError(t, err)
 			assert.Zero(t, n)
 		})

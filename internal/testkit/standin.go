@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/jsonobj"
 )
 
 // Path is the stand-in's import-bookings path.
@@ -44,15 +46,23 @@ type Call struct {
 	bookingID, organizationID json.RawMessage
 }
 
-// isSuccessEnvelope reports whether an answer is the success envelope.
+// isSuccessEnvelope reports whether an answer is the success envelope,
+// read key for key as import-bookings' callers read it (a key given twice
+// is no envelope).
 func isSuccessEnvelope(body []byte) bool {
-	var env struct {
-		Success   bool   `json:"success"`
-		Completed bool   `json:"completed"`
-		Outcome   string `json:"outcome"`
-	}
-	return json.Unmarshal(body, &env) == nil && env.Success && env.Completed &&
-		(env.Outcome == "applied" || env.Outcome == "already_current")
+	var success, completed bool
+	var outcome string
+	err := jsonobj.Members(body, func(key string, value []byte) {
+		switch key {
+		case "success":
+			success = string(value) == "true"
+		case "completed":
+			completed = string(value) == "true"
+		case "outcome":
+			_ = json.Unmarshal(value, &outcome)
+		}
+	})
+	return err == nil && success && completed && (outcome == "applied" || outcome == "already_current")
 }
 
 // Responder answers one call. It may block (it holds the call in flight)

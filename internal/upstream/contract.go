@@ -7,11 +7,14 @@ package upstream
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/bookingwebhook/caddy-receive-booking/internal/jsonobj"
 )
 
 // Verdict is what an answer means for the sync.
@@ -120,18 +123,78 @@ func (c *Contract) outcome(name string) (Verdict, bool) {
 
 // envelope is import-bookings' answer to a single-booking call.
 type envelope struct {
-	Success        *bool           `json:"success"`
-	Queued         *bool           `json:"queued"`
-	Completed      *bool           `json:"completed"`
-	SyncMode       *string         `json:"sync_mode"`
-	BookingID      json.RawMessage `json:"booking_id"`
-	OrganizationID json.RawMessage `json:"organization_id"`
-	Outcome        *string         `json:"outcome"`
-	Error          any             `json:"error"`
-	Results        *struct {
-		Failed int             `json:"failed"`
-		Errors json.RawMessage `json:"errors"`
-	} `json:"results"`
+	Success        *bool
+	Queued         *bool
+	Completed      *bool
+	SyncMode       *string
+	BookingID      json.RawMessage
+	OrganizationID json.RawMessage
+	Outcome        *string
+	Error          any
+	Results        *results
+}
+
+type results struct {
+	Failed int
+	Errors json.RawMessage
+}
+
+// errWrongType: a member of the envelope is not of its type.
+var errWrongType = errors.New("a field of the envelope has the wrong type")
+
+// decodeEnvelope reads the envelope with exact keys, as import-bookings
+// (JavaScript) writes them and any JavaScript reader reads them:
+// "Outcome" is not "outcome" (encoding/json would match it), and a key
+// given twice is a *jsonobj.DuplicateKeyError, never a guess at which one
+// counts. A member of the wrong type is errWrongType.
+func decodeEnvelope(body []byte) (envelope, error) {
+	var env envelope
+	var bad error
+	into := func(value []byte, v any) {
+		if bad == nil && json.Unmarshal(value, v) != nil {
+			bad = errWrongType
+		}
+	}
+	err := jsonobj.Members(body, func(key string, value []byte) {
+		switch key {
+		case "success":
+			into(value, &env.Success)
+		case "queued":
+			into(value, &env.Queued)
+		case "completed":
+			into(value, &env.Completed)
+		case "sync_mode":
+			into(value, &env.SyncMode)
+		case "booking_id":
+			env.BookingID = value
+		case "organization_id":
+			env.OrganizationID = value
+		case "outcome":
+			into(value, &env.Outcome)
+		case "error":
+			into(value, &env.Error)
+		case "results":
+			if firstByte(value) != '{' {
+				into(value, &struct{}{}) // null is no results; anything else is the wrong type
+				return
+			}
+			env.Results = &results{}
+			if err := jsonobj.Members(value, func(key string, value []byte) {
+				switch key {
+				case "failed":
+					into(value, &env.Results.Failed)
+				case "errors":
+					env.Results.Errors = value
+				}
+			}); err != nil && bad == nil {
+				bad = err
+			}
+		}
+	})
+	if err == nil {
+		err = bad
+	}
+	return env, err
 }
 
 // judge sets the result's verdict, outcome and reason.
@@ -177,14 +240,18 @@ func (c *Contract) judgeEnvelope(req Request, res *Result) {
 		res.Reason = "not a JSON object"
 		return
 	}
-	var env envelope
-	if err := json.Unmarshal(res.Body, &env); err != nil {
+	env, err := decodeEnvelope(res.Body)
+	if dup := (*jsonobj.DuplicateKeyError)(nil); errors.As(err, &dup) {
+		violation(fmt.Sprintf("key %q given twice (which one counts is a guess)", dup.Key))
+		return
+	}
+	if err != nil {
 		if c.isLegacy() {
 			// As before the envelope: nothing says it failed.
 			res.Verdict = Synced
 			return
 		}
-		violation("a field of the envelope has the wrong type")
+		violation(err.Error())
 		return
 	}
 	if env.Outcome == nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -140,6 +141,49 @@ func TestContractOnlyTheEnvelopeIsASync(t *testing.T) {
 	res := Result{Status: 200, Body: []byte(envelopeJSON("not_found", nil))}
 	legacy.judge(req, &res, "")
 	assert.Equal(t, Final, res.Verdict)
+}
+
+// TestContractReadsExactKeys: the envelope is read as import-bookings
+// writes it, key for key: a key in another case is not the key (Go's
+// decoder would match it), and a key given twice is a contract violation
+// (Go's decoder keeps the last one, another reader may keep the first).
+func TestContractReadsExactKeys(t *testing.T) {
+	req := Request{BookingID: []byte(`"b-1"`), OrganizationID: []byte(`"org-1"`)}
+	const rest = `"queued":false,"completed":true,"sync_mode":"single","booking_id":"b-1","organization_id":"org-1"`
+	cases := []struct {
+		name, body string
+		want       Verdict
+		reason     string
+	}{
+		{"exact", `{"success":true,` + rest + `,"outcome":"applied"}`, Synced, ""},
+		{"Outcome, no outcome", `{"success":true,` + rest + `,"Outcome":"applied"}`, Final, `contract violation: no "outcome"`},
+		{"OUTCOME after outcome", `{"success":false,` + rest + `,"outcome":"failed","OUTCOME":"applied"}`, Retry, "outcome failed"},
+		{"Success, no success", `{"Success":true,` + rest + `,"outcome":"applied"}`, Final, `contract violation: outcome "applied" with "success" not true`},
+		{"Booking_ID", `{"success":true,"queued":false,"completed":true,"sync_mode":"single","Booking_ID":"b-1","organization_id":"org-1","outcome":"applied"}`, Final, "contract violation: booking_id in the answer differs from the one sent"},
+		{"results.Failed", `{"success":true,` + rest + `,"outcome":"applied","results":{"failed":0,"Failed":3}}`, Synced, ""},
+		{"outcome twice", `{"success":true,` + rest + `,"outcome":"failed","outcome":"applied"}`, Final, `contract violation: key "outcome" given twice (which one counts is a guess)`},
+		{"success twice", `{"success":false,"success":true,` + rest + `,"outcome":"applied"}`, Final, `contract violation: key "success" given twice (which one counts is a guess)`},
+		{"booking_id twice", `{"success":true,` + rest + `,"booking_id":"b-2","outcome":"applied"}`, Final, `contract violation: key "booking_id" given twice (which one counts is a guess)`},
+		{"escaped duplicate", `{"success":true,` + rest + `,"outcome":"failed","\u006futcome":"applied"}`, Final, `contract violation: key "outcome" given twice (which one counts is a guess)`},
+		{"results.failed twice", `{"success":true,` + rest + `,"outcome":"applied","results":{"failed":1,"failed":0}}`, Final, `contract violation: key "failed" given twice (which one counts is a guess)`},
+		{"an unread key twice", `{"success":true,` + rest + `,"outcome":"applied","note":1,"note":2}`, Final, `contract violation: key "note" given twice (which one counts is a guess)`},
+		{"results an array", `{"success":true,` + rest + `,"outcome":"applied","results":[]}`, Final, "contract violation: a field of the envelope has the wrong type"},
+	}
+	legacy := NewContract(nil)
+	legacy.SetLegacy(true)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Result{Status: 200, Body: []byte(tc.body)}
+			(&Contract{}).judge(req, &res, "")
+			assert.Equal(t, tc.want.String(), res.Verdict.String(), res.Reason)
+			assert.Equal(t, tc.reason, res.Reason)
+			if strings.Contains(tc.reason, "given twice") {
+				res = Result{Status: 200, Body: []byte(tc.body)}
+				legacy.judge(req, &res, "")
+				assert.Equal(t, Final.String(), res.Verdict.String(), "legacy too: %s", res.Reason)
+			}
+		})
+	}
 }
 
 func TestContractIDsCompareAsStrings(t *testing.T) {
