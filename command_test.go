@@ -202,7 +202,7 @@ func TestCommandExitCodes(t *testing.T) {
 		// or an error answer.
 		{nobody, []string{"health"}, exitFailed, `^$`, "is Caddy running"},
 		{nobody, []string{"stats"}, exitFailed, `^$`, "is Caddy running"},
-		{up, []string{"retry", ok}, exitFailed, `^$`, "HTTP 409"},
+		{up, []string{"retry", ok}, exitFailed, `^$`, "the admin API answered 409"},
 
 		// 2: usage.
 		{up, nil, exitUsage, `^$`, "say what to do"},
