@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +78,8 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	if err != nil {
 		return err
 	}
-	if mode == "" {
+	defaulted := mode == ""
+	if defaulted {
 		mode = defaultAuthMode(!h.secrets.empty(), len(keys) > 0)
 	}
 	if err := checkField("auth", mode); err != nil {
@@ -86,15 +88,52 @@ func (h *Handler) provisionSigning(repl *caddy.Replacer) error {
 	h.authKey = mode == authKey || mode == authBoth
 	h.authSig = mode == authSignature || mode == authBoth
 	if h.authKey && h.secrets.empty() {
-		return errors.New("secret: at least one non-empty secret (shared, or an organization's) is required")
+		// Chosen by default, key means no signing secret is left either.
+		fields := []string{"secret"}
+		if defaulted {
+			fields = append(fields, "signing_secret")
+		}
+		return h.missingKeys(repl, fields, "secret: at least one non-empty secret (shared, or an organization's) is required")
 	}
 	if h.authSig && len(keys) == 0 {
-		return errors.New("signing_secret: at least one signing secret is required")
+		return h.missingKeys(repl, []string{"signing_secret"}, "signing_secret: at least one signing secret is required")
 	}
 	if h.authSig {
 		h.verifier = &standardwebhooks.Verifier{Keys: keys, Tolerance: tolerance}
 	}
 	return nil
+}
+
+// missingKeys is the error for an auth mode left without the keys it
+// needs: the placeholders of fields that resolved to empty, or else the
+// required message.
+func (h *Handler) missingKeys(repl *caddy.Replacer, fields []string, required string) error {
+	var named, unset []string
+	for _, field := range fields {
+		if names := unsetPlaceholders(repl, h.configuredKeys(field)...); len(names) > 0 {
+			named, unset = append(named, field), append(unset, names...)
+		}
+	}
+	if len(unset) == 0 {
+		return errors.New(required)
+	}
+	return emptyError(unset, named...)
+}
+
+// configuredKeys are the values configured for field, secret or
+// signing_secret: the shared ones, then each organization's.
+func (h *Handler) configuredKeys(field string) []string {
+	pick := func(secrets, signing []string) []string {
+		if field == "secret" {
+			return secrets
+		}
+		return signing
+	}
+	vals := slices.Clone(pick(h.Secrets, h.SigningSecrets))
+	for _, o := range h.Organizations {
+		vals = append(vals, pick(o.Secrets, o.SigningSecrets)...)
+	}
+	return vals
 }
 
 func defaultAuthMode(haveKeys, haveSigning bool) string {

@@ -89,7 +89,7 @@ func TestCommands(t *testing.T) {
 	out, code := runCLI(t, p, "jobs", "--state", "cancelled")
 	assert.Equal(t, 0, code)
 	assert.Regexp(t, `(?m)^ID\s+STATE\s+BOOKING\s+ORGANIZATION\s+ATTEMPTS\s+NEXT RUN\s+LAST ERROR$`, out)
-	assert.Regexp(t, fmt.Sprintf(`(?m)^%d\s+cancelled\s+cli-gone\s+org-1\s+1/10\s+-\s+JobCancelError: upstream status 200: outcome not_found`, gone), out)
+	assert.Regexp(t, fmt.Sprintf(`(?m)^%d\s+cancelled\s+cli-gone\s+org-1\s+1/10\s+-\s+upstream status 200: outcome not_found`, gone), out)
 	t.Logf("CLI jobs --state cancelled:\n%s", out)
 
 	out, code = runCLI(t, p, "jobs", "--state", "completed", "--booking", "cli-ok", "--json")
@@ -104,7 +104,7 @@ func TestCommands(t *testing.T) {
 	out, code = runCLI(t, p, "job", fmt.Sprint(gone))
 	assert.Equal(t, 0, code)
 	assert.Regexp(t, `(?m)^state\s+cancelled$`, out)
-	assert.Regexp(t, `(?m)^attempt 1\s+\S+\s+JobCancelError`, out)
+	assert.Regexp(t, `(?m)^attempt 1\s+\S+\s+upstream status 200: outcome not_found: `, out)
 
 	out, code = runCLI(t, p, "job", "999999")
 	assert.Equal(t, exitNotFound, code, out)

@@ -414,6 +414,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	jobPage, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
 	require.NoError(t, err)
 	assert.Contains(t, jobPage, "outcome not_found", "the job's page shows its error")
+	assert.NotContains(t, page+jobPage, "JobCancelError", "in its own words, without River's prefix")
 
 	// A write from the page, as its Retry button would make it: refused.
 	answer, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`fetch(%q, {method: "POST",

@@ -690,15 +690,17 @@ func TestProvisionErrors(t *testing.T) {
 		never     []string
 	}{
 		{"no secret", func(h *Handler) { h.Secrets = nil }, "secret", nil},
+		// An empty placeholder is named (it holds no value to give away),
+		// see TestUnsetPlaceholderNamed.
 		{"secret empty after resolution", func(h *Handler) { h.Secrets = []string{"{env.UNSET_VAR_XYZ}"} },
-			"secret", []string{"UNSET_VAR_XYZ"}},
+			"{env.UNSET_VAR_XYZ} is not set", nil},
 		{"all secrets empty after resolution", func(h *Handler) {
 			h.Secrets = []string{"{env.UNSET_VAR_XYZ}", "{env.UNSET_VAR_XYZ2}"}
-		}, "secret", []string{"UNSET_VAR_XYZ"}},
+		}, "{env.UNSET_VAR_XYZ2} is not set", nil},
 		{"secret with unknown placeholder", func(h *Handler) { h.Secrets = []string{"{http.request.header.X-Leak}"} },
 			"secret", []string{"X-Leak"}},
 		{"target empty", func(h *Handler) { h.Target = "" }, "target", nil},
-		{"target empty after resolution", func(h *Handler) { h.Target = "{env.UNSET_TARGET_XYZ}" }, "target", []string{"UNSET_TARGET_XYZ"}},
+		{"target empty after resolution", func(h *Handler) { h.Target = "{env.UNSET_TARGET_XYZ}" }, "target is empty: {env.UNSET_TARGET_XYZ}", nil},
 		{"target ftp", func(h *Handler) { h.Target = "ftp://files.example.com/import?key=SECRETQ" }, "target",
 			[]string{"SECRETQ", "files.example.com", "ftp://"}},
 		{"target relative", func(h *Handler) { h.Target = "/functions/v1/import-bookings?key=SECRETQ" }, "target",

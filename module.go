@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"maps"
 	"net/url"
+	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -331,6 +333,9 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 		if err != nil {
 			return err
 		}
+		if unset := unsetPlaceholders(repl, o.ID); id == "" && len(unset) > 0 {
+			return emptyError(unset, fmt.Sprintf("organization #%d id", i+1))
+		}
 		if _, err := payload.Parse(fmt.Appendf(nil, `{"organization_id":%q,"booking_id":"b"}`, id), ""); err != nil || id == "" {
 			return fmt.Errorf("organization #%d: the id must be a non-empty identifier of at most %d bytes without control characters", i+1, payload.MaxFieldLen)
 		}
@@ -348,7 +353,8 @@ func (h *Handler) provisionAuth(repl *caddy.Replacer) error {
 		if len(h.secrets.digests) == before && len(o.SigningSecrets) == 0 {
 			// Every {env.*} value unset: the organization's senders get
 			// 401 until one is set.
-			h.logger.Warn("organization has no key: every secret is empty after its placeholders", zap.String("organization", id))
+			h.logger.Warn("organization has no key: every secret is empty after its placeholders", zap.String("organization", id),
+				zap.String("unset", unsetReasons(unsetPlaceholders(repl, o.Secrets...))))
 		}
 	}
 	return nil
@@ -366,10 +372,17 @@ func (h *Handler) provisionTarget(repl *caddy.Replacer) error {
 	if err != nil {
 		return err
 	}
+	unset := unsetPlaceholders(repl, h.Target)
+	if raw == "" && len(unset) > 0 {
+		return emptyError(unset, "target")
+	}
 	if raw == "" {
 		return errors.New("target: the import-bookings URL is required")
 	}
 	u, err := parseTarget(raw)
+	if err != nil && len(unset) > 0 {
+		return fmt.Errorf("%w (%s)", err, unsetReasons(unset))
+	}
 	if err != nil {
 		return err
 	}
@@ -483,6 +496,54 @@ func resolve(repl *caddy.Replacer, field, val string) (string, error) {
 		return "", fmt.Errorf("%s: unknown placeholder", field)
 	}
 	return out, nil
+}
+
+// unsetPlaceholders names the placeholders in vals that resolve to empty
+// (each once, in order): why a required value came out empty. Names only:
+// a placeholder that resolved to empty has no value to give away.
+func unsetPlaceholders(repl *caddy.Replacer, vals ...string) []string {
+	var names []string
+	for _, v := range vals {
+		_, _ = repl.ReplaceFunc(v, func(key string, val any) (any, error) {
+			if caddy.ToString(val) == "" && !slices.Contains(names, key) {
+				names = append(names, key)
+			}
+			return val, nil
+		})
+	}
+	return names
+}
+
+// emptyError says that fields came out empty, and which placeholders made
+// them so: "secret is empty: {env.WEBHOOK_SECRET} is not set".
+func emptyError(names []string, fields ...string) error {
+	verb := "is"
+	if len(fields) > 1 {
+		verb = "are"
+	}
+	return fmt.Errorf("%s %s empty: %s", strings.Join(fields, " and "), verb, unsetReasons(names))
+}
+
+// unsetReasons says of each placeholder why it resolved to empty.
+func unsetReasons(names []string) string {
+	reasons := make([]string, len(names))
+	for i, name := range names {
+		reasons[i] = "{" + name + "} " + unsetReason(name)
+	}
+	return strings.Join(reasons, ", ")
+}
+
+func unsetReason(name string) string {
+	if v, ok := strings.CutPrefix(name, "env."); ok {
+		if _, set := os.LookupEnv(v); set {
+			return "is set but empty"
+		}
+		return "is not set"
+	}
+	if strings.HasPrefix(name, "file.") {
+		return "is empty or cannot be read"
+	}
+	return "is empty"
 }
 
 // numbered is a resolved value and its place among the configured ones

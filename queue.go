@@ -139,6 +139,9 @@ func resolveQueueConfig(repl *caddy.Replacer, c *QueueConfig) (*queue.Config, er
 		if rq.Location, err = resolve(repl, "queue dsn", c.DSN); err != nil {
 			return nil, err
 		}
+		if unset := unsetPlaceholders(repl, c.DSN); rq.Location == "" && len(unset) > 0 {
+			return nil, emptyError(unset, "queue postgres DSN")
+		}
 		if rq.Location == "" {
 			return nil, errors.New("queue postgres: the DSN is empty")
 		}

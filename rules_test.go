@@ -3,6 +3,7 @@ package receivebooking
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -99,6 +100,64 @@ func TestOneValidation(t *testing.T) {
 	}
 }
 
+// TestUnsetPlaceholderNamed: a required value that comes out empty
+// because of its placeholders is refused with the placeholders' names and
+// why each is empty (never a value), from a Caddyfile and from JSON alike.
+func TestUnsetPlaceholderNamed(t *testing.T) {
+	for _, name := range []string{"RB_UT_UNSET_A", "RB_UT_UNSET_B", "RB_UT_UNSET_W", "RB_UT_UNSET_T", "RB_UT_UNSET_O", "RB_UT_UNSET_D"} {
+		_, set := os.LookupEnv(name)
+		require.False(t, set, "%s must not be set", name)
+	}
+	t.Setenv("RB_UT_EMPTY", "")
+	t.Setenv("RB_UT_SET", "a-set-secret-value")
+	const target = "target http://127.0.0.1:1/import\n"
+	const targetJSON = `"target":"http://127.0.0.1:1/import",`
+	missing := filepath.Join(t.TempDir(), "no-such-file")
+	cases := []struct {
+		name, caddyfile, json, want string
+	}{
+		{"shared secret", target + "secret {env.RB_UT_UNSET_A}", targetJSON + `"secrets":["{env.RB_UT_UNSET_A}"]`,
+			"secret is empty: {env.RB_UT_UNSET_A} is not set"},
+		{"secrets in rotation", target + "secret {env.RB_UT_UNSET_A} {env.RB_UT_EMPTY}",
+			targetJSON + `"secrets":["{env.RB_UT_UNSET_A}","{env.RB_UT_EMPTY}"]`,
+			"secret is empty: {env.RB_UT_UNSET_A} is not set, {env.RB_UT_EMPTY} is set but empty"},
+		{"organization's secret", target + "organization acme {\n\tsecret {env.RB_UT_UNSET_B}\n}",
+			targetJSON + `"organizations":[{"id":"acme","secrets":["{env.RB_UT_UNSET_B}"]}]`,
+			"secret is empty: {env.RB_UT_UNSET_B} is not set"},
+		{"secret from a file", target + "secret {file." + missing + "}", targetJSON + `"secrets":["{file.` + missing + `}"]`,
+			"secret is empty: {file." + missing + "} is empty or cannot be read"},
+		{"signing secret alone", target + "signing_secret {env.RB_UT_UNSET_W}", targetJSON + `"signing_secrets":["{env.RB_UT_UNSET_W}"]`,
+			"signing_secret is empty: {env.RB_UT_UNSET_W} is not set"},
+		{"secret and signing secret", target + "secret {env.RB_UT_UNSET_A}\nsigning_secret {env.RB_UT_UNSET_W}",
+			targetJSON + `"secrets":["{env.RB_UT_UNSET_A}"],"signing_secrets":["{env.RB_UT_UNSET_W}"]`,
+			"secret and signing_secret are empty: {env.RB_UT_UNSET_A} is not set, {env.RB_UT_UNSET_W} is not set"},
+		{"auth signature", target + "secret {env.RB_UT_SET}\nauth signature\nsigning_secret {env.RB_UT_UNSET_W}",
+			targetJSON + `"secrets":["{env.RB_UT_SET}"],"auth":"signature","signing_secrets":["{env.RB_UT_UNSET_W}"]`,
+			"signing_secret is empty: {env.RB_UT_UNSET_W} is not set"},
+		{"target", "secret {env.RB_UT_SET}\ntarget {env.RB_UT_UNSET_T}", `"secrets":["{env.RB_UT_SET}"],"target":"{env.RB_UT_UNSET_T}",`,
+			"target is empty: {env.RB_UT_UNSET_T} is not set"},
+		{"target's host", "secret {env.RB_UT_SET}\ntarget http://{env.RB_UT_UNSET_T}/import",
+			`"secrets":["{env.RB_UT_SET}"],"target":"http://{env.RB_UT_UNSET_T}/import",`,
+			"target: must name a host ({env.RB_UT_UNSET_T} is not set)"},
+		{"organization id", target + "organization {env.RB_UT_UNSET_O} {\n\tsecret {env.RB_UT_SET}\n}",
+			targetJSON + `"organizations":[{"id":"{env.RB_UT_UNSET_O}","secrets":["{env.RB_UT_SET}"]}]`,
+			"organization #1 id is empty: {env.RB_UT_UNSET_O} is not set"},
+		{"queue dsn", target + "secret {env.RB_UT_SET}\nqueue postgres {env.RB_UT_UNSET_D}",
+			targetJSON + `"secrets":["{env.RB_UT_SET}"],"queue":{"driver":"postgres","dsn":"{env.RB_UT_UNSET_D}"}`,
+			"queue postgres DSN is empty: {env.RB_UT_UNSET_D} is not set"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msg, early := caddyfileBlockRefusal(t, "metrics off\n"+tc.caddyfile)
+			assert.False(t, early, "placeholders are resolved when the config is provisioned")
+			assert.Equal(t, tc.want, msg, "the Caddyfile's message")
+			json := jsonRefusal(t, `"disable_metrics":true,`+strings.TrimSuffix(tc.json, ","))
+			assert.Equal(t, tc.want, json, "the JSON's message")
+			assert.NotContains(t, msg+json, "a-set-secret-value")
+		})
+	}
+}
+
 // adapterLine is how the Caddyfile adapter wraps a directive's error: the
 // directive before, the file and line after.
 var adapterLine = regexp.MustCompile(`^parsing caddyfile tokens for 'receive_booking': (.*), at Caddyfile:\d+$`)
@@ -108,7 +167,13 @@ var adapterLine = regexp.MustCompile(`^parsing caddyfile tokens for 'receive_boo
 // does. It returns the refusal's message and whether the adapter gave it.
 func caddyfileRefusal(t *testing.T, lines string) (string, bool) {
 	t.Helper()
-	input := fmt.Sprintf("{\n\tadmin off\n}\n:8080 {\n\treceive_booking {\n\t\tsecret k\n\t\ttarget http://127.0.0.1:1/import\n\t\tmetrics off\n\t\t%s\n\t}\n}\n",
+	return caddyfileBlockRefusal(t, "secret k\ntarget http://127.0.0.1:1/import\nmetrics off\n"+lines)
+}
+
+// caddyfileBlockRefusal is caddyfileRefusal with the whole block given.
+func caddyfileBlockRefusal(t *testing.T, lines string) (string, bool) {
+	t.Helper()
+	input := fmt.Sprintf("{\n\tadmin off\n}\n:8080 {\n\treceive_booking {\n\t\t%s\n\t}\n}\n",
 		strings.ReplaceAll(lines, "\n", "\n\t\t"))
 	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
 	if err != nil {

@@ -8,6 +8,7 @@ package queue
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/bookingwebhook/caddy-receive-booking/internal/tracing"
@@ -146,10 +147,19 @@ func jobOf(row *rivertype.JobRow) *Job {
 		j.BookingID = a.BookingID
 	}
 	for _, e := range row.Errors {
-		j.Errors = append(j.Errors, AttemptError{Attempt: e.Attempt, At: e.At, Error: e.Error})
+		j.Errors = append(j.Errors, AttemptError{Attempt: e.Attempt, At: e.At, Error: withoutCancelPrefix(e.Error)})
 	}
 	return j
 }
+
+// cancelPrefix is what River's JobCancelError puts before the error of a
+// job given up for good; the job's state says as much.
+const cancelPrefix = "JobCancelError: "
+
+// withoutCancelPrefix is an attempt's error as the sender, the log, the
+// commands, the admin API and the dashboard show it: without River's
+// cancelPrefix (which jobs cancelled before finalError existed recorded).
+func withoutCancelPrefix(err string) string { return strings.TrimPrefix(err, cancelPrefix) }
 
 // jobsOf is jobOf for a list.
 func jobsOf(rows []*rivertype.JobRow) []*Job {

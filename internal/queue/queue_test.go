@@ -250,6 +250,11 @@ func TestQueuePermanentFailureIsCancelled(t *testing.T) {
 		return err == nil && job.State == "cancelled"
 	}, 10*time.Second, 20*time.Millisecond)
 	assert.Len(t, up.callsFor(`"b4"`), 1)
+	job, err := qh.backend().GetJob(ctx, id)
+	require.NoError(t, err)
+	require.Len(t, job.Errors, 1)
+	assert.True(t, strings.HasPrefix(job.Errors[0].Error, "upstream status 400"),
+		"the error as recorded, without River's JobCancelError prefix: %q", job.Errors[0].Error)
 }
 
 func TestRetryPolicyBackoff(t *testing.T) {
@@ -290,9 +295,19 @@ func TestRetryHonoursRetryAfter(t *testing.T) {
 	assert.WithinDuration(t, time.Now().Add(50*time.Second), w.NextRetry(job), 2*time.Second,
 		"not before worker_timeout after the abandoned call started")
 
-	assert.True(t, isCancel(jobError(&upstream.Result{Status: 404, Verdict: upstream.Final}, &sc)), "a final answer cancels")
+	final := jobError(&upstream.Result{Status: 404, Verdict: upstream.Final}, &sc)
+	assert.True(t, isCancel(final), "a final answer cancels")
+	assert.NotContains(t, final.Error(), "JobCancelError", "River records the cause alone")
 	assert.False(t, isCancel(jobError(&upstream.Result{Status: 503, Verdict: upstream.Retry}, &sc)))
 	assert.NoError(t, jobError(&upstream.Result{Status: 200, Body: json.RawMessage(`{"success":true}`), Verdict: upstream.Synced}, &sc))
+}
+
+// TestJobOfWithoutCancelPrefix: a job cancelled by an older version,
+// whose row holds River's prefix, shows its error without it.
+func TestJobOfWithoutCancelPrefix(t *testing.T) {
+	row := &rivertype.JobRow{EncodedArgs: []byte(`{}`),
+		Errors: []rivertype.AttemptError{{Attempt: 1, Error: "JobCancelError: upstream status 404"}}}
+	assert.Equal(t, "upstream status 404", jobOf(row).Errors[0].Error)
 }
 
 // TestQueueUnavailable: a queue whose file cannot be opened refuses to

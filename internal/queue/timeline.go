@@ -22,7 +22,6 @@ package queue
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -200,10 +199,7 @@ func attemptEvent(job *river.Job[Args], a *attempt, fate string) eventRow {
 	d := EventData{JobID: job.ID, Attempt: job.Attempt, DurationMS: float64(res.Duration.Microseconds()) / 1000,
 		UpstreamStatus: res.Status, Outcome: res.Outcome, Verdict: res.Verdict.String(), Reason: res.Reason}
 	if a.jobErr != nil {
-		d.Error = a.jobErr.Error()
-		if isCancel(a.jobErr) {
-			d.Error = errors.Unwrap(a.jobErr).Error() // without River's prefix
-		}
+		d.Error = a.jobErr.Error() // a finalError's is without River's prefix
 	}
 	switch {
 	case fate != "":

@@ -228,8 +228,7 @@ func outcomeOf(job *river.Job[Args], res *upstream.Result, jobErr error) *Outcom
 	case jobErr == nil:
 		out.Final = true
 	case isCancel(jobErr):
-		// Without River's "JobCancelError: " prefix: the sender is told why.
-		out.Final, out.Err = true, errors.Unwrap(jobErr).Error()
+		out.Final, out.Err = true, jobErr.Error()
 	case res.Verdict == upstream.Held:
 		// Held: tried again without spending an attempt.
 		out.Err = jobErr.Error()
@@ -275,6 +274,14 @@ func (w *syncWorker[TDriver, TTx]) logOutcome(job *river.Job[Args], res *upstrea
 	}
 }
 
+// finalError cancels its job (River finds the JobCancelError it wraps)
+// and reads as its cause alone, which is what River records: the
+// JobCancelError's own text starts with River's cancelPrefix.
+type finalError struct{ cancel error }
+
+func (e finalError) Error() string { return withoutCancelPrefix(e.cancel.Error()) }
+func (e finalError) Unwrap() error { return e.cancel }
+
 // jobError turns a sync result into what River records: nil on success, a
 // cancelling error for a final failure (no retry will fix it: the job is
 // cancelled at once), a plain error (retried) otherwise. The text passes
@@ -291,7 +298,7 @@ func jobError(res *upstream.Result, s *scrub.Scrubber) error {
 		}
 	}
 	if res.Permanent() {
-		return river.JobCancel(errors.New(msg))
+		return finalError{river.JobCancel(errors.New(msg))}
 	}
 	if res.RetryAfter > 0 {
 		msg += fmt.Sprintf(" (Retry-After %s)", res.RetryAfter)
