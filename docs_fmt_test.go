@@ -21,7 +21,11 @@ func TestDocsCaddyfilesFormatted(t *testing.T) {
 	}
 	found := 0
 	for _, file := range append([]string{"README.md"}, files...) {
-		for _, b := range caddyfileBlocks(t, file) {
+		doc, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range fencedBlocks(t, file, string(doc), "caddyfile") {
 			found++
 			if got := string(caddyfile.Format([]byte(b.text))); got != b.text {
 				t.Errorf("%s:%d: the caddyfile block is not as `caddy fmt` writes it; formatted, it reads:\n%s", file, b.line, got)
@@ -40,21 +44,18 @@ type docBlock struct {
 	text string
 }
 
-// caddyfileBlocks reads the ```caddyfile blocks of a Markdown file. A
-// block indented under a list item is taken without the fence's indent.
-func caddyfileBlocks(t *testing.T, file string) []docBlock {
+// fencedBlocks reads the blocks fenced as ```lang in a Markdown text
+// (from file, named in errors). A block indented under a list item is
+// taken without the fence's indent.
+func fencedBlocks(t *testing.T, file, doc, lang string) []docBlock {
 	t.Helper()
-	doc, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var blocks []docBlock
 	var cur *docBlock
 	var indent string
-	for i, line := range strings.Split(string(doc), "\n") {
+	for i, line := range strings.Split(doc, "\n") {
 		trimmed := strings.TrimSpace(line)
 		switch {
-		case cur == nil && trimmed == "```caddyfile":
+		case cur == nil && trimmed == "```"+lang:
 			cur, indent = &docBlock{line: i + 1}, line[:strings.Index(line, "`")]
 		case cur != nil && trimmed == "```":
 			blocks = append(blocks, *cur)
@@ -64,7 +65,7 @@ func caddyfileBlocks(t *testing.T, file string) []docBlock {
 		}
 	}
 	if cur != nil {
-		t.Fatalf("%s:%d: the caddyfile block is not closed", file, cur.line)
+		t.Fatalf("%s:%d: the %s block is not closed", file, cur.line, lang)
 	}
 	return blocks
 }

@@ -111,23 +111,21 @@ func walkthroughSteps(t *testing.T, doc string) []walkthroughStep {
 		section = section[:end]
 	}
 	var steps []walkthroughStep
-	inBlock, continued := false, false
-	for _, line := range strings.Split(section, "\n") {
-		switch {
-		case !inBlock:
-			inBlock = line == "```console"
-		case line == "```":
-			inBlock, continued = false, false
-		case continued:
-			steps[len(steps)-1].command += "\n" + line
-			continued = strings.HasSuffix(line, `\`)
-		case strings.HasPrefix(line, "$ "):
-			steps = append(steps, walkthroughStep{command: strings.TrimPrefix(line, "$ ")})
-			continued = strings.HasSuffix(line, `\`)
-		case len(steps) == 0:
-			t.Fatalf("walk-through: output before the first command: %q", line)
-		default:
-			steps[len(steps)-1].output += line + "\n"
+	for _, block := range fencedBlocks(t, "docs/operations.md", section, "console") {
+		continued := false
+		for _, line := range strings.Split(strings.TrimSuffix(block.text, "\n"), "\n") {
+			switch {
+			case continued:
+				steps[len(steps)-1].command += "\n" + line
+				continued = strings.HasSuffix(line, `\`)
+			case strings.HasPrefix(line, "$ "):
+				steps = append(steps, walkthroughStep{command: strings.TrimPrefix(line, "$ ")})
+				continued = strings.HasSuffix(line, `\`)
+			case len(steps) == 0:
+				t.Fatalf("walk-through: output before the first command: %q", line)
+			default:
+				steps[len(steps)-1].output += line + "\n"
+			}
 		}
 	}
 	return steps
