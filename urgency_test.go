@@ -190,8 +190,12 @@ func TestPlatformPauseHolds(t *testing.T) {
 		var stats struct {
 			Held int64 `json:"held"`
 		}
-		adminJSON(t, p, "/receive_booking/stats", &stats)
-		assert.Equal(t, int64(1), stats.Held, "stats show the held sync")
+		// The sender is answered from the held attempt; the hold is
+		// recorded as that attempt ends, a moment later.
+		assert.Eventually(t, func() bool {
+			adminJSON(t, p, "/receive_booking/stats", &stats)
+			return stats.Held == 1
+		}, 2*time.Second, 20*time.Millisecond, "stats show the held sync")
 		require.Eventually(t, func() bool { return stand.SyncedAfter("held", time.Time{}) }, 40*time.Second, 100*time.Millisecond,
 			"held through three paused answers, then synced")
 		require.Eventually(t, func() bool { j := jobsOf(t, p, "held"); return len(j) == 1 && j[0].State == "completed" }, 5*time.Second, 20*time.Millisecond,
